@@ -1,0 +1,132 @@
+//! Configuration of a shard: a plain struct with `Default`; each field gives unit and default.
+//! Only the binary reads files and flags; this crate takes the struct.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::queue::Bounds;
+use crate::ratelimit::Limits;
+
+/// Settings every shard shares. Any thread (copied into each shard at start).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardConfig {
+    /// HTTP path of the WebSocket endpoint. Default `/ws`.
+    pub path: String,
+    /// Largest client message (after reassembly), bytes; past it the connection is closed
+    /// with 1009. Default 65536.
+    pub max_message_bytes: usize,
+    /// Published frames a connection may have queued before the oldest are dropped. Default 4096.
+    pub queue_max_messages: usize,
+    /// Bytes of published frames a connection may have queued before the oldest are dropped.
+    /// Default 4 MiB.
+    pub queue_max_bytes: usize,
+    /// Bytes of unread control replies (acks, errors, pongs) before the connection is closed
+    /// with 4001. Default 256 KiB.
+    pub max_control_bytes: usize,
+    /// Server ping interval, ms. Default 15000.
+    pub heartbeat_interval_ms: u64,
+    /// A connection silent (no frame of any kind) this long is closed with 4000, ms.
+    /// Default 45000.
+    pub heartbeat_timeout_ms: u64,
+    /// Time allowed for the HTTP upgrade, ms. Default 10000.
+    pub handshake_timeout_ms: u64,
+    /// Sustained inbound frames per second per connection (control frames count). Default 50.
+    pub rate_limit_per_sec: u32,
+    /// Inbound frames allowed in a burst. Default 100.
+    pub rate_limit_burst: u32,
+    /// Refused frames in a row (bucket never refilled in between) before closing with 1008.
+    /// Default 20.
+    pub rate_limit_max_strikes: u32,
+    /// Topics in one subscribe or unsubscribe request. Default 100.
+    pub max_topics_per_request: usize,
+    /// Subscriptions (topics and patterns) per connection. Default 1000.
+    pub max_subscriptions: usize,
+    /// How long shutdown waits for close frames to flush, ms. Default 2000.
+    pub shutdown_grace_ms: u64,
+    /// How often the shard sends its metrics to the reporter, ms; 0 never. Default 1000.
+    pub report_interval_ms: u64,
+    /// Latency goal of the ring-draining task queue, µs: glommio polls for ring messages at
+    /// least this often while busy with other work. Default 100.
+    pub ring_latency_us: u64,
+    /// How long an idle shard spins before sleeping in the kernel, µs; trades a core for wake-up
+    /// latency. Default 0 (sleep at once).
+    pub spin_before_park_us: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            path: "/ws".into(),
+            max_message_bytes: 64 * 1024,
+            queue_max_messages: 4096,
+            queue_max_bytes: 4 << 20,
+            max_control_bytes: 256 * 1024,
+            heartbeat_interval_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+            handshake_timeout_ms: 10_000,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
+            rate_limit_max_strikes: 20,
+            max_topics_per_request: 100,
+            max_subscriptions: 1000,
+            shutdown_grace_ms: 2000,
+            report_interval_ms: 1000,
+            ring_latency_us: 100,
+            spin_before_park_us: 0,
+        }
+    }
+}
+
+impl ShardConfig {
+    pub(crate) fn bounds(&self) -> Bounds {
+        Bounds {
+            max_messages: self.queue_max_messages,
+            max_bytes: self.queue_max_bytes,
+            max_control_bytes: self.max_control_bytes,
+        }
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            rate: self.rate_limit_per_sec,
+            burst: self.rate_limit_burst,
+            max_strikes: self.rate_limit_max_strikes,
+        }
+    }
+
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    /// Checks values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_message_bytes", self.max_message_bytes as u64),
+            ("queue_max_messages", self.queue_max_messages as u64),
+            ("queue_max_bytes", self.queue_max_bytes as u64),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
+            ("rate_limit_per_sec", u64::from(self.rate_limit_per_sec)),
+            ("rate_limit_burst", u64::from(self.rate_limit_burst)),
+            ("rate_limit_max_strikes", u64::from(self.rate_limit_max_strikes)),
+            ("max_topics_per_request", self.max_topics_per_request as u64),
+            ("max_subscriptions", self.max_subscriptions as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("shard.{name} must be greater than 0"));
+        }
+        if !self.path.starts_with('/') {
+            return Err(format!("shard.path must start with '/', got {:?}", self.path));
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err("shard.heartbeat_timeout_ms must be longer than heartbeat_interval_ms".into());
+        }
+        Ok(())
+    }
+}

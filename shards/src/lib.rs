@@ -1,0 +1,46 @@
+//! # corecast-shards
+//!
+//! Everything one core owns in corecast. A shard is a glommio `LocalExecutor` pinned to a core;
+//! it accepts WebSocket clients on its own `SO_REUSEPORT` listener, keeps their subscriptions in
+//! a local table, and fans out frames that the dispatcher encoded once. Shards share nothing
+//! with each other: no locks and no atomics on the fan-out path. A shard talks to the
+//! dispatcher only through two single-producer rings ([`ring`]).
+//!
+//! A frame's life on a shard: the ring drain receives a batch of [`ring::ShardMsg`]s, routes
+//! each frame through the [`table`] into the bounded drop-oldest [`queue`] of every subscriber
+//! (an `Rc` clone, no copy), then writes each touched connection once with one vectored
+//! system call ([`socket`]). A connection whose socket buffer is full is written by its own
+//! task when it becomes writable; meanwhile its queue drops the oldest frames and remembers
+//! the gaps, announced to the client before its next frames.
+//!
+//! # Layout
+//! In data-path order:
+//! - [`ring`]: the messages crossing between the dispatcher and a shard.
+//! - [`shard`]: the executor, acceptor, ring drain (fan-out round), heartbeat, reporter.
+//! - [`table`]: the shard-local subscription table and frame routing.
+//! - [`connection`]: one client: handshake, inbound requests, blocked writes, close.
+//! - [`queue`]: a connection's bounded outbound queue with drop-oldest and gap tracking.
+//! - [`socket`]: the vectored non-blocking write.
+//!
+//! Protocol pieces, pure and testable alone: [`topic`] (names and patterns), [`handshake`]
+//! (HTTP upgrade), [`frame`] (RFC 6455 framing), [`inbound`] (reassembly), [`protocol`]
+//! (client JSON messages, close and error codes), [`ratelimit`] (token bucket).
+//! Configuration: [`config`]; probes: [`metrics`].
+
+pub mod config;
+pub mod connection;
+pub mod frame;
+pub mod handshake;
+pub mod inbound;
+pub mod metrics;
+pub mod protocol;
+pub mod queue;
+pub mod ratelimit;
+pub mod ring;
+pub mod shard;
+pub mod socket;
+pub mod table;
+pub mod topic;
+
+pub use config::ShardConfig;
+pub use shard::{spawn, ShardSpec};

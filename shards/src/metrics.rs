@@ -1,0 +1,100 @@
+//! Per-shard probes: plain counters and HDR histograms, shard-local, no atomics.
+//! A shard sends a [`ShardReport`] (a copy) to the reporter on an interval.
+
+use hdrhistogram::Histogram;
+
+/// Counters of one shard, each a plain integer bumped by its owner.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Connections accepted by the listener.
+    pub accepted: u64,
+    /// Connections whose handshake failed or timed out.
+    pub handshake_failed: u64,
+    /// Connections currently open (after the handshake).
+    pub open: u64,
+    /// Frames received from the dispatcher.
+    pub frames_in: u64,
+    /// Frames put in a connection's queue.
+    pub deliveries: u64,
+    /// Write system calls to clients.
+    pub writes: u64,
+    /// Frames dropped from slow connections' queues.
+    pub dropped: u64,
+    /// Gap notices sent.
+    pub gap_notices: u64,
+    /// Frames the shard received after a sequence hole (the hole was announced).
+    pub shard_gaps: u64,
+    /// Frames older than what the shard had (left over from an earlier subscription).
+    pub stale_frames: u64,
+    /// Inbound frames refused by the rate limit.
+    pub rate_limited: u64,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: u64,
+    /// Requests answered with an `error`.
+    pub rejected_requests: u64,
+    /// Connections closed for silence past the heartbeat timeout.
+    pub heartbeat_timeouts: u64,
+}
+
+/// Histograms and counters of one shard.
+pub struct ShardMetrics {
+    pub counters: Counters,
+    /// Dispatcher receipt to the write that carried the frame to the first subscriber, ns.
+    pub ingest_to_write_ns: Histogram<u64>,
+    /// Dispatcher push to shard receipt, ns.
+    pub ring_hop_ns: Histogram<u64>,
+    /// Frames per write system call.
+    pub batch_frames: Histogram<u64>,
+    /// Published frames waiting in a connection's queue when it is written.
+    pub queue_depth: Histogram<u64>,
+}
+
+fn histogram(max: u64) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, max, 3).expect("static histogram bounds are valid")
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            counters: Counters::default(),
+            ingest_to_write_ns: histogram(60_000_000_000),
+            ring_hop_ns: histogram(60_000_000_000),
+            batch_frames: histogram(1 << 20),
+            queue_depth: histogram(1 << 24),
+        }
+    }
+}
+
+/// A copy of one shard's metrics, sent to the reporter. Any thread.
+#[derive(Clone)]
+pub struct ShardReport {
+    pub shard: usize,
+    pub counters: Counters,
+    pub ingest_to_write_ns: Histogram<u64>,
+    pub ring_hop_ns: Histogram<u64>,
+    pub batch_frames: Histogram<u64>,
+    pub queue_depth: Histogram<u64>,
+}
+
+impl std::fmt::Debug for ShardReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardReport")
+            .field("shard", &self.shard)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardMetrics {
+    /// Copies the current state into a report (cumulative since start).
+    pub fn report(&self, shard: usize) -> ShardReport {
+        ShardReport {
+            shard,
+            counters: self.counters.clone(),
+            ingest_to_write_ns: self.ingest_to_write_ns.clone(),
+            ring_hop_ns: self.ring_hop_ns.clone(),
+            batch_frames: self.batch_frames.clone(),
+            queue_depth: self.queue_depth.clone(),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The client protocol (JSON text frames), documented in docs/protocol.md. Any thread.
+//!
+//! Client -> server: `subscribe`, `unsubscribe`, `ping`. Server -> client: `welcome`, `ack`,
+//! `msg` (built by the dispatcher, not here), `gap`, `error`, `pong`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{server_frame, OP_TEXT};
+
+/// Close codes sent by the server (RFC 6455 7.4.1; 4000-4999 are private to corecast).
+pub mod close {
+    /// The client asked to close, or the server closes normally.
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down: reconnect (to this or another node).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Unmasked frame, reserved bits or opcodes, bad fragmentation, malformed header.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Binary data frames are not part of the protocol.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text message that is not valid UTF-8.
+    pub const INVALID_UTF8: u16 = 1007;
+    /// The client kept sending past its rate limit.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message over `max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Nothing heard from the client within the heartbeat timeout.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+    /// The client let its control replies (acks, errors, pongs) pile up unread.
+    pub const CONTROL_BACKLOG: u16 = 4001;
+}
+
+/// Error codes of `error` messages; the connection stays open after each of them.
+pub mod code {
+    pub const INVALID_JSON: &str = "invalid_json";
+    pub const UNKNOWN_OP: &str = "unknown_op";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const BAD_TOPIC: &str = "bad_topic";
+    pub const NOT_SUBSCRIBED: &str = "not_subscribed";
+    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
+    pub const TOPIC_LIMIT: &str = "topic_limit";
+    pub const RATE_LIMITED: &str = "rate_limited";
+}
+
+/// A client request, as parsed from a text frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Subscribe { id: Option<u64>, topics: Vec<String> },
+    Unsubscribe { id: Option<u64>, topics: Vec<String> },
+    Ping { id: Option<u64> },
+}
+
+/// A request that could not be understood: the `error` message to send back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub id: Option<u64>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    op: Option<String>,
+    id: Option<serde_json_id::Id>,
+    topics: Option<Vec<String>>,
+}
+
+/// `id` is echoed back; anything but an unsigned integer is a `bad_request`.
+mod serde_json_id {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Id {
+        Num(u64),
+        Other(serde::de::IgnoredAny),
+    }
+}
+
+/// Parses one client text message. `text` is scratch: simd-json parses in place.
+pub fn parse_request(text: &mut [u8], max_topics: usize) -> Result<Request, Rejected> {
+    let raw: RawRequest = simd_json::serde::from_slice(text).map_err(|e| Rejected {
+        id: None,
+        code: code::INVALID_JSON,
+        message: format!("not a JSON object of the protocol: {e}"),
+    })?;
+    let id = match raw.id {
+        None => None,
+        Some(serde_json_id::Id::Num(n)) => Some(n),
+        Some(serde_json_id::Id::Other(_)) => {
+            return Err(Rejected {
+                id: None,
+                code: code::BAD_REQUEST,
+                message: "\"id\" must be an unsigned integer".into(),
+            })
+        }
+    };
+    let reject = |code, message: String| Rejected { id, code, message };
+    let op = raw
+        .op
+        .ok_or_else(|| reject(code::UNKNOWN_OP, "missing \"op\"".into()))?;
+    let topics = |raw_topics: Option<Vec<String>>| match raw_topics {
+        None => Err(reject(code::BAD_REQUEST, format!("\"{op}\" needs \"topics\""))),
+        Some(t) if t.is_empty() => Err(reject(code::BAD_REQUEST, "\"topics\" is empty".into())),
+        Some(t) if t.len() > max_topics => Err(reject(
+            code::BAD_REQUEST,
+            format!("{} topics in one request; the limit is {max_topics}", t.len()),
+        )),
+        Some(t) => Ok(t),
+    };
+    match op.as_str() {
+        "subscribe" => Ok(Request::Subscribe {
+            id,
+            topics: topics(raw.topics)?,
+        }),
+        "unsubscribe" => Ok(Request::Unsubscribe {
+            id,
+            topics: topics(raw.topics)?,
+        }),
+        "ping" => Ok(Request::Ping { id }),
+        other => Err(reject(
+            code::UNKNOWN_OP,
+            format!("unknown op {other:?}; expected subscribe, unsubscribe or ping"),
+        )),
+    }
+}
+
+/// One topic's line in an `ack`: its current sequence (`None` for a pattern).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AckTopic<'a> {
+    pub topic: &'a str,
+    pub seq: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Out<'a> {
+    Welcome {
+        conn: &'a str,
+        heartbeat_ms: u64,
+        timeout_ms: u64,
+        max_message_bytes: usize,
+    },
+    Ack {
+        id: Option<u64>,
+        topics: &'a [AckTopic<'a>],
+    },
+    Gap {
+        topic: &'a str,
+        from: u64,
+        to: u64,
+        reason: &'a str,
+    },
+    Error {
+        id: Option<u64>,
+        code: &'a str,
+        message: &'a str,
+    },
+    Pong {
+        id: Option<u64>,
+    },
+}
+
+fn text_frame(msg: &Out<'_>) -> Vec<u8> {
+    // Serialising these small structs cannot fail: no maps with non-string keys, no floats.
+    let json = simd_json::serde::to_vec(msg).expect("protocol message serialises");
+    server_frame(OP_TEXT, &json)
+}
+
+/// `welcome` frame, sent once after the handshake.
+pub fn welcome(conn: &str, heartbeat_ms: u64, timeout_ms: u64, max_message_bytes: usize) -> Vec<u8> {
+    text_frame(&Out::Welcome {
+        conn,
+        heartbeat_ms,
+        timeout_ms,
+        max_message_bytes,
+    })
+}
+
+/// `ack` frame for a subscribe or unsubscribe.
+pub fn ack(id: Option<u64>, topics: &[AckTopic<'_>]) -> Vec<u8> {
+    text_frame(&Out::Ack { id, topics })
+}
+
+/// `gap` frame: messages `from..=to` of `topic` will never reach this client.
+pub fn gap(topic: &str, from: u64, to: u64, reason: &str) -> Vec<u8> {
+    text_frame(&Out::Gap {
+        topic,
+        from,
+        to,
+        reason,
+    })
+}
+
+/// `error` frame; the connection stays open.
+pub fn error(id: Option<u64>, code: &str, message: &str) -> Vec<u8> {
+    text_frame(&Out::Error { id, code, message })
+}
+
+/// `pong` frame answering an application-level `ping`.
+pub fn pong(id: Option<u64>) -> Vec<u8> {
+    text_frame(&Out::Pong { id })
+}
+
+/// Gap reasons.
+pub mod reason {
+    /// The client read too slowly; its queue dropped the oldest frames.
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    /// The shard itself fell behind the dispatcher and frames were dropped before it.
+    pub const SHARD_OVERFLOW: &str = "shard_overflow";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Request, Rejected> {
+        parse_request(&mut s.as_bytes().to_vec(), 4)
+    }
+
+    #[test]
+    fn parses_the_three_ops() {
+        assert_eq!(
+            parse(r#"{"op":"subscribe","id":1,"topics":["a.b","c.*"]}"#),
+            Ok(Request::Subscribe {
+                id: Some(1),
+                topics: vec!["a.b".into(), "c.*".into()]
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":"unsubscribe","topics":["a"]}"#),
+            Ok(Request::Unsubscribe {
+                id: None,
+                topics: vec!["a".into()]
+            })
+        );
+        assert_eq!(parse(r#"{"op":"ping","id":3}"#), Ok(Request::Ping { id: Some(3) }));
+    }
+
+    #[test]
+    fn rejects_with_codes() {
+        assert_eq!(parse("{nope").unwrap_err().code, code::INVALID_JSON);
+        assert_eq!(parse("[1,2]").unwrap_err().code, code::INVALID_JSON);
+        assert_eq!(parse(r#"{"id":1}"#).unwrap_err().code, code::UNKNOWN_OP);
+        let e = parse(r#"{"op":"dance","id":9}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (code::UNKNOWN_OP, Some(9)));
+        assert_eq!(parse(r#"{"op":"subscribe","id":1}"#).unwrap_err().code, code::BAD_REQUEST);
+        assert_eq!(
+            parse(r#"{"op":"subscribe","topics":[]}"#).unwrap_err().code,
+            code::BAD_REQUEST
+        );
+        assert_eq!(
+            parse(r#"{"op":"subscribe","topics":["a","b","c","d","e"]}"#).unwrap_err().code,
+            code::BAD_REQUEST
+        );
+        assert_eq!(parse(r#"{"op":"ping","id":"x"}"#).unwrap_err().code, code::BAD_REQUEST);
+        assert_eq!(parse(r#"{"op":"ping","id":-1}"#).unwrap_err().code, code::BAD_REQUEST);
+    }
+
+    #[test]
+    fn server_messages_are_text_frames_of_json() {
+        let f = ack(Some(1), &[AckTopic { topic: "a", seq: Some(5) }, AckTopic { topic: "b.*", seq: None }]);
+        assert_eq!(f[0], 0x81);
+        let body = std::str::from_utf8(&f[2..]).unwrap();
+        assert_eq!(
+            body,
+            r#"{"op":"ack","id":1,"topics":[{"topic":"a","seq":5},{"topic":"b.*","seq":null}]}"#
+        );
+        let g = gap("t", 3, 9, reason::SLOW_CONSUMER);
+        assert_eq!(
+            std::str::from_utf8(&g[2..]).unwrap(),
+            r#"{"op":"gap","topic":"t","from":3,"to":9,"reason":"slow_consumer"}"#
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! A connection's outbound queue: shard-local (`!Send`), bounded, drop-oldest.
+//!
+//! Holds shared published frames (`Rc<Frame>`, no copy) and the connection's own control
+//! frames (welcome, acks, errors, pongs, pings, close) in one FIFO, so the bytes on the wire
+//! are whole frames in order. When the published frames exceed the message or byte bound the
+//! oldest ones are dropped, counted, and remembered as per-topic gaps; the gap notices are put
+//! at the head of the next write, before any later frame of the same topic.
+//! Control frames are never dropped: they are bounded separately (`max_control_bytes`).
+//! An idle, drained queue holds no heap memory.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::protocol;
+use crate::ring::Frame;
+
+/// One whole WebSocket frame waiting to be written.
+enum Chunk {
+    /// A published frame shared by every subscriber on the shard.
+    Published(Rc<Frame>),
+    /// A frame of this connection only.
+    Own(Box<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Published(f) => &f.bytes,
+            Chunk::Own(b) => b,
+        }
+    }
+}
+
+/// A run of dropped sequence numbers of one topic, not yet announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub topic: Arc<str>,
+    pub from: u64,
+    pub to: u64,
+    pub reason: &'static str,
+}
+
+/// What [`Outbound::push_published`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued with room to spare.
+    Queued,
+    /// Queued after dropping this many older published frames.
+    DroppedOldest(u32),
+}
+
+/// What a write attempt left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything was written.
+    Drained,
+    /// The socket buffer is full: wait until it is writable, then write again.
+    Blocked,
+}
+
+/// Limits of one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Most published frames held (oldest dropped past it).
+    pub max_messages: usize,
+    /// Most bytes of published frames held (oldest dropped past it).
+    pub max_bytes: usize,
+    /// Most bytes of control frames held before the connection is closed.
+    pub max_control_bytes: usize,
+}
+
+/// Most iovecs handed to one `sendmsg` (Linux IOV_MAX is 1024).
+const MAX_IOV: usize = 512;
+
+/// Shard-local outbound queue of one connection.
+#[derive(Default)]
+pub struct Outbound {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of `chunks[0]` already written (a partial write); that chunk is never dropped.
+    head_written: usize,
+    /// Published frames in `chunks`.
+    published: usize,
+    /// Bytes of published frames in `chunks`.
+    published_bytes: usize,
+    /// Bytes of own frames in `chunks`.
+    control_bytes: usize,
+    /// Drops not yet announced, in drop order.
+    gaps: Vec<Gap>,
+    /// Published frames ever dropped from this queue.
+    pub dropped: u64,
+}
+
+impl Outbound {
+    /// Published frames waiting.
+    pub fn published_len(&self) -> usize {
+        self.published
+    }
+
+    /// True when nothing at all waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.gaps.is_empty()
+    }
+
+    /// Bytes of control frames waiting.
+    pub fn control_bytes(&self) -> usize {
+        self.control_bytes
+    }
+
+    /// Queues a published frame, dropping the oldest published frames past the bounds.
+    /// Cost: O(1) plus O(1) per dropped frame (drops scan past at most the own frames at the head).
+    pub fn push_published(&mut self, frame: Rc<Frame>, bounds: &Bounds) -> Enqueued {
+        let len = frame.bytes.len();
+        let mut dropped = 0u32;
+        while self.published > 0
+            && (self.published + 1 > bounds.max_messages
+                || self.published_bytes + len > bounds.max_bytes)
+        {
+            if !self.drop_oldest_published() {
+                break;
+            }
+            dropped += 1;
+        }
+        self.published += 1;
+        self.published_bytes += len;
+        self.chunks.push_back(Chunk::Published(frame));
+        if dropped == 0 {
+            Enqueued::Queued
+        } else {
+            Enqueued::DroppedOldest(dropped)
+        }
+    }
+
+    /// Queues a frame of this connection's own (never dropped).
+    pub fn push_own(&mut self, frame: Vec<u8>) {
+        self.control_bytes += frame.len();
+        self.chunks.push_back(Chunk::Own(frame.into_boxed_slice()));
+    }
+
+    /// Records that `from..=to` of `topic` never reached the queue (the shard itself missed them).
+    pub fn note_gap(&mut self, topic: &Arc<str>, from: u64, to: u64, reason: &'static str) {
+        self.gaps.push(Gap {
+            topic: topic.clone(),
+            from,
+            to,
+            reason,
+        });
+    }
+
+    /// Removes every queued published frame for which `keep` says false (after an unsubscribe).
+    pub fn retain_published(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let mut index = 0usize;
+        self.chunks.retain(|c| {
+            let first = index == 0;
+            index += 1;
+            match c {
+                Chunk::Published(f) if !(first && self.head_written > 0) && !keep(&f.topic) => {
+                    self.published -= 1;
+                    self.published_bytes -= f.bytes.len();
+                    false
+                }
+                _ => true,
+            }
+        });
+        self.gaps.retain(|g| keep(&g.topic));
+    }
+
+    fn drop_oldest_published(&mut self) -> bool {
+        let start = usize::from(self.head_written > 0);
+        let Some(pos) = (start..self.chunks.len())
+            .find(|&i| matches!(self.chunks[i], Chunk::Published(_)))
+        else {
+            return false;
+        };
+        let Some(Chunk::Published(f)) = self.chunks.remove(pos) else {
+            unreachable!("position found above holds a published frame")
+        };
+        self.published -= 1;
+        self.published_bytes -= f.bytes.len();
+        self.dropped += 1;
+        match self
+            .gaps
+            .iter_mut()
+            .rev()
+            .find(|g| Arc::ptr_eq(&g.topic, &f.topic) || *g.topic == *f.topic)
+        {
+            Some(g) if g.to + 1 == f.seq && g.reason == protocol::reason::SLOW_CONSUMER => {
+                g.to = f.seq
+            }
+            _ => self.gaps.push(Gap {
+                topic: f.topic.clone(),
+                from: f.seq,
+                to: f.seq,
+                reason: protocol::reason::SLOW_CONSUMER,
+            }),
+        }
+        true
+    }
+
+    /// Moves pending gap notices to the head of the queue (after a partly written frame),
+    /// so they precede every later frame of their topic. Returns how many were announced.
+    fn announce_gaps(&mut self) -> usize {
+        let n = self.gaps.len();
+        let at = usize::from(self.head_written > 0);
+        for (i, g) in self.gaps.drain(..).enumerate() {
+            let frame = protocol::gap(&g.topic, g.from, g.to, g.reason);
+            self.control_bytes += frame.len();
+            self.chunks.insert(at + i, Chunk::Own(frame.into_boxed_slice()));
+        }
+        n
+    }
+
+    /// Writes as much as `send` takes, in as few calls as possible (one per `MAX_IOV` frames).
+    /// `send` is a non-blocking vectored write; `WouldBlock` and short writes mean `Blocked`.
+    /// Returns the outcome and the number of gap notices put on the wire.
+    pub fn flush(
+        &mut self,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<(Flushed, usize)> {
+        let announced = self.announce_gaps();
+        while !self.chunks.is_empty() {
+            let mut iov = Vec::with_capacity(self.chunks.len().min(MAX_IOV));
+            let mut want = 0usize;
+            for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                let b = if i == 0 { &c.bytes()[self.head_written..] } else { c.bytes() };
+                want += b.len();
+                iov.push(IoSlice::new(b));
+            }
+            let written = match send(&iov) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Flushed::Blocked, announced)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            drop(iov);
+            self.consume(written);
+            if written < want {
+                return Ok((Flushed::Blocked, announced));
+            }
+        }
+        self.release_if_idle();
+        Ok((Flushed::Drained, announced))
+    }
+
+    /// The unwritten rest of the head frame, for a readiness-driven write.
+    pub fn head(&self) -> Option<&[u8]> {
+        self.chunks.front().map(|c| &c.bytes()[self.head_written..])
+    }
+
+    /// Marks `n` bytes from the head as written.
+    pub fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front() else { break };
+            let rest = front.bytes().len() - self.head_written;
+            if n < rest {
+                self.head_written += n;
+                return;
+            }
+            n -= rest;
+            self.head_written = 0;
+            match self.chunks.pop_front() {
+                Some(Chunk::Published(f)) => {
+                    self.published -= 1;
+                    self.published_bytes -= f.bytes.len();
+                }
+                Some(Chunk::Own(b)) => self.control_bytes -= b.len(),
+                None => {}
+            }
+        }
+    }
+
+    fn release_if_idle(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+            self.chunks = VecDeque::new();
+        }
+        if self.gaps.is_empty() && self.gaps.capacity() > 0 {
+            self.gaps = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn frame(topic: &Arc<str>, seq: u64, len: usize) -> Rc<Frame> {
+        Rc::new(Frame {
+            topic: topic.clone(),
+            seq,
+            bytes: bytes::Bytes::from(vec![b'x'; len]),
+            ingest_at: Instant::now(),
+        })
+    }
+
+    const B: Bounds = Bounds {
+        max_messages: 3,
+        max_bytes: 1000,
+        max_control_bytes: 1000,
+    };
+
+    fn drain(q: &mut Outbound) -> Vec<u8> {
+        let mut out = Vec::new();
+        q.flush(|iov| {
+            let n: usize = iov.iter().map(|s| s.len()).sum();
+            for s in iov {
+                out.extend_from_slice(s);
+            }
+            Ok(n)
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn drops_oldest_and_announces_one_merged_gap_first() {
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        for seq in 1..=3 {
+            assert_eq!(q.push_published(frame(&t, seq, 10), &B), Enqueued::Queued);
+        }
+        assert_eq!(q.push_published(frame(&t, 4, 10), &B), Enqueued::DroppedOldest(1));
+        assert_eq!(q.push_published(frame(&t, 5, 10), &B), Enqueued::DroppedOldest(1));
+        assert_eq!(q.dropped, 2);
+        assert_eq!(q.published_len(), 3);
+        let wire = drain(&mut q);
+        let gap = protocol::gap("t", 1, 2, protocol::reason::SLOW_CONSUMER);
+        assert!(wire.starts_with(&gap), "gap notice comes first");
+        assert_eq!(wire.len(), gap.len() + 30);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn byte_bound_drops_too_and_own_frames_survive() {
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        q.push_own(b"hello".to_vec());
+        q.push_published(frame(&t, 1, 600), &B);
+        assert_eq!(q.push_published(frame(&t, 2, 600), &B), Enqueued::DroppedOldest(1));
+        let wire = drain(&mut q);
+        let gap = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
+        assert_eq!(&wire[..gap.len()], &gap[..]);
+        assert_eq!(&wire[gap.len()..gap.len() + 5], b"hello");
+        assert_eq!(wire.len(), gap.len() + 5 + 600);
+    }
+
+    #[test]
+    fn partial_write_keeps_the_head_whole() {
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        for seq in 1..=3 {
+            q.push_published(frame(&t, seq, 10), &B);
+        }
+        // The socket takes 15 bytes: frame 1 whole, half of frame 2.
+        let (state, _) = q.flush(|_| Ok(15)).unwrap();
+        assert_eq!(state, Flushed::Blocked);
+        assert_eq!(q.head().unwrap().len(), 5);
+        // Frame 2 is partly written, so frame 3 is the oldest that may be dropped.
+        q.push_published(frame(&t, 4, 10), &B);
+        q.push_published(frame(&t, 5, 10), &B);
+        let wire = drain(&mut q);
+        let gap = protocol::gap("t", 3, 3, protocol::reason::SLOW_CONSUMER);
+        assert_eq!(wire.len(), 5 + gap.len() + 20);
+        assert_eq!(&wire[5..5 + gap.len()], &gap[..], "gap after the partial frame");
+    }
+
+    #[test]
+    fn would_block_reports_blocked_and_keeps_everything() {
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        q.push_published(frame(&t, 1, 10), &B);
+        let (state, _) = q
+            .flush(|_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
+            .unwrap();
+        assert_eq!(state, Flushed::Blocked);
+        assert_eq!(q.published_len(), 1);
+    }
+
+    #[test]
+    fn retain_removes_unsubscribed_topics() {
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        let mut q = Outbound::default();
+        q.push_published(frame(&a, 1, 10), &B);
+        q.push_published(frame(&b, 1, 10), &B);
+        q.retain_published(|topic| topic != "a");
+        assert_eq!(q.published_len(), 1);
+        assert_eq!(drain(&mut q).len(), 10);
+    }
+}

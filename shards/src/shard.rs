@@ -1,0 +1,376 @@
+//! A shard: one glommio `LocalExecutor` pinned to one core, owning its listener, its sockets,
+//! its subscription table and its metrics. Nothing here is shared with another thread except
+//! the two rings to the dispatcher.
+//!
+//! Tasks on a shard: the acceptor, one task per connection, the ring drain (in a
+//! latency-sensitive task queue, so a frame from the dispatcher wakes the shard at once), the
+//! heartbeat, the control pump (shard -> dispatcher), and the reporter.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_lite::Stream;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::{ConnectedReceiver, SharedReceiver, SharedSender};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+
+use crate::config::ShardConfig;
+use crate::connection::{self, Conn};
+use crate::metrics::ShardMetrics;
+use crate::protocol::close;
+use crate::queue::Bounds;
+use crate::ratelimit::Limits;
+use crate::ring::{ControlMsg, ShardMsg};
+use crate::table::{Routed, Table, ToDispatcher};
+
+/// Everything a shard needs to start. Built on the main thread, moved to the shard's thread.
+pub struct ShardSpec {
+    /// Index of this shard, 0-based.
+    pub id: usize,
+    /// CPU to pin the shard to; `None` lets the OS place it.
+    pub core: Option<usize>,
+    /// The shard's own `SO_REUSEPORT` listener, already listening.
+    pub listener: std::net::TcpListener,
+    /// Dispatcher -> shard ring.
+    pub ring: SharedReceiver<ShardMsg>,
+    /// Shard -> dispatcher ring.
+    pub control: SharedSender<ControlMsg>,
+    pub config: ShardConfig,
+}
+
+/// Starts the shard's executor thread. The handle joins when the shard has shut down.
+pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
+    let placement = match spec.core {
+        Some(core) => Placement::Fixed(core),
+        None => Placement::Unbound,
+    };
+    let mut builder = LocalExecutorBuilder::new(placement)
+        .name(&format!("shard-{}", spec.id))
+        // No file I/O here: a small registered buffer keeps locked memory low.
+        .io_memory(256 << 10)
+        .preempt_timer(Duration::from_millis(1));
+    if spec.config.spin_before_park_us > 0 {
+        builder = builder.spin_before_park(Duration::from_micros(spec.config.spin_before_park_us));
+    }
+    builder
+        .spawn(move || run(spec))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
+pub(crate) struct ShardCtx {
+    pub(crate) id: usize,
+    pub(crate) config: ShardConfig,
+    pub(crate) bounds: Bounds,
+    pub(crate) limits: Limits,
+    pub(crate) table: RefCell<Table<Conn>>,
+    pub(crate) metrics: RefCell<ShardMetrics>,
+    /// Open connections by id, for the heartbeat and shutdown.
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Connections touched in this fan-out round, written once at its end.
+    dirty: RefCell<Vec<Rc<Conn>>>,
+    /// Read buffer shared by every connection: reads are synchronous once ready, so no
+    /// connection holds one while idle.
+    pub(crate) scratch: RefCell<Vec<u8>>,
+    /// Into the control pump, which forwards to the dispatcher in order.
+    control: LocalSender<ControlMsg>,
+    next_conn: Cell<u64>,
+    /// Counter of frames routed, for per-connection deduplication.
+    stamp: Cell<u64>,
+    /// Set once shutdown began; the acceptor stops and new connections are refused.
+    shutting_down: Cell<bool>,
+}
+
+impl ShardCtx {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        id
+    }
+
+    pub(crate) fn register(&self, conn: &Rc<Conn>) {
+        self.conns.borrow_mut().insert(conn.id, conn.clone());
+        self.metrics.borrow_mut().counters.open += 1;
+        if self.shutting_down.get() {
+            conn.request_close(close::GOING_AWAY, "going away, reconnect");
+        }
+    }
+
+    pub(crate) fn unregister(&self, conn: &Rc<Conn>) {
+        self.conns.borrow_mut().remove(&conn.id);
+        self.metrics.borrow_mut().counters.open -= 1;
+    }
+
+    /// Puts `conn` on the list written at the end of the current round.
+    pub(crate) fn mark_dirty(&self, conn: &Rc<Conn>) {
+        if !conn.dirty.replace(true) {
+            self.dirty.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// Queues messages for the dispatcher, in order.
+    pub(crate) fn tell_dispatcher(&self, msgs: Vec<ToDispatcher>) {
+        for m in msgs {
+            let msg = match m {
+                ToDispatcher::Subscribe { interest, nonce } => ControlMsg::Subscribe {
+                    shard: self.id,
+                    interest,
+                    nonce,
+                },
+                ToDispatcher::Unsubscribe { interest } => ControlMsg::Unsubscribe {
+                    shard: self.id,
+                    interest,
+                },
+            };
+            // The pump lives as long as the shard; an unbounded local channel never refuses.
+            let _ = self.control.try_send(msg);
+        }
+    }
+}
+
+async fn run(spec: ShardSpec) {
+    let ShardSpec {
+        id,
+        listener,
+        ring,
+        control,
+        config,
+        ..
+    } = spec;
+    let (control_tx, control_rx) = local_channel::new_unbounded();
+    let ctx = Rc::new(ShardCtx {
+        id,
+        bounds: config.bounds(),
+        limits: config.limits(),
+        config,
+        table: RefCell::default(),
+        metrics: RefCell::default(),
+        conns: RefCell::default(),
+        dirty: RefCell::default(),
+        scratch: RefCell::new(vec![0u8; 64 * 1024]),
+        control: control_tx,
+        next_conn: Cell::new(1),
+        stamp: Cell::new(0),
+        shutting_down: Cell::new(false),
+    });
+
+    let to_dispatcher = control.connect().await;
+    glommio::spawn_local(async move {
+        while let Some(msg) = control_rx.recv().await {
+            if to_dispatcher.send(msg).await.is_err() {
+                break;
+            }
+        }
+    })
+    .detach();
+
+    let listener = {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the fd comes from a listening std TcpListener we own and give up here.
+        unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
+    };
+    let acceptor = glommio::spawn_local({
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        ctx.metrics.borrow_mut().counters.accepted += 1;
+                        glommio::spawn_local(connection::serve(ctx.clone(), stream)).detach();
+                    }
+                    // Out of descriptors or a transient error: back off briefly, keep serving.
+                    Err(_) => glommio::timer::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }
+    });
+
+    glommio::spawn_local(heartbeat(ctx.clone())).detach();
+    if ctx.config.report_interval_ms > 0 {
+        glommio::spawn_local(reporter(ctx.clone())).detach();
+    }
+
+    let ring_queue = glommio::executor().create_task_queue(
+        Shares::default(),
+        Latency::Matters(Duration::from_micros(ctx.config.ring_latency_us.max(1))),
+        "ring",
+    );
+    let ring = ring.connect().await;
+    let drain = glommio::spawn_local_into(drain_ring(ctx.clone(), ring), ring_queue)
+        .expect("ring task queue was just created");
+    drain.await;
+
+    // Shutdown: stop accepting, close every connection with "going away", wait for them.
+    ctx.shutting_down.set(true);
+    drop(acceptor);
+    let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
+    for c in &conns {
+        c.request_close(close::GOING_AWAY, "going away, reconnect");
+    }
+    drop(conns);
+    let deadline = Instant::now() + Duration::from_millis(ctx.config.shutdown_grace_ms + 1100);
+    while !ctx.conns.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let report = ctx.metrics.borrow().report(id);
+    ctx.tell_control_report(report);
+    glommio::timer::sleep(Duration::from_millis(5)).await;
+}
+
+impl ShardCtx {
+    fn tell_control_report(&self, report: crate::metrics::ShardReport) {
+        let _ = self.control.try_send(ControlMsg::Report(Box::new(report)));
+    }
+}
+
+/// Most ring messages handled in one fan-out round.
+const ROUND_LIMIT: usize = 4096;
+
+/// Drains the dispatcher ring in rounds: route every frame into subscriber queues, then
+/// write each touched connection once. Returns on `Shutdown` or when the dispatcher is gone.
+async fn drain_ring(ctx: Rc<ShardCtx>, mut ring: ConnectedReceiver<ShardMsg>) {
+    let mut batch: Vec<ShardMsg> = Vec::with_capacity(256);
+    let mut ingest_times: Vec<Instant> = Vec::with_capacity(256);
+    loop {
+        let open = poll_fn(|cx| {
+            while batch.len() < ROUND_LIMIT {
+                match Pin::new(&mut ring).poll_next(cx) {
+                    Poll::Ready(Some(m)) => batch.push(m),
+                    Poll::Ready(None) => return Poll::Ready(false),
+                    Poll::Pending => break,
+                }
+            }
+            if batch.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(true)
+            }
+        })
+        .await;
+        if !open && batch.is_empty() {
+            return;
+        }
+        let received = Instant::now();
+        let mut shutdown = false;
+        for msg in batch.drain(..) {
+            match msg {
+                ShardMsg::Frame { frame, sent_at } => {
+                    ingest_times.push(frame.ingest_at);
+                    route_frame(&ctx, frame, sent_at, received);
+                }
+                ShardMsg::Subscribed {
+                    interest,
+                    nonce,
+                    result,
+                } => {
+                    let mut out = Vec::new();
+                    let done = ctx
+                        .table
+                        .borrow_mut()
+                        .on_subscribed(&interest, nonce, result, &mut out);
+                    ctx.tell_dispatcher(out);
+                    for r in done {
+                        connection::deliver_resolved(&ctx, r);
+                    }
+                }
+                ShardMsg::Shutdown => shutdown = true,
+            }
+        }
+        let dirty = std::mem::take(&mut *ctx.dirty.borrow_mut());
+        for conn in &dirty {
+            conn.dirty.set(false);
+            conn.flush(&ctx);
+        }
+        let mut reuse = dirty;
+        reuse.clear();
+        if ctx.dirty.borrow().is_empty() {
+            *ctx.dirty.borrow_mut() = reuse;
+        }
+        let written = Instant::now();
+        {
+            let mut m = ctx.metrics.borrow_mut();
+            for t in ingest_times.drain(..) {
+                let ns = written.saturating_duration_since(t).as_nanos() as u64;
+                m.ingest_to_write_ns.saturating_record(ns.max(1));
+            }
+        }
+        if shutdown || !open {
+            return;
+        }
+    }
+}
+
+/// Fans one frame out to the shard's subscribers. Cost: one `Rc` allocation, then an `Rc`
+/// clone and a queue push per subscriber.
+fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, received: Instant) {
+    let stamp = ctx.stamp.get() + 1;
+    ctx.stamp.set(stamp);
+    let frame = Rc::new(frame);
+    let mut dropped = 0u64;
+    let mut delivered = 0u64;
+    let mut shard_gap = false;
+    let routed = ctx.table.borrow_mut().route(&frame, |conn, missed| {
+        if conn.last_stamp.replace(stamp) == stamp {
+            return;
+        }
+        let mut out = conn.out.borrow_mut();
+        if let Some((from, to)) = missed {
+            out.note_gap(&frame.topic, from, to, crate::protocol::reason::SHARD_OVERFLOW);
+            shard_gap = true;
+        }
+        if let crate::queue::Enqueued::DroppedOldest(n) = out.push_published(frame.clone(), &ctx.bounds) {
+            dropped += u64::from(n);
+        }
+        drop(out);
+        delivered += 1;
+        if !conn.dirty.replace(true) {
+            ctx.dirty.borrow_mut().push(conn.clone());
+        }
+    });
+    let mut m = ctx.metrics.borrow_mut();
+    let hop = received.saturating_duration_since(sent_at).as_nanos() as u64;
+    m.ring_hop_ns.saturating_record(hop.max(1));
+    m.counters.frames_in += 1;
+    m.counters.deliveries += delivered;
+    m.counters.dropped += dropped;
+    m.counters.shard_gaps += u64::from(shard_gap);
+    if routed == Routed::Stale {
+        m.counters.stale_frames += 1;
+    }
+}
+
+/// Pings every connection each interval and closes those silent past the timeout.
+async fn heartbeat(ctx: Rc<ShardCtx>) {
+    let interval = ctx.config.heartbeat_interval();
+    let timeout = ctx.config.heartbeat_timeout();
+    let ping = crate::frame::server_frame(crate::frame::OP_PING, b"");
+    loop {
+        glommio::timer::sleep(interval).await;
+        let now = Instant::now();
+        let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
+        for conn in conns {
+            if now.saturating_duration_since(conn.last_heard.get()) > timeout {
+                ctx.metrics.borrow_mut().counters.heartbeat_timeouts += 1;
+                conn.request_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+            } else {
+                conn.push_own(&ctx, ping.clone());
+                conn.flush(&ctx);
+            }
+        }
+    }
+}
+
+/// Sends a copy of the shard's metrics to the dispatcher's reporter every interval.
+async fn reporter(ctx: Rc<ShardCtx>) {
+    let every = Duration::from_millis(ctx.config.report_interval_ms);
+    loop {
+        glommio::timer::sleep(every).await;
+        let report = ctx.metrics.borrow().report(ctx.id);
+        ctx.tell_control_report(report);
+    }
+}

@@ -1,0 +1,539 @@
+//! The shard's local subscription table: shard-local (`!Send`), no synchronisation.
+//!
+//! Maps topics and `prefix.*` patterns to the shard's subscribers, tracks which of them the
+//! dispatcher already routes here (`Live`), which are waiting for the dispatcher's reply
+//! (`Pending`), and the last sequence seen per topic so that frames the shard itself missed
+//! are announced as gaps. Subscribe requests complete only when every interest they name is
+//! live, so the `ack` always precedes the first `msg` of its topics.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::ring::{Frame, Interest, Refusal};
+use crate::topic::prefix_matches;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The dispatcher does not route this interest here.
+    Idle,
+    /// Subscribe sent with this nonce; waiting for the reply.
+    Pending(u64),
+    /// The dispatcher routes every frame of it here.
+    Live,
+}
+
+struct Entry<T> {
+    state: State,
+    subscribers: Vec<Rc<T>>,
+    /// Requests waiting for this interest to become live.
+    waiting: u32,
+}
+
+impl<T> Entry<T> {
+    fn new() -> Self {
+        Entry {
+            state: State::Idle,
+            subscribers: Vec::new(),
+            waiting: 0,
+        }
+    }
+    fn unused(&self) -> bool {
+        self.subscribers.is_empty() && self.waiting == 0
+    }
+}
+
+struct TopicEntry<T> {
+    exact: Entry<T>,
+    /// Last sequence seen on this shard; 0 when unknown (the next frame sets the baseline).
+    last_seq: u64,
+}
+
+struct PrefixEntry<T> {
+    prefix: Arc<str>,
+    entry: Entry<T>,
+}
+
+/// A message for the dispatcher that a table change calls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToDispatcher {
+    Subscribe { interest: Interest, nonce: u64 },
+    Unsubscribe { interest: Interest },
+}
+
+/// A subscribe request that finished.
+pub enum Resolved<T> {
+    /// Every interest is live: ack with each one's current sequence (`None` for patterns).
+    Ack {
+        sub: Rc<T>,
+        id: Option<u64>,
+        topics: Vec<(Interest, Option<u64>)>,
+    },
+    /// The dispatcher refused one interest; nothing of the request was subscribed.
+    Refused {
+        sub: Rc<T>,
+        id: Option<u64>,
+        interest: Interest,
+        refusal: Refusal,
+        /// The request's interests, and whether each was new to `sub`.
+        items: Vec<(Interest, bool)>,
+    },
+}
+
+struct Request<T> {
+    sub: Rc<T>,
+    id: Option<u64>,
+    /// Each interest, and whether `sub` must be added to it (false: it already was).
+    items: Vec<(Interest, bool)>,
+}
+
+/// How a frame was routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Delivered to this many subscribers.
+    Delivered(usize),
+    /// Nobody on this shard wants it (a reply race after the last unsubscribe).
+    Unrouted,
+    /// Older than what the shard already has (left over from an earlier subscription).
+    Stale,
+}
+
+/// Shard-local subscription table. `T` is the connection type; subscribers are compared by
+/// `Rc` identity.
+pub struct Table<T> {
+    topics: HashMap<Arc<str>, TopicEntry<T>>,
+    prefixes: Vec<PrefixEntry<T>>,
+    requests: Vec<Request<T>>,
+    next_nonce: u64,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            topics: HashMap::new(),
+            prefixes: Vec::new(),
+            requests: Vec::new(),
+            next_nonce: 1,
+        }
+    }
+}
+
+impl<T> Table<T> {
+    fn entry_mut(&mut self, interest: &Interest) -> &mut Entry<T> {
+        match interest {
+            Interest::Topic(t) => {
+                &mut self
+                    .topics
+                    .entry(t.clone())
+                    .or_insert_with(|| TopicEntry {
+                        exact: Entry::new(),
+                        last_seq: 0,
+                    })
+                    .exact
+            }
+            Interest::Prefix(p) => {
+                let pos = match self.prefixes.iter().position(|e| e.prefix == *p) {
+                    Some(pos) => pos,
+                    None => {
+                        self.prefixes.push(PrefixEntry {
+                            prefix: p.clone(),
+                            entry: Entry::new(),
+                        });
+                        self.prefixes.len() - 1
+                    }
+                };
+                &mut self.prefixes[pos].entry
+            }
+        }
+    }
+
+    fn state(&self, interest: &Interest) -> State {
+        match interest {
+            Interest::Topic(t) => self.topics.get(t).map_or(State::Idle, |e| e.exact.state),
+            Interest::Prefix(p) => self
+                .prefixes
+                .iter()
+                .find(|e| e.prefix == *p)
+                .map_or(State::Idle, |e| e.entry.state),
+        }
+    }
+
+    /// The sequence an `ack` reports for a live interest.
+    fn ack_seq(&self, interest: &Interest) -> Option<u64> {
+        match interest {
+            Interest::Topic(t) => Some(self.topics.get(t).map_or(0, |e| e.last_seq)),
+            Interest::Prefix(_) => None,
+        }
+    }
+
+    /// Starts a subscribe request. `items` pairs each interest with whether `sub` is new to it.
+    /// Returns the request if it completed at once, and what to tell the dispatcher.
+    pub fn subscribe(
+        &mut self,
+        sub: Rc<T>,
+        id: Option<u64>,
+        items: Vec<(Interest, bool)>,
+        out: &mut Vec<ToDispatcher>,
+    ) -> Option<Resolved<T>> {
+        for (interest, _) in &items {
+            let nonce = self.next_nonce;
+            let e = self.entry_mut(interest);
+            e.waiting += 1;
+            if e.state == State::Idle {
+                e.state = State::Pending(nonce);
+                self.next_nonce += 1;
+                out.push(ToDispatcher::Subscribe {
+                    interest: interest.clone(),
+                    nonce,
+                });
+            }
+        }
+        self.requests.push(Request { sub, id, items });
+        let last = self.requests.len() - 1;
+        if self.request_ready(&self.requests[last]) {
+            let req = self.requests.swap_remove(last);
+            return Some(self.finish(req));
+        }
+        None
+    }
+
+    fn request_ready(&self, req: &Request<T>) -> bool {
+        req.items.iter().all(|(i, _)| self.state(i) == State::Live)
+    }
+
+    fn finish(&mut self, req: Request<T>) -> Resolved<T> {
+        let mut topics = Vec::with_capacity(req.items.len());
+        for (interest, add) in req.items {
+            let seq = self.ack_seq(&interest);
+            let e = self.entry_mut(&interest);
+            e.waiting -= 1;
+            if add {
+                e.subscribers.push(req.sub.clone());
+            }
+            topics.push((interest, seq));
+        }
+        Resolved::Ack {
+            sub: req.sub,
+            id: req.id,
+            topics,
+        }
+    }
+
+    /// Applies the dispatcher's reply. Returns the requests it completed or refused.
+    pub fn on_subscribed(
+        &mut self,
+        interest: &Interest,
+        nonce: u64,
+        result: Result<u64, Refusal>,
+        out: &mut Vec<ToDispatcher>,
+    ) -> Vec<Resolved<T>> {
+        if self.state(interest) != State::Pending(nonce) {
+            return Vec::new(); // a reply to a request already abandoned
+        }
+        match result {
+            Ok(seq) => {
+                match interest {
+                    Interest::Topic(t) => {
+                        let e = self.topics.get_mut(t).expect("pending topic has an entry");
+                        e.exact.state = State::Live;
+                        e.last_seq = seq;
+                    }
+                    Interest::Prefix(p) => {
+                        self.entry_mut(interest).state = State::Live;
+                        // Topics seen only through this pattern restart their baseline.
+                        for (name, e) in self.topics.iter_mut() {
+                            if e.exact.state != State::Live && prefix_matches(p, name) {
+                                e.last_seq = 0;
+                            }
+                        }
+                    }
+                }
+                let mut done = Vec::new();
+                let mut i = 0;
+                while i < self.requests.len() {
+                    if self.request_ready(&self.requests[i]) {
+                        let req = self.requests.swap_remove(i);
+                        done.push(self.finish(req));
+                    } else {
+                        i += 1;
+                    }
+                }
+                done
+            }
+            Err(refusal) => {
+                self.entry_mut(interest).state = State::Idle;
+                let mut done = Vec::new();
+                let mut i = 0;
+                while i < self.requests.len() {
+                    if self.requests[i].items.iter().any(|(x, _)| x == interest) {
+                        let req = self.requests.swap_remove(i);
+                        for (x, _) in &req.items {
+                            self.entry_mut(x).waiting -= 1;
+                            self.release_if_unused(x, out);
+                        }
+                        done.push(Resolved::Refused {
+                            sub: req.sub,
+                            id: req.id,
+                            interest: interest.clone(),
+                            refusal,
+                            items: req.items,
+                        });
+                    } else {
+                        i += 1;
+                    }
+                }
+                done
+            }
+        }
+    }
+
+    /// Current sequence of a subscribed topic (for an unsubscribe ack).
+    pub fn last_seq(&self, topic: &str) -> Option<u64> {
+        self.topics.get(topic).map(|e| e.last_seq)
+    }
+
+    /// Removes `sub` from `interest`; tells the dispatcher when the shard's last one leaves.
+    /// Linear in the interest's subscriber count.
+    pub fn unsubscribe(&mut self, sub: &Rc<T>, interest: &Interest, out: &mut Vec<ToDispatcher>) {
+        // A request of `sub` still waiting must not add it back when it completes.
+        for req in self.requests.iter_mut().filter(|r| Rc::ptr_eq(&r.sub, sub)) {
+            for (x, add) in req.items.iter_mut() {
+                if x == interest {
+                    *add = false;
+                }
+            }
+        }
+        let e = self.entry_mut(interest);
+        if let Some(pos) = e.subscribers.iter().position(|s| Rc::ptr_eq(s, sub)) {
+            e.subscribers.swap_remove(pos);
+        }
+        self.release_if_unused(interest, out);
+    }
+
+    /// Drops every pending request of `sub` (its connection closed).
+    pub fn abandon_requests(&mut self, sub: &Rc<T>, out: &mut Vec<ToDispatcher>) {
+        let mut i = 0;
+        while i < self.requests.len() {
+            if Rc::ptr_eq(&self.requests[i].sub, sub) {
+                let req = self.requests.swap_remove(i);
+                for (x, _) in &req.items {
+                    self.entry_mut(x).waiting -= 1;
+                    self.release_if_unused(x, out);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn release_if_unused(&mut self, interest: &Interest, out: &mut Vec<ToDispatcher>) {
+        let e = self.entry_mut(interest);
+        if !e.unused() {
+            return;
+        }
+        if e.state != State::Idle {
+            e.state = State::Idle;
+            out.push(ToDispatcher::Unsubscribe {
+                interest: interest.clone(),
+            });
+        }
+        match interest {
+            Interest::Topic(t) => {
+                let covered = self
+                    .prefixes
+                    .iter()
+                    .any(|p| p.entry.state == State::Live && prefix_matches(&p.prefix, t));
+                if !covered {
+                    self.topics.remove(t);
+                }
+            }
+            Interest::Prefix(p) => {
+                self.prefixes.retain(|e| e.prefix != *p);
+                let prefixes = &self.prefixes;
+                self.topics.retain(|name, e| {
+                    e.exact.state != State::Idle
+                        || !e.exact.unused()
+                        || prefixes
+                            .iter()
+                            .any(|q| q.entry.state == State::Live && prefix_matches(&q.prefix, name))
+                });
+            }
+        }
+    }
+
+    /// Routes one frame: calls `deliver(subscriber, missed)` once per subscriber (a connection
+    /// subscribed both exactly and by pattern is called twice; `deliver` deduplicates), where
+    /// `missed` is a range of sequences the shard itself never received, to announce first.
+    /// Cost: one hash lookup, a scan of the live patterns, and O(1) per subscriber.
+    /// `deliver` must not touch the table.
+    pub fn route(
+        &mut self,
+        frame: &Frame,
+        mut deliver: impl FnMut(&Rc<T>, Option<(u64, u64)>),
+    ) -> Routed {
+        let exact_live = self
+            .topics
+            .get(&*frame.topic)
+            .is_some_and(|e| e.exact.state == State::Live);
+        let by_pattern = self
+            .prefixes
+            .iter()
+            .any(|p| p.entry.state == State::Live && prefix_matches(&p.prefix, &frame.topic));
+        if !exact_live && !by_pattern {
+            return Routed::Unrouted;
+        }
+        let entry = self
+            .topics
+            .entry(frame.topic.clone())
+            .or_insert_with(|| TopicEntry {
+                exact: Entry::new(),
+                last_seq: 0,
+            });
+        if frame.seq <= entry.last_seq {
+            return Routed::Stale;
+        }
+        let missed = (entry.last_seq != 0 && frame.seq > entry.last_seq + 1)
+            .then(|| (entry.last_seq + 1, frame.seq - 1));
+        entry.last_seq = frame.seq;
+        let mut n = 0;
+        if exact_live {
+            for s in &entry.exact.subscribers {
+                deliver(s, missed);
+                n += 1;
+            }
+        }
+        if by_pattern {
+            for p in &self.prefixes {
+                if p.entry.state == State::Live && prefix_matches(&p.prefix, &frame.topic) {
+                    for s in &p.entry.subscribers {
+                        deliver(s, missed);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Routed::Delivered(n)
+    }
+
+    /// Topics and patterns with at least one subscriber or waiting request.
+    pub fn interest_count(&self) -> usize {
+        self.topics.values().filter(|e| !e.exact.unused()).count()
+            + self.prefixes.iter().filter(|p| !p.entry.unused()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn topic(s: &str) -> Interest {
+        Interest::Topic(s.into())
+    }
+
+    fn frame(t: &str, seq: u64) -> Frame {
+        Frame {
+            topic: t.into(),
+            seq,
+            bytes: bytes::Bytes::new(),
+            ingest_at: Instant::now(),
+        }
+    }
+
+    fn delivered(table: &mut Table<u32>, f: &Frame) -> Vec<(u32, Option<(u64, u64)>)> {
+        let mut v = Vec::new();
+        table.route(f, |s, m| v.push((**s, m)));
+        v
+    }
+
+    #[test]
+    fn ack_waits_for_the_dispatcher_then_frames_flow() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let a = Rc::new(1u32);
+        assert!(t.subscribe(a.clone(), Some(7), vec![(topic("x"), true)], &mut out).is_none());
+        let nonce = match &out[..] {
+            [ToDispatcher::Subscribe { nonce, .. }] => *nonce,
+            other => panic!("{other:?}"),
+        };
+        // Frames before the reply are not routed.
+        assert_eq!(t.route(&frame("x", 3), |_, _| {}), Routed::Unrouted);
+        let done = t.on_subscribed(&topic("x"), nonce, Ok(41), &mut out);
+        match &done[..] {
+            [Resolved::Ack { id, topics, .. }] => {
+                assert_eq!(*id, Some(7));
+                assert_eq!(topics, &vec![(topic("x"), Some(41))]);
+            }
+            _ => panic!("expected one ack"),
+        }
+        assert_eq!(delivered(&mut t, &frame("x", 42)), vec![(1, None)]);
+        // A second subscriber is acked at once with the shard's last sequence.
+        let b = Rc::new(2u32);
+        let mut out2 = Vec::new();
+        match t.subscribe(b, None, vec![(topic("x"), true)], &mut out2) {
+            Some(Resolved::Ack { topics, .. }) => assert_eq!(topics[0].1, Some(42)),
+            _ => panic!("expected an immediate ack"),
+        }
+        assert!(out2.is_empty());
+    }
+
+    #[test]
+    fn missed_frames_are_reported_and_stale_ones_ignored() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        t.subscribe(Rc::new(1u32), None, vec![(topic("x"), true)], &mut out);
+        t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
+        assert_eq!(delivered(&mut t, &frame("x", 1)), vec![(1, None)]);
+        assert_eq!(delivered(&mut t, &frame("x", 5)), vec![(1, Some((2, 4)))]);
+        assert_eq!(t.route(&frame("x", 5), |_, _| {}), Routed::Stale);
+    }
+
+    #[test]
+    fn last_unsubscribe_tells_the_dispatcher_and_stale_reply_is_ignored() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let a = Rc::new(1u32);
+        t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+        t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
+        out.clear();
+        t.unsubscribe(&a, &topic("x"), &mut out);
+        assert_eq!(out, vec![ToDispatcher::Unsubscribe { interest: topic("x") }]);
+        assert_eq!(t.interest_count(), 0);
+        // Resubscribe: a new nonce; the old nonce's reply changes nothing.
+        out.clear();
+        t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+        assert!(t.on_subscribed(&topic("x"), 1, Ok(9), &mut out).is_empty());
+        assert_eq!(t.on_subscribed(&topic("x"), 2, Ok(9), &mut out).len(), 1);
+    }
+
+    #[test]
+    fn patterns_route_present_and_future_topics() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let p = Interest::Prefix("trades".into());
+        t.subscribe(Rc::new(1u32), None, vec![(p.clone(), true)], &mut out);
+        match &t.on_subscribed(&p, 1, Ok(0), &mut out)[..] {
+            [Resolved::Ack { topics, .. }] => assert_eq!(topics[0].1, None),
+            _ => panic!(),
+        }
+        assert_eq!(delivered(&mut t, &frame("trades.A", 10)), vec![(1, None)]);
+        assert_eq!(delivered(&mut t, &frame("trades.B", 1)), vec![(1, None)]);
+        assert_eq!(t.route(&frame("book.A", 1), |_, _| {}), Routed::Unrouted);
+        assert_eq!(delivered(&mut t, &frame("trades.A", 12)), vec![(1, Some((11, 11)))]);
+    }
+
+    #[test]
+    fn refusal_fails_the_whole_request() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let a = Rc::new(1u32);
+        t.subscribe(a, Some(3), vec![(topic("x"), true), (topic("y"), true)], &mut out);
+        assert_eq!(out.len(), 2);
+        t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
+        out.clear();
+        let done = t.on_subscribed(&topic("y"), 2, Err(Refusal::TopicLimit), &mut out);
+        assert!(matches!(&done[..], [Resolved::Refused { id: Some(3), .. }]));
+        assert_eq!(out, vec![ToDispatcher::Unsubscribe { interest: topic("x") }]);
+        assert_eq!(t.interest_count(), 0);
+    }
+}
