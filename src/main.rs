@@ -1,1 +1,201 @@
-fn main() {}
+//! The `corecast` binary: reads flags and the config file, then wires the parts together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use corecast::demo::{Feed, FeedConfig};
+use corecast::{Config, Server};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "corecast", version, about = "WebSocket pub/sub broadcaster for market data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run the server with a built-in synthetic market feed.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Number of symbols in the feed (at most 300).
+        #[arg(long, default_value_t = 300)]
+        symbols: usize,
+        /// Multiplier on the feed's rates (1.0 is about 2,700 messages/s for 300 symbols).
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
+        /// Stop by itself after this many seconds.
+        #[arg(long)]
+        exit_after: Option<u64>,
+    },
+    /// Print the default configuration file, every field documented.
+    PrintConfig,
+    /// Subscribe to topics and print what arrives, checking sequence continuity.
+    Watch {
+        /// Server URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        server: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Topics or `prefix.*` patterns.
+        #[arg(required = true)]
+        topics: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (see `corecast print-config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Client address (overrides server.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Publisher ingest address (overrides server.ingest).
+    #[arg(long)]
+    ingest: Option<SocketAddr>,
+    /// Number of shards, 0 for one per core minus the dispatcher's (overrides server.shards).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Core of the dispatcher (overrides server.dispatcher_core).
+    #[arg(long)]
+    dispatcher_core: Option<usize>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(a) = self.listen {
+            c.server.listen = a;
+        }
+        if let Some(a) = self.ingest {
+            c.server.ingest = a;
+        }
+        if let Some(n) = self.shards {
+            c.server.shards = n;
+        }
+        if let Some(core) = self.dispatcher_core {
+            c.server.dispatcher_core = core;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            let server = start(config)?;
+            run_until_signal(server, None)
+        }
+        Command::Demo {
+            serve,
+            symbols,
+            rate_scale,
+            exit_after,
+        } => {
+            let config = serve.config()?;
+            let path = config.shard.path.clone();
+            let server = start(config)?;
+            let feed = Feed::start(server.publisher(), FeedConfig { symbols, rate_scale });
+            print_demo_help(&server, &path, symbols);
+            let result = run_until_signal(server, exit_after.map(Duration::from_secs));
+            let published = feed.stop();
+            eprintln!("corecast demo: the feed published {published} events");
+            result
+        }
+        Command::PrintConfig => {
+            print!("{}", include_str!("../corecast.example.toml"));
+            Ok(())
+        }
+        Command::Watch {
+            server,
+            count,
+            topics,
+        } => corecast::watch::run(&server, &topics, count),
+    }
+}
+
+fn start(config: Config) -> anyhow::Result<Server> {
+    let server = Server::start(config).context("starting corecast")?;
+    eprintln!(
+        "corecast: {} shard(s); clients on ws://{}, publishers on tcp://{}",
+        server.shards(),
+        server.client_addr(),
+        server.ingest_addr()
+    );
+    Ok(server)
+}
+
+fn print_demo_help(server: &Server, path: &str, symbols: usize) {
+    let names = corecast::demo::symbols(symbols.min(300));
+    let addr = server.client_addr();
+    eprintln!(
+        "\ncorecast demo: {} symbols of synthetic tickers, trades and order-book deltas.\n\
+         Topics: ticker.<SYMBOL>, trades.<SYMBOL>, book.<SYMBOL>; symbols such as {}.\n\n\
+         Watch with the bundled client:\n  \
+         cargo run --release -- watch --server ws://{addr}{path} trades.BTCUSD book.ETHUSD\n\
+         or any WebSocket client, for example websocat:\n  \
+         websocat ws://{addr}{path}\n  \
+         {{\"op\":\"subscribe\",\"id\":1,\"topics\":[\"trades.BTCUSD\",\"book.ETHUSD\",\"ticker.*\"]}}\n\
+         Publish your own events: echo '{{\"topic\":\"news.demo\",\"data\":{{\"hello\":1}}}}' | nc {} {}\n\
+         Ctrl-C stops the server gracefully.\n",
+        names.len(),
+        names.iter().take(4).cloned().collect::<Vec<_>>().join(", "),
+        server.ingest_addr().ip(),
+        server.ingest_addr().port(),
+    );
+}
+
+/// Serves until SIGINT/SIGTERM (or `limit`), then shuts down gracefully within a bound.
+fn run_until_signal(server: Server, limit: Option<Duration>) -> anyhow::Result<()> {
+    let (tx, rx) = flume::bounded::<i32>(1);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            seen += 1;
+            if seen > 1 {
+                eprintln!("corecast: second signal, exiting now");
+                std::process::exit(130);
+            }
+            let _ = tx.send(sig);
+        }
+    });
+    match limit {
+        Some(d) => {
+            let _ = rx.recv_timeout(d);
+        }
+        None => {
+            let _ = rx.recv();
+        }
+    }
+    eprintln!("corecast: shutting down (closing clients with 1001 going away)");
+    let stats = server.stats();
+    if !server.shutdown(Duration::from_secs(15)) {
+        anyhow::bail!("shutdown did not finish within 15 s");
+    }
+    let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!("corecast: final: {}", s.totals().line(&s.dispatcher, None));
+    Ok(())
+}

@@ -78,6 +78,8 @@ pub enum ControlMsg {
     Unsubscribe { shard: usize, interest: Interest },
     /// Periodic counters and histograms, merged by the reporter.
     Report(Box<ShardReport>),
+    /// The shard finished shutting down; nothing follows on this ring.
+    Goodbye { shard: usize },
 }
 
 /// Capacity of each dispatcher -> shard ring, in messages, unless configured otherwise.

@@ -159,15 +159,17 @@ async fn run(spec: ShardSpec) {
         shutting_down: Cell::new(false),
     });
 
+    // Connect in the dispatcher's order (ring first, then control): `connect` waits for the peer.
+    let ring = ring.connect().await;
     let to_dispatcher = control.connect().await;
-    glommio::spawn_local(async move {
+    let pump = glommio::spawn_local(async move {
         while let Some(msg) = control_rx.recv().await {
-            if to_dispatcher.send(msg).await.is_err() {
+            let last = matches!(msg, ControlMsg::Goodbye { .. });
+            if to_dispatcher.send(msg).await.is_err() || last {
                 break;
             }
         }
-    })
-    .detach();
+    });
 
     let listener = {
         use std::os::fd::{FromRawFd, IntoRawFd};
@@ -200,7 +202,6 @@ async fn run(spec: ShardSpec) {
         Latency::Matters(Duration::from_micros(ctx.config.ring_latency_us.max(1))),
         "ring",
     );
-    let ring = ring.connect().await;
     let drain = glommio::spawn_local_into(drain_ring(ctx.clone(), ring), ring_queue)
         .expect("ring task queue was just created");
     drain.await;
@@ -219,7 +220,8 @@ async fn run(spec: ShardSpec) {
     }
     let report = ctx.metrics.borrow().report(id);
     ctx.tell_control_report(report);
-    glommio::timer::sleep(Duration::from_millis(5)).await;
+    let _ = ctx.control.try_send(ControlMsg::Goodbye { shard: id });
+    pump.await;
 }
 
 impl ShardCtx {

@@ -1,0 +1,457 @@
+//! The dispatcher: one core that sequences every topic, encodes each message's WebSocket frame
+//! once, and pushes it into the rings of the shards that have subscribers for the topic.
+//! Dispatcher thread only (`!Send`).
+//!
+//! Routing state is a per-topic bitmask of shards: a shard's bit is set while it has at least
+//! one subscriber for the topic or for a pattern covering it. Shards report their first and
+//! last subscriber (ring::ControlMsg); the reply to a subscribe travels on the same ring as the
+//! frames, so the shard knows exactly which sequence its subscribers start after.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::channels::shared_channel::ConnectedSender;
+use glommio::{GlommioError, ResourceType};
+use serde::Deserialize;
+
+use corecast_shards::frame::{encode_header, MAX_SERVER_HEADER, OP_TEXT};
+use corecast_shards::ring::{ControlMsg, Frame, Interest, Refusal, ShardMsg};
+use corecast_shards::topic::prefix_matches;
+
+use crate::publisher::{Event, PublishError};
+
+/// Most shards one dispatcher routes to (the width of the routing bitmask).
+pub const MAX_SHARDS: usize = 64;
+
+/// Dispatcher settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Capacity of each dispatcher -> shard ring, messages. Default 65536.
+    pub ring_capacity: usize,
+    /// Messages held for a shard whose ring is full before the oldest frames are dropped
+    /// (the shard announces the hole as a `gap`). Default 262144.
+    pub backlog_limit: usize,
+    /// Topics tracked at most; publishing or subscribing past it is refused. Default 100000.
+    pub max_topics: usize,
+    /// Longest ingest line, bytes. Default 1048576.
+    pub max_line_bytes: usize,
+    /// Capacity of the in-process publisher queue, events. Default 65536.
+    pub publisher_queue: usize,
+    /// How often a one-line summary is printed to stderr, ms; 0 never. Default 10000.
+    pub summary_interval_ms: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            ring_capacity: corecast_shards::ring::DEFAULT_RING_CAPACITY,
+            backlog_limit: 262_144,
+            max_topics: 100_000,
+            max_line_bytes: 1 << 20,
+            publisher_queue: 65_536,
+            summary_interval_ms: 10_000,
+        }
+    }
+}
+
+impl DispatcherConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("ring_capacity", self.ring_capacity),
+            ("backlog_limit", self.backlog_limit),
+            ("max_topics", self.max_topics),
+            ("max_line_bytes", self.max_line_bytes),
+            ("publisher_queue", self.publisher_queue),
+        ] {
+            if v == 0 {
+                return Err(format!("dispatcher.{name} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the complete WebSocket text frame of a `msg`:
+/// `{"op":"msg","topic":T,"seq":N,"ts":N,"data":D}`. `topic` needs no escaping (validated
+/// charset) and `data` is already JSON. One allocation; the header is written in front of the
+/// payload once its length is known.
+pub fn encode_msg(topic: &str, seq: u64, ts: u64, data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + 64 + topic.len() + data.len());
+    buf.resize(MAX_SERVER_HEADER, 0);
+    buf.extend_from_slice(b"{\"op\":\"msg\",\"topic\":\"");
+    buf.extend_from_slice(topic.as_bytes());
+    // Writing integers into a Vec cannot fail.
+    let _ = write!(buf, "\",\"seq\":{seq},\"ts\":{ts},\"data\":");
+    buf.extend_from_slice(data);
+    buf.push(b'}');
+    let len = buf.len() - MAX_SERVER_HEADER;
+    let mut head = [0u8; MAX_SERVER_HEADER];
+    let n = encode_header(OP_TEXT, len, &mut head);
+    let start = MAX_SERVER_HEADER - n;
+    buf[start..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
+    Bytes::from(buf).slice(start..)
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+struct TopicState {
+    name: Arc<str>,
+    /// Last sequence assigned; 0 before the first message.
+    seq: u64,
+    /// Shards subscribed to this exact topic.
+    exact: u64,
+    /// Shards to send its frames to: `exact` plus shards with a covering pattern.
+    routes: u64,
+}
+
+struct PrefixRoute {
+    prefix: Arc<str>,
+    shards: u64,
+}
+
+/// The dispatcher's side of one shard's ring. Messages go straight into the ring while it has
+/// room; otherwise they wait, in order, in `backlog`, which a pump task drains.
+struct RingOut {
+    tx: Rc<ConnectedSender<ShardMsg>>,
+    backlog: Rc<RefCell<Backlog>>,
+    kick: LocalSender<()>,
+}
+
+/// Messages for one shard that did not fit in its ring, in order.
+#[derive(Default)]
+struct Backlog {
+    queue: VecDeque<ShardMsg>,
+    /// The pump is sending from `queue` (a message may be in flight outside it); new messages
+    /// must queue behind it to keep the order.
+    pumping: bool,
+}
+
+/// Counters of the dispatcher, reported in the summary.
+#[derive(Debug, Clone, Default)]
+pub struct DispatcherStats {
+    /// Events accepted and sequenced.
+    pub published: u64,
+    /// Ingest lines refused.
+    pub rejected_lines: u64,
+    /// Frames pushed into rings (one per shard routed to).
+    pub ring_pushes: u64,
+    /// Times a ring was full and messages went to the backlog.
+    pub ring_full: u64,
+    /// Frames dropped from a full backlog (each announced by the shard as a gap).
+    pub backlog_dropped: u64,
+}
+
+/// Sequencing, framing and routing state. Dispatcher thread only.
+pub struct Dispatcher {
+    topics: HashMap<Arc<str>, TopicState>,
+    prefixes: Vec<PrefixRoute>,
+    rings: Vec<RingOut>,
+    config: DispatcherConfig,
+    pub stats: DispatcherStats,
+}
+
+impl Dispatcher {
+    /// A dispatcher over connected rings; returns the pump tasks' inputs to spawn.
+    pub(crate) fn new(
+        config: DispatcherConfig,
+        rings: Vec<ConnectedSender<ShardMsg>>,
+    ) -> (Dispatcher, Vec<Pump>) {
+        let mut outs = Vec::with_capacity(rings.len());
+        let mut pumps = Vec::with_capacity(rings.len());
+        for tx in rings {
+            let tx = Rc::new(tx);
+            let backlog = Rc::new(RefCell::new(Backlog::default()));
+            let (kick, kicked) = local_channel::new_unbounded();
+            pumps.push(Pump {
+                tx: tx.clone(),
+                backlog: backlog.clone(),
+                kicked,
+            });
+            outs.push(RingOut { tx, backlog, kick });
+        }
+        let d = Dispatcher {
+            topics: HashMap::new(),
+            prefixes: Vec::new(),
+            rings: outs,
+            config,
+            stats: DispatcherStats::default(),
+        };
+        (d, pumps)
+    }
+
+    pub fn config(&self) -> &DispatcherConfig {
+        &self.config
+    }
+
+    /// Number of shards routed to.
+    pub fn shards(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Sequences one event, encodes its frame once, and pushes it to every routed shard.
+    /// Returns its sequence. Cost: a hash lookup, one frame allocation if any shard is routed,
+    /// and a ring push per routed shard.
+    pub fn publish(&mut self, event: Event) -> Result<u64, PublishError> {
+        let max = self.config.max_topics;
+        let state = match self.topics.get_mut(event.topic.as_str()) {
+            Some(s) => s,
+            None => {
+                if self.topics.len() >= max {
+                    return Err(PublishError::TopicLimit(max));
+                }
+                let name: Arc<str> = Arc::from(event.topic.as_str());
+                let routes = pattern_routes(&self.prefixes, &name);
+                self.topics.entry(name.clone()).or_insert(TopicState {
+                    name,
+                    seq: 0,
+                    exact: 0,
+                    routes,
+                })
+            }
+        };
+        state.seq += 1;
+        let seq = state.seq;
+        self.stats.published += 1;
+        let routes = state.routes;
+        if routes == 0 {
+            return Ok(seq);
+        }
+        let ts = event.ts.unwrap_or_else(now_us);
+        let bytes = encode_msg(&state.name, seq, ts, &event.data);
+        let topic = state.name.clone();
+        let mut mask = routes;
+        while mask != 0 {
+            let shard = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let frame = Frame {
+                topic: topic.clone(),
+                seq,
+                bytes: bytes.clone(),
+                ingest_at: event.ingest_at,
+            };
+            self.push(
+                shard,
+                ShardMsg::Frame {
+                    frame,
+                    sent_at: Instant::now(),
+                },
+            );
+        }
+        Ok(seq)
+    }
+
+    /// Applies a shard's subscribe or unsubscribe, replying on its ring when asked.
+    pub fn on_control(&mut self, msg: ControlMsg) {
+        match msg {
+            ControlMsg::Subscribe {
+                shard,
+                interest,
+                nonce,
+            } => {
+                let bit = 1u64 << shard;
+                let result = match &interest {
+                    Interest::Topic(t) => self.subscribe_topic(t, bit),
+                    Interest::Prefix(p) => {
+                        self.subscribe_prefix(p, bit);
+                        Ok(0)
+                    }
+                };
+                self.push(
+                    shard,
+                    ShardMsg::Subscribed {
+                        interest,
+                        nonce,
+                        result,
+                    },
+                );
+            }
+            ControlMsg::Unsubscribe { shard, interest } => {
+                let bit = 1u64 << shard;
+                match &interest {
+                    Interest::Topic(t) => {
+                        let prefixes = &self.prefixes;
+                        if let Some(s) = self.topics.get_mut(&**t) {
+                            s.exact &= !bit;
+                            s.routes = s.exact | pattern_routes(prefixes, &s.name);
+                            if s.seq == 0 && s.routes == 0 {
+                                self.topics.remove(&**t);
+                            }
+                        }
+                    }
+                    Interest::Prefix(p) => {
+                        if let Some(r) = self.prefixes.iter_mut().find(|r| r.prefix == *p) {
+                            r.shards &= !bit;
+                        }
+                        self.prefixes.retain(|r| r.shards != 0);
+                        let prefixes = &self.prefixes;
+                        for s in self.topics.values_mut() {
+                            if prefix_matches(p, &s.name) {
+                                s.routes = s.exact | pattern_routes(prefixes, &s.name);
+                            }
+                        }
+                    }
+                }
+            }
+            ControlMsg::Report(_) | ControlMsg::Goodbye { .. } => {}
+        }
+    }
+
+    fn subscribe_topic(&mut self, topic: &Arc<str>, bit: u64) -> Result<u64, Refusal> {
+        if let Some(s) = self.topics.get_mut(&**topic) {
+            s.exact |= bit;
+            s.routes |= bit;
+            return Ok(s.seq);
+        }
+        if self.topics.len() >= self.config.max_topics {
+            return Err(Refusal::TopicLimit);
+        }
+        let routes = bit | pattern_routes(&self.prefixes, topic);
+        self.topics.insert(
+            topic.clone(),
+            TopicState {
+                name: topic.clone(),
+                seq: 0,
+                exact: bit,
+                routes,
+            },
+        );
+        Ok(0)
+    }
+
+    fn subscribe_prefix(&mut self, prefix: &Arc<str>, bit: u64) {
+        match self.prefixes.iter_mut().find(|r| r.prefix == *prefix) {
+            Some(r) => r.shards |= bit,
+            None => self.prefixes.push(PrefixRoute {
+                prefix: prefix.clone(),
+                shards: bit,
+            }),
+        }
+        for s in self.topics.values_mut() {
+            if prefix_matches(prefix, &s.name) {
+                s.routes |= bit;
+            }
+        }
+    }
+
+    /// Pushes in order: straight into the ring when nothing waits, else behind the backlog.
+    fn push(&mut self, shard: usize, msg: ShardMsg) {
+        let ring = &self.rings[shard];
+        let mut backlog = ring.backlog.borrow_mut();
+        let msg = if backlog.queue.is_empty() && !backlog.pumping {
+            match ring.tx.try_send(msg) {
+                Ok(()) => {
+                    self.stats.ring_pushes += 1;
+                    return;
+                }
+                Err(GlommioError::WouldBlock(ResourceType::Channel(m))) => {
+                    self.stats.ring_full += 1;
+                    m
+                }
+                // The shard is gone (shutting down): nothing to deliver to.
+                Err(_) => return,
+            }
+        } else {
+            msg
+        };
+        if backlog.queue.len() >= self.config.backlog_limit {
+            let oldest_frame = backlog
+                .queue
+                .iter()
+                .position(|m| matches!(m, ShardMsg::Frame { .. }));
+            if let Some(pos) = oldest_frame {
+                backlog.queue.remove(pos);
+                self.stats.backlog_dropped += 1;
+            }
+        }
+        backlog.queue.push_back(msg);
+        if !backlog.pumping {
+            backlog.pumping = true;
+            let _ = ring.kick.try_send(());
+        }
+    }
+
+    /// Sends `Shutdown` to every shard, behind whatever is queued for it.
+    pub fn shutdown_shards(&mut self) {
+        for shard in 0..self.rings.len() {
+            self.push(shard, ShardMsg::Shutdown);
+        }
+    }
+
+    /// Messages waiting in backlogs, all shards.
+    pub fn backlog_len(&self) -> usize {
+        self.rings.iter().map(|r| r.backlog.borrow().queue.len()).sum()
+    }
+}
+
+fn pattern_routes(prefixes: &[PrefixRoute], topic: &str) -> u64 {
+    prefixes
+        .iter()
+        .filter(|r| prefix_matches(&r.prefix, topic))
+        .fold(0, |acc, r| acc | r.shards)
+}
+
+/// Drains one shard's backlog into its ring, waiting for room. Dispatcher thread.
+pub(crate) struct Pump {
+    tx: Rc<ConnectedSender<ShardMsg>>,
+    backlog: Rc<RefCell<Backlog>>,
+    kicked: LocalReceiver<()>,
+}
+
+impl Pump {
+    pub(crate) async fn run(self) {
+        while self.kicked.recv().await.is_some() {
+            loop {
+                let next = {
+                    let mut b = self.backlog.borrow_mut();
+                    let next = b.queue.pop_front();
+                    if next.is_none() {
+                        b.pumping = false;
+                    }
+                    next
+                };
+                let Some(msg) = next else { break };
+                if self.tx.send(msg).await.is_err() {
+                    let mut b = self.backlog.borrow_mut();
+                    b.queue.clear();
+                    b.pumping = false;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_frame_is_a_text_frame_of_the_documented_json() {
+        let f = encode_msg("book.BTCUSD", 42, 1_700_000_000_000_000, br#"{"b":[["1","2"]]}"#);
+        let json = br#"{"op":"msg","topic":"book.BTCUSD","seq":42,"ts":1700000000000000,"data":{"b":[["1","2"]]}}"#;
+        assert_eq!(f[0], 0x81);
+        assert_eq!(f[1] as usize, json.len());
+        assert_eq!(&f[2..], &json[..]);
+    }
+
+    #[test]
+    fn long_payload_gets_extended_length() {
+        let data = format!("\"{}\"", "x".repeat(300));
+        let f = encode_msg("t", 1, 2, data.as_bytes());
+        assert_eq!(f[1], 126);
+        let len = u16::from_be_bytes([f[2], f[3]]) as usize;
+        assert_eq!(len, f.len() - 4);
+    }
+}

@@ -1,0 +1,378 @@
+//! Wires the parts together: binds the listeners, creates the rings, starts the dispatcher
+//! core and the shards, and shuts them down. Main thread.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel;
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use corecast_shards::ring::{ControlMsg, ShardMsg};
+use corecast_shards::ShardSpec;
+
+use crate::config::Config;
+use crate::dispatcher::Dispatcher;
+use crate::publisher::{serve_ingest, Publisher};
+use crate::report::{SharedStats, Stats};
+
+/// Capacity of each shard -> dispatcher ring, messages.
+const CONTROL_RING_CAPACITY: usize = 16_384;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("dispatcher_core {core} does not exist; this process may use cores {cores:?}")]
+    NoSuchCore { core: usize, cores: Vec<usize> },
+    #[error("cannot start the {what} executor: {source}")]
+    Executor {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    client_addr: SocketAddr,
+    ingest_addr: SocketAddr,
+    shards: usize,
+    publisher: Publisher,
+    shutdown_tx: flume::Sender<()>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    stats: SharedStats,
+}
+
+fn listener(addr: SocketAddr, backlog: i32, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
+/// Raises the soft limits on open files and locked memory to the hard limits (as root, locked
+/// memory to unlimited): 10k connections need descriptors, io_uring needs locked memory.
+fn raise_limits() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) != 0
+            && libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) == 0
+        {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &r);
+        }
+    }
+}
+
+impl Server {
+    /// Starts the dispatcher and the shards and returns once every listener is bound.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        config.validate()?;
+        raise_limits();
+        let cores: Vec<usize> = core_affinity::get_core_ids()
+            .map(|ids| ids.into_iter().map(|c| c.id).collect())
+            .filter(|v: &Vec<usize>| !v.is_empty())
+            .unwrap_or_else(|| vec![0]);
+        let s = &config.server;
+        let n = if s.shards == 0 {
+            (cores.len().saturating_sub(1)).max(1)
+        } else {
+            s.shards
+        };
+        let dispatcher_at = cores
+            .iter()
+            .position(|&c| c == s.dispatcher_core)
+            .ok_or_else(|| StartError::NoSuchCore {
+                core: s.dispatcher_core,
+                cores: cores.clone(),
+            })?;
+        let core_of = |i: usize| cores[(dispatcher_at + 1 + i) % cores.len()];
+
+        let bind = |addr: SocketAddr, reuse_port: bool| {
+            listener(addr, s.listen_backlog, reuse_port)
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let first = bind(s.listen, true)?;
+        let client_addr = first.local_addr().map_err(|source| StartError::Bind {
+            addr: s.listen,
+            source,
+        })?;
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(bind(client_addr, true)?);
+        }
+        let ingest = bind(s.ingest, false)?;
+        let ingest_addr = ingest.local_addr().map_err(|source| StartError::Bind {
+            addr: s.ingest,
+            source,
+        })?;
+
+        let stats: SharedStats = Arc::new(Mutex::new(Stats::default()));
+        let (event_tx, event_rx) = flume::bounded(config.dispatcher.publisher_queue);
+        let (shutdown_tx, shutdown_rx) = flume::bounded::<()>(1);
+        let mut ring_txs = Vec::with_capacity(n);
+        let mut control_rxs = Vec::with_capacity(n);
+        let mut specs = Vec::with_capacity(n);
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (ring_tx, ring_rx) = shared_channel::new_bounded::<ShardMsg>(config.dispatcher.ring_capacity);
+            let (control_tx, control_rx) = shared_channel::new_bounded::<ControlMsg>(CONTROL_RING_CAPACITY);
+            ring_txs.push(ring_tx);
+            control_rxs.push(control_rx);
+            specs.push(ShardSpec {
+                id,
+                core: s.pin_cores.then(|| core_of(id)),
+                listener,
+                ring: ring_rx,
+                control: control_tx,
+                config: config.shard.clone(),
+            });
+        }
+
+        let mut threads = Vec::with_capacity(n + 1);
+        let placement = if s.pin_cores {
+            Placement::Fixed(s.dispatcher_core)
+        } else {
+            Placement::Unbound
+        };
+        let dcfg = config.dispatcher.clone();
+        let dstats = stats.clone();
+        let dispatcher = LocalExecutorBuilder::new(placement)
+            .name("dispatcher")
+            .io_memory(256 << 10)
+            .preempt_timer(Duration::from_millis(1))
+            .spawn(move || async move {
+                let mut rings = Vec::with_capacity(ring_txs.len());
+                for tx in ring_txs {
+                    rings.push(tx.connect().await);
+                }
+                let mut controls = Vec::with_capacity(control_rxs.len());
+                for rx in control_rxs {
+                    controls.push(rx.connect().await);
+                }
+                run_dispatcher(dcfg, rings, controls, ingest, event_rx, shutdown_rx, dstats).await;
+            })
+            .map_err(|e| StartError::Executor {
+                what: "dispatcher".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        threads.push(dispatcher);
+        for spec in specs {
+            let id = spec.id;
+            let handle = corecast_shards::spawn(spec).map_err(|source| StartError::Executor {
+                what: format!("shard {id}"),
+                source,
+            })?;
+            threads.push(handle);
+        }
+        Ok(Server {
+            client_addr,
+            ingest_addr,
+            shards: n,
+            publisher: Publisher { tx: event_tx },
+            shutdown_tx,
+            threads,
+            stats,
+        })
+    }
+
+    /// Where clients connect (`ws://{addr}{path}`).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Where publishers connect (TCP, newline-delimited JSON).
+    pub fn ingest_addr(&self) -> SocketAddr {
+        self.ingest_addr
+    }
+
+    /// Number of shards running.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// An in-process publishing handle.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// The live statistics.
+    pub fn stats(&self) -> SharedStats {
+        self.stats.clone()
+    }
+
+    /// A handle that starts a graceful shutdown from any thread (a signal handler's thread).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown_tx.clone())
+    }
+
+    /// Stops accepting, closes every client with 1001 "going away, reconnect", flushes, and
+    /// waits for every thread, at most `limit`. Returns false if some thread did not finish.
+    pub fn shutdown(self, limit: Duration) -> bool {
+        let _ = self.shutdown_tx.try_send(());
+        self.join(limit)
+    }
+
+    /// Waits for the server to stop (after a [`ShutdownHandle::shutdown`]), at most `limit`.
+    pub fn join(self, limit: Duration) -> bool {
+        let (done_tx, done_rx) = flume::bounded(1);
+        let threads = self.threads;
+        std::thread::spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            let _ = done_tx.send(());
+        });
+        done_rx.recv_timeout(limit).is_ok()
+    }
+}
+
+/// Starts a graceful shutdown; any thread.
+#[derive(Clone)]
+pub struct ShutdownHandle(flume::Sender<()>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+async fn run_dispatcher(
+    config: crate::dispatcher::DispatcherConfig,
+    rings: Vec<shared_channel::ConnectedSender<ShardMsg>>,
+    controls: Vec<shared_channel::ConnectedReceiver<ControlMsg>>,
+    ingest: std::net::TcpListener,
+    events: flume::Receiver<crate::publisher::Event>,
+    shutdown: flume::Receiver<()>,
+    stats: SharedStats,
+) {
+    let summary_every = config.summary_interval_ms;
+    let (dispatcher, pumps) = Dispatcher::new(config, rings);
+    let dispatcher = Rc::new(RefCell::new(dispatcher));
+    for p in pumps {
+        glommio::spawn_local(p.run()).detach();
+    }
+    let fast = glommio::executor().create_task_queue(
+        Shares::default(),
+        Latency::Matters(Duration::from_micros(100)),
+        "ingest",
+    );
+    let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
+    for rx in controls {
+        let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());
+        let task = async move {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    ControlMsg::Report(r) => {
+                        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                        s.update(*r);
+                        s.dispatcher = d.borrow().stats.clone();
+                    }
+                    ControlMsg::Goodbye { .. } => break,
+                    other => d.borrow_mut().on_control(other),
+                }
+            }
+            open.set(open.get() - 1);
+        };
+        glommio::spawn_local_into(task, fast).expect("queue exists").detach();
+    }
+    {
+        let d = dispatcher.clone();
+        let task = async move {
+            while let Ok(event) = events.recv_async().await {
+                let mut d = d.borrow_mut();
+                if d.publish(event).is_err() {
+                    d.stats.rejected_lines += 1;
+                }
+                // Take what else is already queued without another wake-up.
+                for event in events.try_iter().take(1024) {
+                    if d.publish(event).is_err() {
+                        d.stats.rejected_lines += 1;
+                    }
+                }
+            }
+        };
+        glommio::spawn_local_into(task, fast).expect("queue exists").detach();
+    }
+    let acceptor = {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the fd is a listening socket we own and give up here.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(ingest.into_raw_fd()) };
+        let d = dispatcher.clone();
+        let task = async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        glommio::spawn_local_into(serve_ingest(d.clone(), stream), fast)
+                            .expect("queue exists")
+                            .detach();
+                    }
+                    Err(_) => glommio::timer::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        };
+        glommio::spawn_local_into(task, fast).expect("queue exists")
+    };
+    if summary_every > 0 {
+        let stats = stats.clone();
+        glommio::spawn_local(async move {
+            let every = Duration::from_millis(summary_every);
+            let mut last: Option<(Instant, u64, u64)> = None;
+            loop {
+                glommio::timer::sleep(every).await;
+                let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                let totals = s.totals();
+                let now = Instant::now();
+                let rates = last.map(|(t, p, d)| {
+                    let secs = now.duration_since(t).as_secs_f64().max(1e-9);
+                    (
+                        (s.dispatcher.published - p) as f64 / secs,
+                        (totals.counters.deliveries - d) as f64 / secs,
+                    )
+                });
+                last = Some((now, s.dispatcher.published, totals.counters.deliveries));
+                eprintln!("corecast: {}", totals.line(&s.dispatcher, rates));
+            }
+        })
+        .detach();
+    }
+
+    // Foreign wake-ups reach glommio promptly only in a latency-sensitive queue.
+    let stop = glommio::spawn_local_into(async move { shutdown.recv_async().await }, fast)
+        .expect("queue exists");
+    let _ = stop.await;
+    drop(acceptor);
+    dispatcher.borrow_mut().shutdown_shards();
+    // Shards close their clients, report once more, and drop their control rings.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_shards.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    s.dispatcher = dispatcher.borrow().stats.clone();
+}
