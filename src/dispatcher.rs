@@ -15,12 +15,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::channels::shared_channel::ConnectedSender;
-use glommio::{GlommioError, ResourceType};
 use serde::Deserialize;
 
 use corecast_shards::frame::{encode_header, MAX_SERVER_HEADER, OP_TEXT};
-use corecast_shards::ring::{ControlMsg, Frame, Interest, Refusal, ShardMsg};
+use corecast_shards::ring::{ControlMsg, Frame, Interest, PushError, Refusal, RingSender, ShardMsg};
 use corecast_shards::topic::prefix_matches;
 
 use crate::publisher::{Event, PublishError};
@@ -124,7 +122,7 @@ struct PrefixRoute {
 /// The dispatcher's side of one shard's ring. Messages go straight into the ring while it has
 /// room; otherwise they wait, in order, in `backlog`, which a pump task drains.
 struct RingOut {
-    tx: Rc<ConnectedSender<ShardMsg>>,
+    tx: Rc<RingSender<ShardMsg>>,
     backlog: Rc<RefCell<Backlog>>,
     kick: LocalSender<()>,
 }
@@ -145,6 +143,8 @@ pub struct DispatcherStats {
     pub published: u64,
     /// Ingest lines refused.
     pub rejected_lines: u64,
+    /// In-process events refused after validation (topic limit).
+    pub rejected_events: u64,
     /// Frames pushed into rings (one per shard routed to).
     pub ring_pushes: u64,
     /// Times a ring was full and messages went to the backlog.
@@ -166,7 +166,7 @@ impl Dispatcher {
     /// A dispatcher over connected rings; returns the pump tasks' inputs to spawn.
     pub(crate) fn new(
         config: DispatcherConfig,
-        rings: Vec<ConnectedSender<ShardMsg>>,
+        rings: Vec<RingSender<ShardMsg>>,
     ) -> (Dispatcher, Vec<Pump>) {
         let mut outs = Vec::with_capacity(rings.len());
         let mut pumps = Vec::with_capacity(rings.len());
@@ -350,17 +350,17 @@ impl Dispatcher {
         let ring = &self.rings[shard];
         let mut backlog = ring.backlog.borrow_mut();
         let msg = if backlog.queue.is_empty() && !backlog.pumping {
-            match ring.tx.try_send(msg) {
+            match ring.tx.try_push(msg) {
                 Ok(()) => {
                     self.stats.ring_pushes += 1;
                     return;
                 }
-                Err(GlommioError::WouldBlock(ResourceType::Channel(m))) => {
+                Err(PushError::Full(m)) => {
                     self.stats.ring_full += 1;
                     m
                 }
                 // The shard is gone (shutting down): nothing to deliver to.
-                Err(_) => return,
+                Err(PushError::Closed(_)) => return,
             }
         } else {
             msg
@@ -404,7 +404,7 @@ fn pattern_routes(prefixes: &[PrefixRoute], topic: &str) -> u64 {
 
 /// Drains one shard's backlog into its ring, waiting for room. Dispatcher thread.
 pub(crate) struct Pump {
-    tx: Rc<ConnectedSender<ShardMsg>>,
+    tx: Rc<RingSender<ShardMsg>>,
     backlog: Rc<RefCell<Backlog>>,
     kicked: LocalReceiver<()>,
 }
@@ -422,7 +422,7 @@ impl Pump {
                     next
                 };
                 let Some(msg) = next else { break };
-                if self.tx.send(msg).await.is_err() {
+                if self.tx.push(msg).await.is_err() {
                     let mut b = self.backlog.borrow_mut();
                     b.queue.clear();
                     b.pumping = false;

@@ -165,7 +165,7 @@ fn print_demo_help(server: &Server, path: &str, symbols: usize) {
 
 /// Serves until SIGINT/SIGTERM (or `limit`), then shuts down gracefully within a bound.
 fn run_until_signal(server: Server, limit: Option<Duration>) -> anyhow::Result<()> {
-    let (tx, rx) = flume::bounded::<i32>(1);
+    let (tx, rx) = std::sync::mpsc::channel::<i32>();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,

@@ -98,7 +98,7 @@ pub fn parse_line(line: &mut [u8], ingest_at: Instant) -> Result<Event, PublishE
 /// In-process publishing handle. Any thread; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    pub(crate) tx: flume::Sender<Event>,
+    pub(crate) tx: corecast_shards::ring::RingSender<Event>,
 }
 
 impl Publisher {
@@ -127,7 +127,7 @@ impl Publisher {
             ts,
             ingest_at,
         };
-        self.tx.send(event).map_err(|_| PublishError::Closed)
+        self.tx.push_blocking(event).map_err(|_| PublishError::Closed)
     }
 }
 

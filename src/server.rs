@@ -7,16 +7,15 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use glommio::channels::shared_channel;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use corecast_shards::ring::{ControlMsg, ShardMsg};
+use corecast_shards::ring::{self, ControlMsg, RingReceiver, RingSender, ShardMsg};
 use corecast_shards::ShardSpec;
 
 use crate::config::Config;
 use crate::dispatcher::Dispatcher;
-use crate::publisher::{serve_ingest, Publisher};
+use crate::publisher::{serve_ingest, Event, Publisher};
 use crate::report::{SharedStats, Stats};
 
 /// Capacity of each shard -> dispatcher ring, messages.
@@ -34,6 +33,8 @@ pub enum StartError {
     },
     #[error("dispatcher_core {core} does not exist; this process may use cores {cores:?}")]
     NoSuchCore { core: usize, cores: Vec<usize> },
+    #[error("cannot create a ring: {0}")]
+    Ring(std::io::Error),
     #[error("cannot start the {what} executor: {source}")]
     Executor {
         what: String,
@@ -47,7 +48,7 @@ pub struct Server {
     ingest_addr: SocketAddr,
     shards: usize,
     publisher: Publisher,
-    shutdown_tx: flume::Sender<()>,
+    shutdown_tx: RingSender<()>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     stats: SharedStats,
 }
@@ -133,14 +134,17 @@ impl Server {
         })?;
 
         let stats: SharedStats = Arc::new(Mutex::new(Stats::default()));
-        let (event_tx, event_rx) = flume::bounded(config.dispatcher.publisher_queue);
-        let (shutdown_tx, shutdown_rx) = flume::bounded::<()>(1);
+        let (event_tx, event_rx) =
+            ring::ring::<Event>(config.dispatcher.publisher_queue).map_err(StartError::Ring)?;
+        let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1).map_err(StartError::Ring)?;
         let mut ring_txs = Vec::with_capacity(n);
         let mut control_rxs = Vec::with_capacity(n);
         let mut specs = Vec::with_capacity(n);
         for (id, listener) in listeners.into_iter().enumerate() {
-            let (ring_tx, ring_rx) = shared_channel::new_bounded::<ShardMsg>(config.dispatcher.ring_capacity);
-            let (control_tx, control_rx) = shared_channel::new_bounded::<ControlMsg>(CONTROL_RING_CAPACITY);
+            let (ring_tx, ring_rx) = ring::ring::<ShardMsg>(config.dispatcher.ring_capacity)
+                .map_err(StartError::Ring)?;
+            let (control_tx, control_rx) =
+                ring::ring::<ControlMsg>(CONTROL_RING_CAPACITY).map_err(StartError::Ring)?;
             ring_txs.push(ring_tx);
             control_rxs.push(control_rx);
             specs.push(ShardSpec {
@@ -165,16 +169,11 @@ impl Server {
             .name("dispatcher")
             .io_memory(256 << 10)
             .preempt_timer(Duration::from_millis(1))
-            .spawn(move || async move {
-                let mut rings = Vec::with_capacity(ring_txs.len());
-                for tx in ring_txs {
-                    rings.push(tx.connect().await);
-                }
-                let mut controls = Vec::with_capacity(control_rxs.len());
-                for rx in control_rxs {
-                    controls.push(rx.connect().await);
-                }
-                run_dispatcher(dcfg, rings, controls, ingest, event_rx, shutdown_rx, dstats).await;
+            .spin_before_park(corecast_shards::shard::spin_before_park(
+                config.shard.spin_before_park_us,
+            ))
+            .spawn(move || {
+                run_dispatcher(dcfg, ring_txs, control_rxs, ingest, event_rx, shutdown_rx, dstats)
             })
             .map_err(|e| StartError::Executor {
                 what: "dispatcher".into(),
@@ -233,13 +232,13 @@ impl Server {
     /// Stops accepting, closes every client with 1001 "going away, reconnect", flushes, and
     /// waits for every thread, at most `limit`. Returns false if some thread did not finish.
     pub fn shutdown(self, limit: Duration) -> bool {
-        let _ = self.shutdown_tx.try_send(());
+        let _ = self.shutdown_tx.try_push(());
         self.join(limit)
     }
 
     /// Waits for the server to stop (after a [`ShutdownHandle::shutdown`]), at most `limit`.
     pub fn join(self, limit: Duration) -> bool {
-        let (done_tx, done_rx) = flume::bounded(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let threads = self.threads;
         std::thread::spawn(move || {
             for t in threads {
@@ -253,21 +252,21 @@ impl Server {
 
 /// Starts a graceful shutdown; any thread.
 #[derive(Clone)]
-pub struct ShutdownHandle(flume::Sender<()>);
+pub struct ShutdownHandle(RingSender<()>);
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
-        let _ = self.0.try_send(());
+        let _ = self.0.try_push(());
     }
 }
 
 async fn run_dispatcher(
     config: crate::dispatcher::DispatcherConfig,
-    rings: Vec<shared_channel::ConnectedSender<ShardMsg>>,
-    controls: Vec<shared_channel::ConnectedReceiver<ControlMsg>>,
+    rings: Vec<RingSender<ShardMsg>>,
+    controls: Vec<RingReceiver<ControlMsg>>,
     ingest: std::net::TcpListener,
-    events: flume::Receiver<crate::publisher::Event>,
-    shutdown: flume::Receiver<()>,
+    events: RingReceiver<Event>,
+    shutdown: RingReceiver<()>,
     stats: SharedStats,
 ) {
     let summary_every = config.summary_interval_ms;
@@ -283,6 +282,7 @@ async fn run_dispatcher(
     );
     let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
     for rx in controls {
+        let mut rx = rx.attach();
         let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());
         let task = async move {
             while let Some(msg) = rx.recv().await {
@@ -302,16 +302,14 @@ async fn run_dispatcher(
     }
     {
         let d = dispatcher.clone();
+        let mut events = events.attach();
         let task = async move {
-            while let Ok(event) = events.recv_async().await {
+            let mut batch = Vec::with_capacity(1024);
+            while events.recv_batch(&mut batch, 1024).await {
                 let mut d = d.borrow_mut();
-                if d.publish(event).is_err() {
-                    d.stats.rejected_lines += 1;
-                }
-                // Take what else is already queued without another wake-up.
-                for event in events.try_iter().take(1024) {
+                for event in batch.drain(..) {
                     if d.publish(event).is_err() {
-                        d.stats.rejected_lines += 1;
+                        d.stats.rejected_events += 1;
                     }
                 }
             }
@@ -362,10 +360,7 @@ async fn run_dispatcher(
         .detach();
     }
 
-    // Foreign wake-ups reach glommio promptly only in a latency-sensitive queue.
-    let stop = glommio::spawn_local_into(async move { shutdown.recv_async().await }, fast)
-        .expect("queue exists");
-    let _ = stop.await;
+    let _ = shutdown.attach().recv().await;
     drop(acceptor);
     dispatcher.borrow_mut().shutdown_shards();
     // Shards close their clients, report once more, and drop their control rings.

@@ -30,6 +30,9 @@ pub struct ShardConfig {
     /// A connection silent (no frame of any kind) this long is closed with 4000, ms.
     /// Default 45000.
     pub heartbeat_timeout_ms: u64,
+    /// Kernel send buffer of each client socket (SO_SNDBUF), bytes; 0 keeps the kernel's
+    /// autotuning. Smaller makes slow readers hit drop-oldest sooner. Default 0.
+    pub send_buffer_bytes: usize,
     /// Time allowed for the HTTP upgrade, ms. Default 10000.
     pub handshake_timeout_ms: u64,
     /// Sustained inbound frames per second per connection (control frames count). Default 50.
@@ -50,8 +53,9 @@ pub struct ShardConfig {
     /// Latency goal of the ring-draining task queue, µs: glommio polls for ring messages at
     /// least this often while busy with other work. Default 100.
     pub ring_latency_us: u64,
-    /// How long an idle shard spins before sleeping in the kernel, µs; trades a core for wake-up
-    /// latency. Default 0 (sleep at once).
+    /// How long an idle shard (and the dispatcher) polls before parking in the kernel, µs;
+    /// 0 never parks. Default 0: glommio 0.9's park can miss wake-ups on current kernels
+    /// (docs/architecture.md, "Polling, not parking"), so executors poll and keep their cores.
     pub spin_before_park_us: u64,
 }
 
@@ -65,6 +69,7 @@ impl Default for ShardConfig {
             max_control_bytes: 256 * 1024,
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
+            send_buffer_bytes: 0,
             handshake_timeout_ms: 10_000,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,

@@ -138,6 +138,11 @@ enum Ending {
 /// Serves one accepted socket until it closes. Runs as its own task on the shard.
 pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    if ctx.config.send_buffer_bytes > 0 {
+        // SAFETY: the fd belongs to `stream`, alive for this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let _ = socket2::SockRef::from(&fd).set_send_buffer_size(ctx.config.send_buffer_bytes);
+    }
     let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
     let path = ctx.config.path.clone();
     let handshake = Box::pin(handshake(&mut stream, path));

@@ -8,15 +8,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::Stream;
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::channels::shared_channel::{ConnectedReceiver, SharedReceiver, SharedSender};
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use crate::config::ShardConfig;
@@ -25,7 +20,7 @@ use crate::metrics::ShardMetrics;
 use crate::protocol::close;
 use crate::queue::Bounds;
 use crate::ratelimit::Limits;
-use crate::ring::{ControlMsg, ShardMsg};
+use crate::ring::{AttachedReceiver, ControlMsg, RingReceiver, RingSender, ShardMsg};
 use crate::table::{Routed, Table, ToDispatcher};
 
 /// Everything a shard needs to start. Built on the main thread, moved to the shard's thread.
@@ -37,9 +32,9 @@ pub struct ShardSpec {
     /// The shard's own `SO_REUSEPORT` listener, already listening.
     pub listener: std::net::TcpListener,
     /// Dispatcher -> shard ring.
-    pub ring: SharedReceiver<ShardMsg>,
+    pub ring: RingReceiver<ShardMsg>,
     /// Shard -> dispatcher ring.
-    pub control: SharedSender<ControlMsg>,
+    pub control: RingSender<ControlMsg>,
     pub config: ShardConfig,
 }
 
@@ -49,17 +44,29 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         Some(core) => Placement::Fixed(core),
         None => Placement::Unbound,
     };
-    let mut builder = LocalExecutorBuilder::new(placement)
+    LocalExecutorBuilder::new(placement)
         .name(&format!("shard-{}", spec.id))
         // No file I/O here: a small registered buffer keeps locked memory low.
         .io_memory(256 << 10)
-        .preempt_timer(Duration::from_millis(1));
-    if spec.config.spin_before_park_us > 0 {
-        builder = builder.spin_before_park(Duration::from_micros(spec.config.spin_before_park_us));
-    }
-    builder
+        .preempt_timer(Duration::from_millis(1))
+        .spin_before_park(spin_before_park(spec.config.spin_before_park_us))
         .spawn(move || run(spec))
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// How long an idle executor polls before it parks in the kernel. 0 means never park.
+///
+/// glommio 0.9 parks by linking its rings (a poll of one io_uring's fd from another); on the
+/// kernels measured here (6.x) that poll does not always fire, so a parked executor can miss
+/// socket readiness, timers and cross-thread wake-ups for seconds or for good (glommio issues
+/// #326 and #547 describe the same hang). Never parking is the default: each shard and the
+/// dispatcher keep their core busy, as a poll-mode server on a dedicated host does.
+pub fn spin_before_park(us: u64) -> Duration {
+    if us == 0 {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        Duration::from_micros(us)
+    }
 }
 
 /// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
@@ -142,7 +149,7 @@ async fn run(spec: ShardSpec) {
         config,
         ..
     } = spec;
-    let (control_tx, control_rx) = local_channel::new_unbounded();
+    let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
     let ctx = Rc::new(ShardCtx {
         id,
         bounds: config.bounds(),
@@ -159,13 +166,12 @@ async fn run(spec: ShardSpec) {
         shutting_down: Cell::new(false),
     });
 
-    // Connect in the dispatcher's order (ring first, then control): `connect` waits for the peer.
-    let ring = ring.connect().await;
-    let to_dispatcher = control.connect().await;
+    let to_dispatcher = control;
+    let ring = ring.attach();
     let pump = glommio::spawn_local(async move {
         while let Some(msg) = control_rx.recv().await {
             let last = matches!(msg, ControlMsg::Goodbye { .. });
-            if to_dispatcher.send(msg).await.is_err() || last {
+            if to_dispatcher.push(msg).await.is_err() || last {
                 break;
             }
         }
@@ -235,25 +241,11 @@ const ROUND_LIMIT: usize = 4096;
 
 /// Drains the dispatcher ring in rounds: route every frame into subscriber queues, then
 /// write each touched connection once. Returns on `Shutdown` or when the dispatcher is gone.
-async fn drain_ring(ctx: Rc<ShardCtx>, mut ring: ConnectedReceiver<ShardMsg>) {
+async fn drain_ring(ctx: Rc<ShardCtx>, mut ring: AttachedReceiver<ShardMsg>) {
     let mut batch: Vec<ShardMsg> = Vec::with_capacity(256);
     let mut ingest_times: Vec<Instant> = Vec::with_capacity(256);
     loop {
-        let open = poll_fn(|cx| {
-            while batch.len() < ROUND_LIMIT {
-                match Pin::new(&mut ring).poll_next(cx) {
-                    Poll::Ready(Some(m)) => batch.push(m),
-                    Poll::Ready(None) => return Poll::Ready(false),
-                    Poll::Pending => break,
-                }
-            }
-            if batch.is_empty() {
-                Poll::Pending
-            } else {
-                Poll::Ready(true)
-            }
-        })
-        .await;
+        let open = ring.recv_batch(&mut batch, ROUND_LIMIT).await;
         if !open && batch.is_empty() {
             return;
         }
