@@ -106,7 +106,9 @@ impl Config {
             )));
         }
         if self.server.listen_backlog <= 0 {
-            return Err(ConfigError::Invalid("server.listen_backlog must be greater than 0".into()));
+            return Err(ConfigError::Invalid(
+                "server.listen_backlog must be greater than 0".into(),
+            ));
         }
         Ok(())
     }
@@ -126,18 +128,25 @@ mod tests {
 
     #[test]
     fn sections_override_fields() {
-        let c = Config::from_toml("[server]\nshards = 3\n[shard]\nqueue_max_messages = 10\n").unwrap();
+        let c =
+            Config::from_toml("[server]\nshards = 3\n[shard]\nqueue_max_messages = 10\n").unwrap();
         assert_eq!(c.server.shards, 3);
         assert_eq!(c.shard.queue_max_messages, 10);
     }
 
     #[test]
     fn unknown_and_bad_fields_are_errors() {
-        let e = Config::from_toml("[server]\nshardz = 3\n").unwrap_err().to_string();
+        let e = Config::from_toml("[server]\nshardz = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("shardz"), "{e}");
-        let e = Config::from_toml("[shard]\nqueue_max_messages = 0\n").unwrap_err().to_string();
+        let e = Config::from_toml("[shard]\nqueue_max_messages = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("queue_max_messages"), "{e}");
-        let e = Config::from_toml("[server]\nshards = 65\n").unwrap_err().to_string();
+        let e = Config::from_toml("[server]\nshards = 65\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at most 64"), "{e}");
     }
 

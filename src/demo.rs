@@ -146,11 +146,19 @@ fn run(publisher: Publisher, config: FeedConfig, stop: Arc<AtomicBool>) -> u64 {
                     r#"{{"symbol":"{}","id":{},"price":"{:.6}","qty":"{qty:.4}","side":"{side}"}}"#,
                     m.symbol, m.trade_id, m.price
                 );
-                published += u64::from(publisher.publish(&format!("trades.{}", m.symbol), data).is_ok());
+                published += u64::from(
+                    publisher
+                        .publish(&format!("trades.{}", m.symbol), data)
+                        .is_ok(),
+                );
             }
             for _ in 0..events(&mut rng, p_book) {
                 let level = (rng.next() % 10) as f64;
-                let qty = if rng.unit() < 0.3 { 0.0 } else { rng.unit() * 5.0 };
+                let qty = if rng.unit() < 0.3 {
+                    0.0
+                } else {
+                    rng.unit() * 5.0
+                };
                 let data = format!(
                     r#"{{"symbol":"{}","bids":[["{:.6}","{qty:.4}"]],"asks":[["{:.6}","{:.4}"]]}}"#,
                     m.symbol,
@@ -158,7 +166,11 @@ fn run(publisher: Publisher, config: FeedConfig, stop: Arc<AtomicBool>) -> u64 {
                     m.price + m.tick * (1.0 + level),
                     rng.unit() * 5.0
                 );
-                published += u64::from(publisher.publish(&format!("book.{}", m.symbol), data).is_ok());
+                published += u64::from(
+                    publisher
+                        .publish(&format!("book.{}", m.symbol), data)
+                        .is_ok(),
+                );
             }
             if events(&mut rng, p_ticker) > 0 {
                 let data = format!(
@@ -169,7 +181,11 @@ fn run(publisher: Publisher, config: FeedConfig, stop: Arc<AtomicBool>) -> u64 {
                     m.price,
                     m.volume
                 );
-                published += u64::from(publisher.publish(&format!("ticker.{}", m.symbol), data).is_ok());
+                published += u64::from(
+                    publisher
+                        .publish(&format!("ticker.{}", m.symbol), data)
+                        .is_ok(),
+                );
             }
         }
         next += tick;

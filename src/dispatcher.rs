@@ -18,7 +18,9 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use serde::Deserialize;
 
 use corecast_shards::frame::{encode_header, MAX_SERVER_HEADER, OP_TEXT};
-use corecast_shards::ring::{ControlMsg, Frame, Interest, PushError, Refusal, RingSender, ShardMsg};
+use corecast_shards::ring::{
+    ControlMsg, Frame, Interest, PushError, Refusal, RingSender, ShardMsg,
+};
 use corecast_shards::topic::prefix_matches;
 
 use crate::publisher::{Event, PublishError};
@@ -391,7 +393,10 @@ impl Dispatcher {
 
     /// Messages waiting in backlogs, all shards.
     pub fn backlog_len(&self) -> usize {
-        self.rings.iter().map(|r| r.backlog.borrow().queue.len()).sum()
+        self.rings
+            .iter()
+            .map(|r| r.backlog.borrow().queue.len())
+            .sum()
     }
 }
 
@@ -439,7 +444,12 @@ mod tests {
 
     #[test]
     fn msg_frame_is_a_text_frame_of_the_documented_json() {
-        let f = encode_msg("book.BTCUSD", 42, 1_700_000_000_000_000, br#"{"b":[["1","2"]]}"#);
+        let f = encode_msg(
+            "book.BTCUSD",
+            42,
+            1_700_000_000_000_000,
+            br#"{"b":[["1","2"]]}"#,
+        );
         let json = br#"{"op":"msg","topic":"book.BTCUSD","seq":42,"ts":1700000000000000,"data":{"b":[["1","2"]]}}"#;
         assert_eq!(f[0], 0x81);
         assert_eq!(f[1] as usize, json.len());

@@ -14,7 +14,11 @@ use corecast::{Config, Server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "corecast", version, about = "WebSocket pub/sub broadcaster for market data")]
+#[command(
+    name = "corecast",
+    version,
+    about = "WebSocket pub/sub broadcaster for market data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,7 +117,13 @@ fn main() -> anyhow::Result<()> {
             let config = serve.config()?;
             let path = config.shard.path.clone();
             let server = start(config)?;
-            let feed = Feed::start(server.publisher(), FeedConfig { symbols, rate_scale });
+            let feed = Feed::start(
+                server.publisher(),
+                FeedConfig {
+                    symbols,
+                    rate_scale,
+                },
+            );
             print_demo_help(&server, &path, symbols);
             let result = run_until_signal(server, exit_after.map(Duration::from_secs));
             let published = feed.stop();

@@ -3,8 +3,8 @@
 //! Two ways in: the TCP ingest (newline-delimited JSON, served on the dispatcher core, where
 //! each line is validated with simd-json) and the in-process [`Publisher`] handle (any thread).
 
-use std::rc::Rc;
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -71,8 +71,8 @@ pub struct Event {
 /// event. `line` is scratch: simd-json parses in place. Cost: one parse plus one compact
 /// re-serialisation of `data`.
 pub fn parse_line(line: &mut [u8], ingest_at: Instant) -> Result<Event, PublishError> {
-    let value = simd_json::to_borrowed_value(line)
-        .map_err(|e| PublishError::InvalidJson(e.to_string()))?;
+    let value =
+        simd_json::to_borrowed_value(line).map_err(|e| PublishError::InvalidJson(e.to_string()))?;
     let obj = value.as_object().ok_or(PublishError::NotAnObject)?;
     let topic = obj
         .get("topic")
@@ -127,7 +127,9 @@ impl Publisher {
             ts,
             ingest_at,
         };
-        self.tx.push_blocking(event).map_err(|_| PublishError::Closed)
+        self.tx
+            .push_blocking(event)
+            .map_err(|_| PublishError::Closed)
     }
 }
 
@@ -175,7 +177,11 @@ pub(crate) async fn serve_ingest(dispatcher: Rc<RefCell<Dispatcher>>, mut stream
         buf.drain(..start);
         if buf.len() > max_line {
             if !skipping {
-                error_line(&mut replies, line_no + 1, &PublishError::LineTooLong(max_line));
+                error_line(
+                    &mut replies,
+                    line_no + 1,
+                    &PublishError::LineTooLong(max_line),
+                );
                 dispatcher.borrow_mut().stats.rejected_lines += 1;
             }
             skipping = true;
@@ -222,10 +228,26 @@ mod tests {
         assert_eq!(parse("not json").unwrap_err().code(), "invalid_json");
         assert_eq!(parse("[1]").unwrap_err().code(), "not_an_object");
         assert_eq!(parse(r#"{"data":1}"#).unwrap_err().code(), "missing_topic");
-        assert_eq!(parse(r#"{"topic":"a b","data":1}"#).unwrap_err().code(), "bad_topic");
-        assert_eq!(parse(r#"{"topic":"a"}"#).unwrap_err().code(), "missing_data");
-        assert_eq!(parse(r#"{"topic":"a","data":1,"ts":-5}"#).unwrap_err().code(), "bad_ts");
-        assert_eq!(parse(r#"{"topic":"a","data":1,"ts":"x"}"#).unwrap_err().code(), "bad_ts");
+        assert_eq!(
+            parse(r#"{"topic":"a b","data":1}"#).unwrap_err().code(),
+            "bad_topic"
+        );
+        assert_eq!(
+            parse(r#"{"topic":"a"}"#).unwrap_err().code(),
+            "missing_data"
+        );
+        assert_eq!(
+            parse(r#"{"topic":"a","data":1,"ts":-5}"#)
+                .unwrap_err()
+                .code(),
+            "bad_ts"
+        );
+        assert_eq!(
+            parse(r#"{"topic":"a","data":1,"ts":"x"}"#)
+                .unwrap_err()
+                .code(),
+            "bad_ts"
+        );
     }
 
     #[test]

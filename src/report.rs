@@ -82,7 +82,9 @@ impl Totals {
     /// One line for the log: connections, traffic, drops and latency percentiles.
     pub fn line(&self, d: &DispatcherStats, per_sec: Option<(f64, f64)>) -> String {
         let c = &self.counters;
-        let rates = per_sec.map_or(String::new(), |(i, o)| format!(" in {i:.0}/s out {o:.0}/s |"));
+        let rates = per_sec.map_or(String::new(), |(i, o)| {
+            format!(" in {i:.0}/s out {o:.0}/s |")
+        });
         format!(
             "conns {} |{rates} published {} delivered {} writes {} dropped {} gaps {} | ring hop p50 {}us p99 {}us | ingest->write p50 {}us p99 {}us p99.9 {}us | batch p50 {} p99 {}",
             c.open,

@@ -53,7 +53,11 @@ pub struct Server {
     stats: SharedStats,
 }
 
-fn listener(addr: SocketAddr, backlog: i32, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+fn listener(
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     if reuse_port {
@@ -173,7 +177,15 @@ impl Server {
                 config.shard.spin_before_park_us,
             ))
             .spawn(move || {
-                run_dispatcher(dcfg, ring_txs, control_rxs, ingest, event_rx, shutdown_rx, dstats)
+                run_dispatcher(
+                    dcfg,
+                    ring_txs,
+                    control_rxs,
+                    ingest,
+                    event_rx,
+                    shutdown_rx,
+                    dstats,
+                )
             })
             .map_err(|e| StartError::Executor {
                 what: "dispatcher".into(),
@@ -298,7 +310,9 @@ async fn run_dispatcher(
             }
             open.set(open.get() - 1);
         };
-        glommio::spawn_local_into(task, fast).expect("queue exists").detach();
+        glommio::spawn_local_into(task, fast)
+            .expect("queue exists")
+            .detach();
     }
     {
         let d = dispatcher.clone();
@@ -314,7 +328,9 @@ async fn run_dispatcher(
                 }
             }
         };
-        glommio::spawn_local_into(task, fast).expect("queue exists").detach();
+        glommio::spawn_local_into(task, fast)
+            .expect("queue exists")
+            .detach();
     }
     let acceptor = {
         use std::os::fd::{FromRawFd, IntoRawFd};

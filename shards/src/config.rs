@@ -119,7 +119,10 @@ impl ShardConfig {
             ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
             ("rate_limit_per_sec", u64::from(self.rate_limit_per_sec)),
             ("rate_limit_burst", u64::from(self.rate_limit_burst)),
-            ("rate_limit_max_strikes", u64::from(self.rate_limit_max_strikes)),
+            (
+                "rate_limit_max_strikes",
+                u64::from(self.rate_limit_max_strikes),
+            ),
             ("max_topics_per_request", self.max_topics_per_request as u64),
             ("max_subscriptions", self.max_subscriptions as u64),
         ];
@@ -127,10 +130,15 @@ impl ShardConfig {
             return Err(format!("shard.{name} must be greater than 0"));
         }
         if !self.path.starts_with('/') {
-            return Err(format!("shard.path must start with '/', got {:?}", self.path));
+            return Err(format!(
+                "shard.path must start with '/', got {:?}",
+                self.path
+            ));
         }
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
-            return Err("shard.heartbeat_timeout_ms must be longer than heartbeat_interval_ms".into());
+            return Err(
+                "shard.heartbeat_timeout_ms must be longer than heartbeat_interval_ms".into(),
+            );
         }
         Ok(())
     }

@@ -342,7 +342,10 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
         }
         Verdict::Close => {
             ctx.metrics.borrow_mut().counters.rate_limited += 1;
-            return Some(Ending::Close(close::POLICY_VIOLATION, "rate limit exceeded".into()));
+            return Some(Ending::Close(
+                close::POLICY_VIOLATION,
+                "rate limit exceeded".into(),
+            ));
         }
     }
     match event {
@@ -358,7 +361,10 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
             "binary messages are not supported; send JSON text".into(),
         )),
         Event::Ping(payload) => {
-            conn.push_own(ctx, crate::frame::server_frame(crate::frame::OP_PONG, &payload));
+            conn.push_own(
+                ctx,
+                crate::frame::server_frame(crate::frame::OP_PONG, &payload),
+            );
             None
         }
         Event::Pong | Event::Close(_) => None,
@@ -403,7 +409,13 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             };
             let items: Vec<(Interest, bool)> = {
                 let subs = conn.subs.borrow();
-                wanted.into_iter().map(|i| { let new = !subs.contains(&i); (i, new) }).collect()
+                wanted
+                    .into_iter()
+                    .map(|i| {
+                        let new = !subs.contains(&i);
+                        (i, new)
+                    })
+                    .collect()
             };
             let new = items.iter().filter(|(_, n)| *n).count();
             let have = conn.subs.borrow().len();
@@ -419,7 +431,10 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 .extend(items.iter().filter(|(_, n)| *n).map(|(i, _)| i.clone()));
             let me = conn.clone();
             let mut to_dispatcher = Vec::new();
-            let done = ctx.table.borrow_mut().subscribe(me, id, items, &mut to_dispatcher);
+            let done = ctx
+                .table
+                .borrow_mut()
+                .subscribe(me, id, items, &mut to_dispatcher);
             ctx.tell_dispatcher(to_dispatcher);
             if let Some(r) = done {
                 deliver_resolved(ctx, r);
@@ -441,18 +456,23 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             {
                 let mut table = ctx.table.borrow_mut();
                 for i in &gone {
-                    table.unsubscribe(&me, i, &mut to_dispatcher);
                     let seq = match i {
                         Interest::Topic(t) => Some(table.last_seq(t).unwrap_or(0)),
                         Interest::Prefix(_) => None,
                     };
+                    table.unsubscribe(&me, i, &mut to_dispatcher);
                     acked.push((interest_name(i), seq));
                 }
             }
             ctx.tell_dispatcher(to_dispatcher);
             conn.out.borrow_mut().retain_published(|t| conn.covers(t));
-            let topics: Vec<AckTopic<'_>> =
-                acked.iter().map(|(t, seq)| AckTopic { topic: t, seq: *seq }).collect();
+            let topics: Vec<AckTopic<'_>> = acked
+                .iter()
+                .map(|(t, seq)| AckTopic {
+                    topic: t,
+                    seq: *seq,
+                })
+                .collect();
             conn.push_own(ctx, protocol::ack(id, &topics));
         }
     }
@@ -464,8 +484,13 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
         Resolved::Ack { sub, id, topics } => {
             let names: Vec<(String, Option<u64>)> =
                 topics.iter().map(|(i, s)| (interest_name(i), *s)).collect();
-            let topics: Vec<AckTopic<'_>> =
-                names.iter().map(|(t, seq)| AckTopic { topic: t, seq: *seq }).collect();
+            let topics: Vec<AckTopic<'_>> = names
+                .iter()
+                .map(|(t, seq)| AckTopic {
+                    topic: t,
+                    seq: *seq,
+                })
+                .collect();
             sub.push_own(ctx, protocol::ack(id, &topics));
             ctx.mark_dirty(&sub);
         }

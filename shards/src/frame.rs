@@ -205,7 +205,10 @@ mod tests {
     fn parses_masked_text_and_unmasks() {
         let wire = masked(0x81, b"hello");
         let f = parse_inbound(&wire, 100).unwrap().unwrap();
-        assert_eq!((f.kind, f.fin, f.header_len, f.payload_len), (Kind::Text, true, 6, 5));
+        assert_eq!(
+            (f.kind, f.fin, f.header_len, f.payload_len),
+            (Kind::Text, true, 6, 5)
+        );
         let mut p = wire[6..].to_vec();
         unmask(&mut p, f.mask);
         assert_eq!(p, b"hello");
@@ -219,13 +222,22 @@ mod tests {
 
     #[test]
     fn refuses_protocol_violations() {
-        assert_eq!(parse_inbound(&[0x81, 0x05, b'h'], 100).unwrap_err(), FrameError::Unmasked);
-        assert_eq!(parse_inbound(&masked(0xC1, b"x"), 100).unwrap_err(), FrameError::ReservedBits);
+        assert_eq!(
+            parse_inbound(&[0x81, 0x05, b'h'], 100).unwrap_err(),
+            FrameError::Unmasked
+        );
+        assert_eq!(
+            parse_inbound(&masked(0xC1, b"x"), 100).unwrap_err(),
+            FrameError::ReservedBits
+        );
         assert_eq!(
             parse_inbound(&masked(0x83, b"x"), 100).unwrap_err(),
             FrameError::ReservedOpcode(3)
         );
-        assert_eq!(parse_inbound(&masked(0x09, b"x"), 100).unwrap_err(), FrameError::BadControl);
+        assert_eq!(
+            parse_inbound(&masked(0x09, b"x"), 100).unwrap_err(),
+            FrameError::BadControl
+        );
         let e = parse_inbound(&masked(0x81, &[b'a'; 50]), 10).unwrap_err();
         assert_eq!(e, FrameError::TooBig(50, 10));
         assert_eq!(e.close_code(), 1009);

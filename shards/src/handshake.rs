@@ -117,7 +117,11 @@ pub fn parse(buf: &[u8], path: &str) -> Parsed {
 
 fn check<'a>(req: &'a httparse::Request<'_, '_>, path: &str) -> Result<&'a [u8], Rejection> {
     if req.method != Some("GET") {
-        return Err(Rejection::new(405, "Method Not Allowed", "only GET upgrades to a WebSocket"));
+        return Err(Rejection::new(
+            405,
+            "Method Not Allowed",
+            "only GET upgrades to a WebSocket",
+        ));
     }
     if req.version != Some(1) {
         return Err(Rejection::new(400, "Bad Request", "HTTP/1.1 is required"));
@@ -125,7 +129,11 @@ fn check<'a>(req: &'a httparse::Request<'_, '_>, path: &str) -> Result<&'a [u8],
     let target = req.path.unwrap_or("");
     let request_path = target.split('?').next().unwrap_or("");
     if request_path != path {
-        return Err(Rejection::new(404, "Not Found", format!("the WebSocket endpoint is {path}")));
+        return Err(Rejection::new(
+            404,
+            "Not Found",
+            format!("the WebSocket endpoint is {path}"),
+        ));
     }
     match header(req, "upgrade") {
         Some(v) if has_token(v, "websocket") => {}
@@ -138,10 +146,18 @@ fn check<'a>(req: &'a httparse::Request<'_, '_>, path: &str) -> Result<&'a [u8],
         }
     }
     if !header(req, "connection").is_some_and(|v| has_token(v, "upgrade")) {
-        return Err(Rejection::new(400, "Bad Request", "Connection header must include Upgrade"));
+        return Err(Rejection::new(
+            400,
+            "Bad Request",
+            "Connection header must include Upgrade",
+        ));
     }
     if header(req, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
-        return Err(Rejection::new(426, "Upgrade Required", "Sec-WebSocket-Version must be 13"));
+        return Err(Rejection::new(
+            426,
+            "Upgrade Required",
+            "Sec-WebSocket-Version must be 13",
+        ));
     }
     match header(req, "sec-websocket-key") {
         Some(k) if valid_key(k) => Ok(k.trim_ascii()),
@@ -185,10 +201,16 @@ mod tests {
         assert_eq!(status(&GOOD.replace("GET /ws", "GET /other")), 404);
         assert_eq!(status(&GOOD.replace("keep-alive, Upgrade", "close")), 400);
         assert_eq!(status(&GOOD.replace("Version: 13", "Version: 8")), 426);
-        assert_eq!(status(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")), 400);
+        assert_eq!(
+            status(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
+            400
+        );
         assert_eq!(status("\x16\x03\x01garbage\r\n\r\n"), 400);
         assert_eq!(status("GET /ws HTTP/1.1\r\nHost: a\r\n"), 0);
-        let long = format!("GET /ws HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+        let long = format!(
+            "GET /ws HTTP/1.1\r\nX: {}\r\n",
+            "a".repeat(MAX_REQUEST_HEAD)
+        );
         assert_eq!(status(&long), 431);
     }
 

@@ -87,7 +87,10 @@ impl Reassembler {
             unmask(&mut payload, h.mask);
             let event = match h.kind {
                 Kind::Text if self.fragment.is_some() => {
-                    return Err(fatal(close::PROTOCOL_ERROR, "new message inside a fragmented one"))
+                    return Err(fatal(
+                        close::PROTOCOL_ERROR,
+                        "new message inside a fragmented one",
+                    ))
                 }
                 Kind::Text if h.fin => Some(Event::Text(utf8(payload)?)),
                 Kind::Text => {
@@ -96,10 +99,15 @@ impl Reassembler {
                 }
                 Kind::Continuation => {
                     let Some(mut so_far) = self.fragment.take() else {
-                        return Err(fatal(close::PROTOCOL_ERROR, "continuation without a message"));
+                        return Err(fatal(
+                            close::PROTOCOL_ERROR,
+                            "continuation without a message",
+                        ));
                     };
                     if so_far.len() + payload.len() > max {
-                        return Err(FrameError::TooBig((so_far.len() + payload.len()) as u64, max).into());
+                        return Err(
+                            FrameError::TooBig((so_far.len() + payload.len()) as u64, max).into(),
+                        );
                     }
                     so_far.extend_from_slice(&payload);
                     if h.fin {
@@ -138,7 +146,10 @@ impl Reassembler {
 fn utf8(payload: Vec<u8>) -> Result<Vec<u8>, Fatal> {
     match std::str::from_utf8(&payload) {
         Ok(_) => Ok(payload),
-        Err(_) => Err(fatal(close::INVALID_UTF8, "text message is not valid UTF-8")),
+        Err(_) => Err(fatal(
+            close::INVALID_UTF8,
+            "text message is not valid UTF-8",
+        )),
     }
 }
 
@@ -146,7 +157,10 @@ fn utf8(payload: Vec<u8>) -> Result<Vec<u8>, Fatal> {
 fn close_code(payload: &[u8]) -> Result<Option<u16>, Fatal> {
     match payload.len() {
         0 => Ok(None),
-        1 => Err(fatal(close::PROTOCOL_ERROR, "close frame with a 1-byte body")),
+        1 => Err(fatal(
+            close::PROTOCOL_ERROR,
+            "close frame with a 1-byte body",
+        )),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
@@ -154,7 +168,10 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, Fatal> {
                 return Err(fatal(close::PROTOCOL_ERROR, "invalid close code"));
             }
             if std::str::from_utf8(&payload[2..]).is_err() {
-                return Err(fatal(close::INVALID_UTF8, "close reason is not valid UTF-8"));
+                return Err(fatal(
+                    close::INVALID_UTF8,
+                    "close reason is not valid UTF-8",
+                ));
             }
             Ok(Some(code))
         }
@@ -206,7 +223,10 @@ mod tests {
         let mut r = Reassembler::default();
         r.feed(&wire);
         assert_eq!(r.next_event(100).unwrap(), Some(Event::Ping(b"p".to_vec())));
-        assert_eq!(r.next_event(100).unwrap(), Some(Event::Text(b"hello".to_vec())));
+        assert_eq!(
+            r.next_event(100).unwrap(),
+            Some(Event::Text(b"hello".to_vec()))
+        );
         assert_eq!(r.next_event(100).unwrap(), None);
     }
 

@@ -44,9 +44,17 @@ pub mod code {
 /// A client request, as parsed from a text frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    Subscribe { id: Option<u64>, topics: Vec<String> },
-    Unsubscribe { id: Option<u64>, topics: Vec<String> },
-    Ping { id: Option<u64> },
+    Subscribe {
+        id: Option<u64>,
+        topics: Vec<String>,
+    },
+    Unsubscribe {
+        id: Option<u64>,
+        topics: Vec<String>,
+    },
+    Ping {
+        id: Option<u64>,
+    },
 }
 
 /// A request that could not be understood: the `error` message to send back.
@@ -98,11 +106,17 @@ pub fn parse_request(text: &mut [u8], max_topics: usize) -> Result<Request, Reje
         .op
         .ok_or_else(|| reject(code::UNKNOWN_OP, "missing \"op\"".into()))?;
     let topics = |raw_topics: Option<Vec<String>>| match raw_topics {
-        None => Err(reject(code::BAD_REQUEST, format!("\"{op}\" needs \"topics\""))),
+        None => Err(reject(
+            code::BAD_REQUEST,
+            format!("\"{op}\" needs \"topics\""),
+        )),
         Some(t) if t.is_empty() => Err(reject(code::BAD_REQUEST, "\"topics\" is empty".into())),
         Some(t) if t.len() > max_topics => Err(reject(
             code::BAD_REQUEST,
-            format!("{} topics in one request; the limit is {max_topics}", t.len()),
+            format!(
+                "{} topics in one request; the limit is {max_topics}",
+                t.len()
+            ),
         )),
         Some(t) => Ok(t),
     };
@@ -166,7 +180,12 @@ fn text_frame(msg: &Out<'_>) -> Vec<u8> {
 }
 
 /// `welcome` frame, sent once after the handshake.
-pub fn welcome(conn: &str, heartbeat_ms: u64, timeout_ms: u64, max_message_bytes: usize) -> Vec<u8> {
+pub fn welcome(
+    conn: &str,
+    heartbeat_ms: u64,
+    timeout_ms: u64,
+    max_message_bytes: usize,
+) -> Vec<u8> {
     text_frame(&Out::Welcome {
         conn,
         heartbeat_ms,
@@ -232,7 +251,10 @@ mod tests {
                 topics: vec!["a".into()]
             })
         );
-        assert_eq!(parse(r#"{"op":"ping","id":3}"#), Ok(Request::Ping { id: Some(3) }));
+        assert_eq!(
+            parse(r#"{"op":"ping","id":3}"#),
+            Ok(Request::Ping { id: Some(3) })
+        );
     }
 
     #[test]
@@ -242,22 +264,45 @@ mod tests {
         assert_eq!(parse(r#"{"id":1}"#).unwrap_err().code, code::UNKNOWN_OP);
         let e = parse(r#"{"op":"dance","id":9}"#).unwrap_err();
         assert_eq!((e.code, e.id), (code::UNKNOWN_OP, Some(9)));
-        assert_eq!(parse(r#"{"op":"subscribe","id":1}"#).unwrap_err().code, code::BAD_REQUEST);
+        assert_eq!(
+            parse(r#"{"op":"subscribe","id":1}"#).unwrap_err().code,
+            code::BAD_REQUEST
+        );
         assert_eq!(
             parse(r#"{"op":"subscribe","topics":[]}"#).unwrap_err().code,
             code::BAD_REQUEST
         );
         assert_eq!(
-            parse(r#"{"op":"subscribe","topics":["a","b","c","d","e"]}"#).unwrap_err().code,
+            parse(r#"{"op":"subscribe","topics":["a","b","c","d","e"]}"#)
+                .unwrap_err()
+                .code,
             code::BAD_REQUEST
         );
-        assert_eq!(parse(r#"{"op":"ping","id":"x"}"#).unwrap_err().code, code::BAD_REQUEST);
-        assert_eq!(parse(r#"{"op":"ping","id":-1}"#).unwrap_err().code, code::BAD_REQUEST);
+        assert_eq!(
+            parse(r#"{"op":"ping","id":"x"}"#).unwrap_err().code,
+            code::BAD_REQUEST
+        );
+        assert_eq!(
+            parse(r#"{"op":"ping","id":-1}"#).unwrap_err().code,
+            code::BAD_REQUEST
+        );
     }
 
     #[test]
     fn server_messages_are_text_frames_of_json() {
-        let f = ack(Some(1), &[AckTopic { topic: "a", seq: Some(5) }, AckTopic { topic: "b.*", seq: None }]);
+        let f = ack(
+            Some(1),
+            &[
+                AckTopic {
+                    topic: "a",
+                    seq: Some(5),
+                },
+                AckTopic {
+                    topic: "b.*",
+                    seq: None,
+                },
+            ],
+        );
         assert_eq!(f[0], 0x81);
         let body = std::str::from_utf8(&f[2..]).unwrap();
         assert_eq!(

@@ -168,8 +168,8 @@ impl Outbound {
 
     fn drop_oldest_published(&mut self) -> bool {
         let start = usize::from(self.head_written > 0);
-        let Some(pos) = (start..self.chunks.len())
-            .find(|&i| matches!(self.chunks[i], Chunk::Published(_)))
+        let Some(pos) =
+            (start..self.chunks.len()).find(|&i| matches!(self.chunks[i], Chunk::Published(_)))
         else {
             return false;
         };
@@ -206,7 +206,8 @@ impl Outbound {
         for (i, g) in self.gaps.drain(..).enumerate() {
             let frame = protocol::gap(&g.topic, g.from, g.to, g.reason);
             self.control_bytes += frame.len();
-            self.chunks.insert(at + i, Chunk::Own(frame.into_boxed_slice()));
+            self.chunks
+                .insert(at + i, Chunk::Own(frame.into_boxed_slice()));
         }
         n
     }
@@ -223,13 +224,19 @@ impl Outbound {
             let mut iov = Vec::with_capacity(self.chunks.len().min(MAX_IOV));
             let mut want = 0usize;
             for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
-                let b = if i == 0 { &c.bytes()[self.head_written..] } else { c.bytes() };
+                let b = if i == 0 {
+                    &c.bytes()[self.head_written..]
+                } else {
+                    c.bytes()
+                };
                 want += b.len();
                 iov.push(IoSlice::new(b));
             }
             let written = match send(&iov) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Flushed::Blocked, announced)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flushed::Blocked, announced))
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -251,7 +258,9 @@ impl Outbound {
     /// Marks `n` bytes from the head as written.
     pub fn consume(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let rest = front.bytes().len() - self.head_written;
             if n < rest {
                 self.head_written += n;
@@ -320,8 +329,14 @@ mod tests {
         for seq in 1..=3 {
             assert_eq!(q.push_published(frame(&t, seq, 10), &B), Enqueued::Queued);
         }
-        assert_eq!(q.push_published(frame(&t, 4, 10), &B), Enqueued::DroppedOldest(1));
-        assert_eq!(q.push_published(frame(&t, 5, 10), &B), Enqueued::DroppedOldest(1));
+        assert_eq!(
+            q.push_published(frame(&t, 4, 10), &B),
+            Enqueued::DroppedOldest(1)
+        );
+        assert_eq!(
+            q.push_published(frame(&t, 5, 10), &B),
+            Enqueued::DroppedOldest(1)
+        );
         assert_eq!(q.dropped, 2);
         assert_eq!(q.published_len(), 3);
         let wire = drain(&mut q);
@@ -337,7 +352,10 @@ mod tests {
         let mut q = Outbound::default();
         q.push_own(b"hello".to_vec());
         q.push_published(frame(&t, 1, 600), &B);
-        assert_eq!(q.push_published(frame(&t, 2, 600), &B), Enqueued::DroppedOldest(1));
+        assert_eq!(
+            q.push_published(frame(&t, 2, 600), &B),
+            Enqueued::DroppedOldest(1)
+        );
         let wire = drain(&mut q);
         let gap = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
         assert_eq!(&wire[..gap.len()], &gap[..]);
@@ -362,7 +380,11 @@ mod tests {
         let wire = drain(&mut q);
         let gap = protocol::gap("t", 3, 3, protocol::reason::SLOW_CONSUMER);
         assert_eq!(wire.len(), 5 + gap.len() + 20);
-        assert_eq!(&wire[5..5 + gap.len()], &gap[..], "gap after the partial frame");
+        assert_eq!(
+            &wire[5..5 + gap.len()],
+            &gap[..],
+            "gap after the partial frame"
+        );
     }
 
     #[test]

@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(b.take(&L, t0), Verdict::Refuse(1));
         // 10/s: one token per 100 ms.
         assert_eq!(b.take(&L, t0 + Duration::from_millis(100)), Verdict::Allow);
-        assert_eq!(b.take(&L, t0 + Duration::from_millis(100)), Verdict::Refuse(2));
+        assert_eq!(
+            b.take(&L, t0 + Duration::from_millis(100)),
+            Verdict::Refuse(2)
+        );
         // A full bucket again resets strikes.
         let later = t0 + Duration::from_secs(2);
         assert_eq!(b.take(&L, later), Verdict::Allow);

@@ -101,7 +101,6 @@ pub enum ControlMsg {
 /// Capacity of each dispatcher -> shard ring, in messages, unless configured otherwise.
 pub const DEFAULT_RING_CAPACITY: usize = 65_536;
 
-
 /// Longest a consumer waits on the doorbell before it looks at the queue again. The doorbell's
 /// readiness travels through io_uring task work, which a polling executor may run late; this
 /// bound keeps a late doorbell from holding a frame back by more than this.
@@ -183,7 +182,9 @@ impl<T> RingSender<T> {
     fn ring_bell(&self) {
         // Pairs with the consumer's fence: either it sees our message, or we see it parked.
         fence(Ordering::SeqCst);
-        if self.bell.parked.load(Ordering::Relaxed) && self.bell.parked.swap(false, Ordering::AcqRel) {
+        if self.bell.parked.load(Ordering::Relaxed)
+            && self.bell.parked.swap(false, Ordering::AcqRel)
+        {
             // A full socket buffer already holds a wake-up; nothing else can fail usefully.
             let _ = (&self.bell.writer).write(&[1]);
         }

@@ -314,10 +314,17 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         }
         let mut out = conn.out.borrow_mut();
         if let Some((from, to)) = missed {
-            out.note_gap(&frame.topic, from, to, crate::protocol::reason::SHARD_OVERFLOW);
+            out.note_gap(
+                &frame.topic,
+                from,
+                to,
+                crate::protocol::reason::SHARD_OVERFLOW,
+            );
             shard_gap = true;
         }
-        if let crate::queue::Enqueued::DroppedOldest(n) = out.push_published(frame.clone(), &ctx.bounds) {
+        if let crate::queue::Enqueued::DroppedOldest(n) =
+            out.push_published(frame.clone(), &ctx.bounds)
+        {
             dropped += u64::from(n);
         }
         drop(out);

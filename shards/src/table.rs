@@ -353,9 +353,9 @@ impl<T> Table<T> {
                 self.topics.retain(|name, e| {
                     e.exact.state != State::Idle
                         || !e.exact.unused()
-                        || prefixes
-                            .iter()
-                            .any(|q| q.entry.state == State::Live && prefix_matches(&q.prefix, name))
+                        || prefixes.iter().any(|q| {
+                            q.entry.state == State::Live && prefix_matches(&q.prefix, name)
+                        })
                 });
             }
         }
@@ -451,7 +451,9 @@ mod tests {
         let mut t = Table::default();
         let mut out = Vec::new();
         let a = Rc::new(1u32);
-        assert!(t.subscribe(a.clone(), Some(7), vec![(topic("x"), true)], &mut out).is_none());
+        assert!(t
+            .subscribe(a.clone(), Some(7), vec![(topic("x"), true)], &mut out)
+            .is_none());
         let nonce = match &out[..] {
             [ToDispatcher::Subscribe { nonce, .. }] => *nonce,
             other => panic!("{other:?}"),
@@ -497,7 +499,12 @@ mod tests {
         t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
         out.clear();
         t.unsubscribe(&a, &topic("x"), &mut out);
-        assert_eq!(out, vec![ToDispatcher::Unsubscribe { interest: topic("x") }]);
+        assert_eq!(
+            out,
+            vec![ToDispatcher::Unsubscribe {
+                interest: topic("x")
+            }]
+        );
         assert_eq!(t.interest_count(), 0);
         // Resubscribe: a new nonce; the old nonce's reply changes nothing.
         out.clear();
@@ -519,7 +526,10 @@ mod tests {
         assert_eq!(delivered(&mut t, &frame("trades.A", 10)), vec![(1, None)]);
         assert_eq!(delivered(&mut t, &frame("trades.B", 1)), vec![(1, None)]);
         assert_eq!(t.route(&frame("book.A", 1), |_, _| {}), Routed::Unrouted);
-        assert_eq!(delivered(&mut t, &frame("trades.A", 12)), vec![(1, Some((11, 11)))]);
+        assert_eq!(
+            delivered(&mut t, &frame("trades.A", 12)),
+            vec![(1, Some((11, 11)))]
+        );
     }
 
     #[test]
@@ -527,13 +537,23 @@ mod tests {
         let mut t = Table::default();
         let mut out = Vec::new();
         let a = Rc::new(1u32);
-        t.subscribe(a, Some(3), vec![(topic("x"), true), (topic("y"), true)], &mut out);
+        t.subscribe(
+            a,
+            Some(3),
+            vec![(topic("x"), true), (topic("y"), true)],
+            &mut out,
+        );
         assert_eq!(out.len(), 2);
         t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
         out.clear();
         let done = t.on_subscribed(&topic("y"), 2, Err(Refusal::TopicLimit), &mut out);
         assert!(matches!(&done[..], [Resolved::Refused { id: Some(3), .. }]));
-        assert_eq!(out, vec![ToDispatcher::Unsubscribe { interest: topic("x") }]);
+        assert_eq!(
+            out,
+            vec![ToDispatcher::Unsubscribe {
+                interest: topic("x")
+            }]
+        );
         assert_eq!(t.interest_count(), 0);
     }
 }

@@ -78,7 +78,13 @@ mod tests {
 
     #[test]
     fn accepts_market_names() {
-        for t in ["book.BTCUSD", "trades.ETH-USD", "user:42.orders", "a", "x_y.z"] {
+        for t in [
+            "book.BTCUSD",
+            "trades.ETH-USD",
+            "user:42.orders",
+            "a",
+            "x_y.z",
+        ] {
             assert_eq!(validate_topic(t), Ok(()), "{t}");
         }
     }

@@ -1,0 +1,310 @@
+//! Delivery over real sockets with tungstenite clients: order, contiguity, unsubscribe,
+//! patterns, many shards, slow readers, heartbeats, shutdown, TCP ingest.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use simd_json::prelude::*;
+
+#[test]
+fn subscribe_then_receive_in_order_with_contiguous_seq() {
+    let server = start(|_| {});
+    server.publish_settled("book.BTCUSD", 5); // history before the subscription
+    let mut ws = connect(&server.url);
+    let welcome = next_op(&mut ws, "welcome");
+    assert!(welcome["conn"].as_str().unwrap().starts_with("0-"));
+    let ack = subscribe(&mut ws, 7, &["book.BTCUSD"]);
+    assert_eq!(ack_seq(&ack, "book.BTCUSD"), 5);
+    server.publish("book.BTCUSD", 300);
+    for k in 0..300u64 {
+        let m = next_op(&mut ws, "msg");
+        assert_eq!(m["seq"].as_u64(), Some(6 + k));
+        assert_eq!(
+            m["data"]["i"].as_u64(),
+            Some(k),
+            "payload travels unchanged"
+        );
+        assert!(
+            m["ts"].as_u64().unwrap() > 1_600_000_000_000_000,
+            "ts in µs"
+        );
+    }
+}
+
+#[test]
+fn unsubscribe_stops_delivery() {
+    let server = start(|_| {});
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["a.x", "b.x"]);
+    server.publish("a.x", 3);
+    expect_contiguous(&mut ws, "a.x", 1, 3);
+    send(&mut ws, r#"{"op":"unsubscribe","id":2,"topics":["a.x"]}"#);
+    let ack = next_op(&mut ws, "ack");
+    assert_eq!(ack["id"], 2);
+    assert_eq!(ack_seq(&ack, "a.x"), 3);
+    server.publish("a.x", 50);
+    server.publish("b.x", 1); // fence: published after every a.x message
+    let m = next_op(&mut ws, "msg");
+    assert_eq!(
+        m["topic"].as_str(),
+        Some("b.x"),
+        "no a.x after the unsubscribe ack"
+    );
+    send(&mut ws, r#"{"op":"unsubscribe","id":3,"topics":["a.x"]}"#);
+    let e = next_op(&mut ws, "error");
+    assert_eq!(e["code"].as_str(), Some("not_subscribed"));
+}
+
+#[test]
+fn pattern_receives_present_and_future_topics_only_under_its_prefix() {
+    let server = start(|_| {});
+    server.publish_settled("trades.OLD", 2);
+    let mut ws = connect(&server.url);
+    let ack = subscribe(&mut ws, 1, &["trades.*"]);
+    assert!(
+        ack["topics"][0]["seq"].is_null(),
+        "patterns ack without a seq: {ack:?}"
+    );
+    server.publish("trades.OLD", 1);
+    server.publish("book.OLD", 1);
+    server.publish("tradesX.NEW", 1);
+    server.publish("trades.NEW", 2);
+    let got: Vec<(String, u64)> = (0..3)
+        .map(|_| {
+            let m = next_op(&mut ws, "msg");
+            (
+                m["topic"].as_str().unwrap().to_string(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("trades.OLD".into(), 3),
+            ("trades.NEW".into(), 1),
+            ("trades.NEW".into(), 2)
+        ],
+        "{got:?}"
+    );
+}
+
+#[test]
+fn topic_and_pattern_overlap_delivers_once() {
+    let server = start(|_| {});
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["px.a", "px.*"]);
+    server.publish("px.a", 20);
+    expect_contiguous(&mut ws, "px.a", 1, 20);
+}
+
+#[test]
+fn every_shard_receives_every_message() {
+    let server = start(|c| c.server.shards = 2);
+    let mut clients = Vec::new();
+    let mut shards_seen = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let mut ws = connect(&server.url);
+        let w = next_op(&mut ws, "welcome");
+        let shard = w["conn"]
+            .as_str()
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .to_string();
+        shards_seen.insert(shard);
+        clients.push(ws);
+        if shards_seen.len() == 2 && clients.len() >= 6 {
+            break;
+        }
+    }
+    assert_eq!(
+        shards_seen.len(),
+        2,
+        "SO_REUSEPORT spread clients over both shards"
+    );
+    for ws in &mut clients {
+        subscribe(ws, 1, &["book.ALL"]);
+    }
+    server.publish("book.ALL", 500);
+    for ws in &mut clients {
+        expect_contiguous(ws, "book.ALL", 1, 500);
+    }
+}
+
+#[test]
+fn slow_reader_gets_gap_notices_and_others_lose_nothing() {
+    let server = start(|c| {
+        c.shard.queue_max_bytes = 256 * 1024;
+        c.shard.send_buffer_bytes = 8192;
+    });
+    let fast = Bystander::new(&server, "trades.FAST");
+    // The slow client: tiny receive buffer, and it does not read while we publish.
+    let stream = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&server.addr.into()).unwrap();
+        TcpStream::from(s)
+    };
+    let (mut slow, _) = tungstenite::client(server.url.as_str(), stream).expect("handshake");
+    let ack = {
+        slow.send(tungstenite::Message::text(
+            r#"{"op":"subscribe","id":1,"topics":["trades.FAST"]}"#,
+        ))
+        .unwrap();
+        loop {
+            let m = slow.read().unwrap();
+            if let tungstenite::Message::Text(t) = m {
+                if t.contains("\"ack\"") {
+                    break t;
+                }
+            }
+        }
+    };
+    assert!(ack.contains("trades.FAST"));
+    let n = 5000;
+    let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
+    // The fast client reads on its own thread while the slow one is stalled.
+    let mut fast_ws = fast.ws;
+    let reader = std::thread::spawn(move || {
+        expect_contiguous(&mut fast_ws, "trades.FAST", 1, n);
+    });
+    for i in 0..n {
+        server.publisher.publish("trades.FAST", &payload).unwrap();
+        if i % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    reader
+        .join()
+        .expect("the fast client received every message in order");
+    // Now the slow client reads: every seq is either delivered or inside an announced gap.
+    slow.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut accounted = 0u64;
+    let mut next = 1u64;
+    let mut gaps = 0;
+    while next <= n {
+        let text = match slow.read().unwrap() {
+            tungstenite::Message::Text(t) => t,
+            _ => continue,
+        };
+        let mut b = text.as_bytes().to_vec();
+        let v = simd_json::to_owned_value(&mut b).unwrap();
+        match v["op"].as_str() {
+            Some("msg") => {
+                assert_eq!(
+                    v["seq"].as_u64(),
+                    Some(next),
+                    "after gaps, the stream goes on"
+                );
+                next += 1;
+                accounted += 1;
+            }
+            Some("gap") => {
+                assert_eq!(v["reason"].as_str(), Some("slow_consumer"));
+                assert_eq!(
+                    v["from"].as_u64(),
+                    Some(next),
+                    "the gap starts where delivery stopped"
+                );
+                let to = v["to"].as_u64().unwrap();
+                accounted += to - next + 1;
+                next = to + 1;
+                gaps += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(accounted, n, "every message delivered or announced");
+    assert!(gaps >= 1, "the slow reader was told about its losses");
+}
+
+#[test]
+fn silent_client_is_closed_after_heartbeat_timeout() {
+    let server = start(|c| {
+        c.shard.heartbeat_interval_ms = 100;
+        c.shard.heartbeat_timeout_ms = 400;
+    });
+    let mut silent = connect(&server.url);
+    let mut lively = connect(&server.url);
+    let start = Instant::now();
+    // `lively` reads (tungstenite answers pings while reading); `silent` does nothing.
+    set_timeout(&lively, Duration::from_millis(50));
+    while start.elapsed() < Duration::from_millis(1200) {
+        let _ = lively.read();
+    }
+    set_timeout(&lively, Duration::from_secs(10));
+    let (code, reason) = expect_close(&mut silent);
+    assert_eq!(code, 4000);
+    assert_eq!(reason, "heartbeat timeout");
+    subscribe(&mut lively, 5, &["still.here"]);
+}
+
+#[test]
+fn graceful_shutdown_sends_going_away() {
+    let mut server = start(|_| {});
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["t.x"]);
+    let t = Instant::now();
+    assert!(server.shutdown(), "every thread finished");
+    assert!(t.elapsed() < Duration::from_secs(8));
+    let (code, reason) = expect_close(&mut ws);
+    assert_eq!(code, 1001);
+    assert_eq!(reason, "going away, reconnect");
+    assert!(
+        TcpStream::connect(server.addr).is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn tcp_ingest_reports_bad_lines_and_keeps_the_stream() {
+    let server = start(|_| {});
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["ing.a"]);
+    let mut publisher = TcpStream::connect(server.ingest).unwrap();
+    publisher
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let lines = concat!(
+        "{\"topic\":\"ing.a\",\"data\":{\"n\":1}}\n",
+        "this is not json\n",
+        "\n",
+        "{\"topic\":\"bad topic\",\"data\":1}\n",
+        "{\"topic\":\"ing.a\"}\n",
+        "{\"topic\":\"ing.a\",\"data\":[2],\"ts\":123}\r\n",
+    );
+    publisher.write_all(lines.as_bytes()).unwrap();
+    let mut replies = BufReader::new(publisher.try_clone().unwrap());
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        replies.read_line(&mut line).unwrap();
+        let mut b = line.trim_end().as_bytes().to_vec();
+        let v = simd_json::to_owned_value(&mut b).unwrap();
+        errors.push((
+            v["line"].as_u64().unwrap(),
+            v["code"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(
+        errors,
+        vec![
+            (2, "invalid_json".into()),
+            (4, "bad_topic".into()),
+            (5, "missing_data".into())
+        ]
+    );
+    let m1 = next_op(&mut ws, "msg");
+    let m2 = next_op(&mut ws, "msg");
+    assert_eq!((m1["seq"].as_u64(), m2["seq"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(m1["data"]["n"].as_u64(), Some(1));
+    assert_eq!(m2["ts"].as_u64(), Some(123), "publisher timestamp kept");
+}
