@@ -1,0 +1,58 @@
+//! Dispatcher per-message cost: validate an ingest line (simd-json), sequence and frame it.
+
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use corecast::dispatcher::encode_msg;
+use corecast::publisher::parse_line;
+
+const LINE: &str = r#"{"topic":"book.BTCUSD","data":{"symbol":"BTCUSD","bids":[["43210.50","1.2000"]],"asks":[["43211.00","0.0000"]]},"ts":1700000000000000}"#;
+
+fn ingest_parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ingest_parse");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("book_delta_line", |b| {
+        let mut buf = LINE.as_bytes().to_vec();
+        b.iter(|| {
+            buf.copy_from_slice(LINE.as_bytes());
+            parse_line(&mut buf, Instant::now()).expect("valid line")
+        })
+    });
+    g.finish();
+}
+
+fn frame_build(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame_build");
+    g.throughput(Throughput::Elements(1));
+    for size in [100usize, 1000] {
+        let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(size - 10));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, data| {
+            let mut seq = 0u64;
+            b.iter(|| {
+                seq += 1;
+                encode_msg("book.BTCUSD", seq, 1_700_000_000_000_000, data.as_bytes())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn parse_sequence_frame(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dispatcher_per_message");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse+sequence+frame", |b| {
+        let mut buf = LINE.as_bytes().to_vec();
+        let mut seq = 0u64;
+        b.iter(|| {
+            buf.copy_from_slice(LINE.as_bytes());
+            let e = parse_line(&mut buf, Instant::now()).expect("valid line");
+            seq += 1;
+            encode_msg(&e.topic, seq, e.ts.unwrap_or(0), &e.data)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ingest_parse, frame_build, parse_sequence_frame);
+criterion_main!(benches);

@@ -1,0 +1,114 @@
+//! Shard fan-out: route one frame to N subscribers (Rc clone + queue push each), write-side
+//! queue drain, drop-oldest under overflow, and the token bucket.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use corecast::dispatcher::encode_msg;
+use corecast_shards::queue::{Bounds, Outbound};
+use corecast_shards::ratelimit::{Limits, TokenBucket};
+use corecast_shards::ring::{Frame, Interest};
+use corecast_shards::table::{Resolved, Table};
+
+const BOUNDS: Bounds = Bounds {
+    max_messages: 4096,
+    max_bytes: 4 << 20,
+    max_control_bytes: 256 << 10,
+};
+
+fn frame(seq: u64) -> Frame {
+    Frame {
+        topic: Arc::from("trades.BTCUSD"),
+        seq,
+        bytes: encode_msg("trades.BTCUSD", seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
+        ingest_at: Instant::now(),
+    }
+}
+
+/// A table with `n` subscribers (each with its own queue) on one live topic.
+fn table_with(
+    n: usize,
+) -> (
+    Table<std::cell::RefCell<Outbound>>,
+    Vec<Rc<std::cell::RefCell<Outbound>>>,
+) {
+    let mut t = Table::default();
+    let topic = Interest::Topic(Arc::from("trades.BTCUSD"));
+    let mut out = Vec::new();
+    let subs: Vec<_> = (0..n)
+        .map(|_| Rc::new(std::cell::RefCell::new(Outbound::default())))
+        .collect();
+    for s in &subs {
+        t.subscribe(s.clone(), None, vec![(topic.clone(), true)], &mut out);
+    }
+    let done = t.on_subscribed(&topic, 1, Ok(0), &mut out);
+    assert!(matches!(done.first(), Some(Resolved::Ack { .. })));
+    (t, subs)
+}
+
+fn fanout_per_subscriber(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout");
+    for n in [1usize, 100, 1000, 10_000] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("route_and_queue", n), &n, |b, &n| {
+            let (mut table, subs) = table_with(n);
+            let mut seq = 0u64;
+            b.iter(|| {
+                seq += 1;
+                let f = Rc::new(frame(seq));
+                table.route(&f, |s, _| {
+                    s.borrow_mut().push_published(f.clone(), &BOUNDS);
+                });
+                // Drain as a write round would, into a sink (no syscall).
+                for s in &subs {
+                    let _ = s
+                        .borrow_mut()
+                        .flush(|iov| Ok::<usize, io::Error>(iov.iter().map(|s| s.len()).sum()));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn drop_oldest_queue(c: &mut Criterion) {
+    let mut g = c.benchmark_group("queue");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("push_with_drop_oldest", |b| {
+        let mut q = Outbound::default();
+        let small = Bounds {
+            max_messages: 64,
+            ..BOUNDS
+        };
+        let mut seq = 0u64;
+        b.iter(|| {
+            seq += 1;
+            q.push_published(Rc::new(frame(seq)), &small)
+        })
+    });
+    g.finish();
+}
+
+fn token_bucket(c: &mut Criterion) {
+    let limits = Limits {
+        rate: 1_000_000,
+        burst: 1000,
+        max_strikes: 20,
+    };
+    let mut bucket = TokenBucket::new(&limits, Instant::now());
+    c.bench_function("token_bucket_take", |b| {
+        b.iter(|| bucket.take(&limits, Instant::now()))
+    });
+}
+
+criterion_group!(
+    benches,
+    fanout_per_subscriber,
+    drop_oldest_queue,
+    token_bucket
+);
+criterion_main!(benches);
