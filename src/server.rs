@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use corecast_shards::ring::{self, ControlMsg, RingReceiver, RingSender, ShardMsg};
@@ -33,8 +33,6 @@ pub enum StartError {
     },
     #[error("dispatcher_core {core} does not exist; this process may use cores {cores:?}")]
     NoSuchCore { core: usize, cores: Vec<usize> },
-    #[error("cannot create a ring: {0}")]
-    Ring(std::io::Error),
     #[error("cannot start the {what} executor: {source}")]
     Executor {
         what: String,
@@ -138,17 +136,14 @@ impl Server {
         })?;
 
         let stats: SharedStats = Arc::new(Mutex::new(Stats::default()));
-        let (event_tx, event_rx) =
-            ring::ring::<Event>(config.dispatcher.publisher_queue).map_err(StartError::Ring)?;
-        let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1).map_err(StartError::Ring)?;
+        let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
+        let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1);
         let mut ring_txs = Vec::with_capacity(n);
         let mut control_rxs = Vec::with_capacity(n);
         let mut specs = Vec::with_capacity(n);
         for (id, listener) in listeners.into_iter().enumerate() {
-            let (ring_tx, ring_rx) = ring::ring::<ShardMsg>(config.dispatcher.ring_capacity)
-                .map_err(StartError::Ring)?;
-            let (control_tx, control_rx) =
-                ring::ring::<ControlMsg>(CONTROL_RING_CAPACITY).map_err(StartError::Ring)?;
+            let (ring_tx, ring_rx) = ring::ring::<ShardMsg>(config.dispatcher.ring_capacity);
+            let (control_tx, control_rx) = ring::ring::<ControlMsg>(CONTROL_RING_CAPACITY);
             ring_txs.push(ring_tx);
             control_rxs.push(control_rx);
             specs.push(ShardSpec {
@@ -168,14 +163,12 @@ impl Server {
             Placement::Unbound
         };
         let dcfg = config.dispatcher.clone();
+        let ring_poll_us = config.shard.ring_poll_us;
         let dstats = stats.clone();
         let dispatcher = LocalExecutorBuilder::new(placement)
             .name("dispatcher")
             .io_memory(256 << 10)
-            .preempt_timer(Duration::from_millis(1))
-            .spin_before_park(corecast_shards::shard::spin_before_park(
-                config.shard.spin_before_park_us,
-            ))
+            .spin_before_park(corecast_shards::shard::NEVER_PARK)
             .spawn(move || {
                 run_dispatcher(
                     dcfg,
@@ -185,6 +178,7 @@ impl Server {
                     event_rx,
                     shutdown_rx,
                     dstats,
+                    ring_poll_us,
                 )
             })
             .map_err(|e| StartError::Executor {
@@ -280,24 +274,20 @@ async fn run_dispatcher(
     events: RingReceiver<Event>,
     shutdown: RingReceiver<()>,
     stats: SharedStats,
+    ring_poll_us: u64,
 ) {
     let summary_every = config.summary_interval_ms;
+    let poll = Duration::from_micros(ring_poll_us);
     let (dispatcher, pumps) = Dispatcher::new(config, rings);
     let dispatcher = Rc::new(RefCell::new(dispatcher));
     for p in pumps {
         glommio::spawn_local(p.run()).detach();
     }
-    let fast = glommio::executor().create_task_queue(
-        Shares::default(),
-        Latency::Matters(Duration::from_micros(100)),
-        "ingest",
-    );
     let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
     for rx in controls {
-        let mut rx = rx.attach();
         let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());
         let task = async move {
-            while let Some(msg) = rx.recv().await {
+            while let Some(msg) = rx.recv(poll).await {
                 match msg {
                     ControlMsg::Report(r) => {
                         let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,16 +300,13 @@ async fn run_dispatcher(
             }
             open.set(open.get() - 1);
         };
-        glommio::spawn_local_into(task, fast)
-            .expect("queue exists")
-            .detach();
+        glommio::spawn_local(task).detach();
     }
     {
         let d = dispatcher.clone();
-        let mut events = events.attach();
         let task = async move {
             let mut batch = Vec::with_capacity(1024);
-            while events.recv_batch(&mut batch, 1024).await {
+            while events.recv_batch(&mut batch, 1024, poll).await {
                 let mut d = d.borrow_mut();
                 for event in batch.drain(..) {
                     if d.publish(event).is_err() {
@@ -328,9 +315,7 @@ async fn run_dispatcher(
                 }
             }
         };
-        glommio::spawn_local_into(task, fast)
-            .expect("queue exists")
-            .detach();
+        glommio::spawn_local(task).detach();
     }
     let acceptor = {
         use std::os::fd::{FromRawFd, IntoRawFd};
@@ -342,15 +327,13 @@ async fn run_dispatcher(
                 match listener.accept().await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
-                        glommio::spawn_local_into(serve_ingest(d.clone(), stream), fast)
-                            .expect("queue exists")
-                            .detach();
+                        glommio::spawn_local(serve_ingest(d.clone(), stream)).detach();
                     }
                     Err(_) => glommio::timer::sleep(Duration::from_millis(5)).await,
                 }
             }
         };
-        glommio::spawn_local_into(task, fast).expect("queue exists")
+        glommio::spawn_local(task)
     };
     if summary_every > 0 {
         let stats = stats.clone();
@@ -376,7 +359,7 @@ async fn run_dispatcher(
         .detach();
     }
 
-    let _ = shutdown.attach().recv().await;
+    let _ = shutdown.recv(Duration::from_millis(10)).await;
     drop(acceptor);
     dispatcher.borrow_mut().shutdown_shards();
     // Shards close their clients, report once more, and drop their control rings.

@@ -50,13 +50,9 @@ pub struct ShardConfig {
     pub shutdown_grace_ms: u64,
     /// How often the shard sends its metrics to the reporter, ms; 0 never. Default 1000.
     pub report_interval_ms: u64,
-    /// Latency goal of the ring-draining task queue, µs: glommio polls for ring messages at
-    /// least this often while busy with other work. Default 100.
-    pub ring_latency_us: u64,
-    /// How long an idle shard (and the dispatcher) polls before parking in the kernel, µs;
-    /// 0 never parks. Default 0: glommio 0.9's park can miss wake-ups on current kernels
-    /// (docs/architecture.md, "Polling, not parking"), so executors poll and keep their cores.
-    pub spin_before_park_us: u64,
+    /// How often an idle shard looks at its ring, µs (the dispatcher uses the same value for
+    /// its inputs): the bound on the ring hop added while idle. Default 5.
+    pub ring_poll_us: u64,
 }
 
 impl Default for ShardConfig {
@@ -78,8 +74,7 @@ impl Default for ShardConfig {
             max_subscriptions: 1000,
             shutdown_grace_ms: 2000,
             report_interval_ms: 1000,
-            ring_latency_us: 100,
-            spin_before_park_us: 0,
+            ring_poll_us: 5,
         }
     }
 }
@@ -99,6 +94,11 @@ impl ShardConfig {
             burst: self.rate_limit_burst,
             max_strikes: self.rate_limit_max_strikes,
         }
+    }
+
+    /// [`ShardConfig::ring_poll_us`] as a duration.
+    pub fn ring_poll(&self) -> Duration {
+        Duration::from_micros(self.ring_poll_us)
     }
 
     pub(crate) fn heartbeat_interval(&self) -> Duration {

@@ -46,6 +46,8 @@ pub struct Conn {
     pub(crate) dirty: Cell<bool>,
     /// The socket buffer is full; the connection's task writes once it is writable.
     blocked: Cell<bool>,
+    /// A write failed (peer gone): nothing more is written, the task closes the connection.
+    broken: Cell<bool>,
     /// Close requested by the shard (code, reason), acted on by the connection's task.
     close: Cell<Option<(u16, &'static str)>>,
     /// Last time any frame arrived from the client.
@@ -85,7 +87,7 @@ impl Conn {
     /// Writes what is queued with one vectored system call (more only past 512 frames).
     /// Does nothing while blocked: the connection's task owns the socket until writable.
     pub(crate) fn flush(&self, ctx: &ShardCtx) {
-        if self.blocked.get() {
+        if self.blocked.get() || self.broken.get() {
             return;
         }
         let mut out = self.out.borrow_mut();
@@ -111,6 +113,7 @@ impl Conn {
             }
             Err(_) => {
                 drop(out);
+                self.broken.set(true);
                 self.request_close(close::NORMAL, "write failed");
             }
         }
@@ -168,6 +171,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         last_stamp: Cell::new(0),
         dirty: Cell::new(false),
         blocked: Cell::new(false),
+        broken: Cell::new(false),
         close: Cell::new(None),
         last_heard: Cell::new(now),
         bucket: RefCell::new(TokenBucket::new(&ctx.limits, now)),
@@ -522,6 +526,7 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
 async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending: Ending) {
     let closing = match ending {
         Ending::Gone => None,
+        _ if conn.broken.get() => None,
         Ending::ClientClosed(code) => Some((code.unwrap_or(close::NORMAL), String::new())),
         Ending::Close(code, reason) => Some((code, reason)),
     };
@@ -532,7 +537,7 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
             conn.flush(ctx);
             match poll_blocked_write(ctx, conn, stream, cx) {
                 Poll::Ready(Err(())) => Poll::Ready(()),
-                _ if conn.out.borrow().is_empty() => Poll::Ready(()),
+                _ if conn.broken.get() || conn.out.borrow().is_empty() => Poll::Ready(()),
                 _ => Poll::Pending,
             }
         });

@@ -5,26 +5,19 @@
 //! ring as the frames, a shard sees every frame published after its subscription took effect,
 //! and none from before.
 //!
-//! A ring is a bounded lock-free queue (crossbeam-channel's array flavour) plus a doorbell: a
-//! socket pair. The consumer, before it sleeps, raises a `parked` flag, checks the queue once
-//! more, then waits for the doorbell socket to become readable, through glommio's ordinary
-//! socket readiness path. A producer checks the flag after each push (one shared load, stable
-//! while the consumer is busy) and writes one byte to the doorbell only when the consumer is
-//! parked. glommio 0.9's own cross-executor wake-ups (`shared_channel` notifications and
-//! foreign `Waker`s) were measured here to lose wake-ups when the receiving executor has no
-//! timer armed: p90 ring hop of 700 ms in a two-executor test, hence this doorbell
-//! (docs/architecture.md, "The ring hop").
+//! A ring is a bounded lock-free queue (crossbeam-channel's array flavour). Producers push
+//! without waiting; the consumer, a task on a polling executor, takes everything waiting and,
+//! when the ring is empty, looks again after `poll` (a glommio timer, checked on every pass of
+//! the executor's polling loop). No cross-thread wake-up is involved: glommio 0.9's
+//! (`shared_channel` notifications, foreign wakers, and io_uring readiness of a doorbell
+//! socket) were measured here to lose or delay wake-ups by up to seconds on this kernel; see
+//! docs/architecture.md, "The ring hop".
 
-use std::io::Write;
-use std::os::fd::{FromRawFd, IntoRawFd};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use futures_lite::{AsyncReadExt, FutureExt};
 
 use crate::metrics::ShardReport;
 
@@ -101,72 +94,33 @@ pub enum ControlMsg {
 /// Capacity of each dispatcher -> shard ring, in messages, unless configured otherwise.
 pub const DEFAULT_RING_CAPACITY: usize = 65_536;
 
-/// Longest a consumer waits on the doorbell before it looks at the queue again. The doorbell's
-/// readiness travels through io_uring task work, which a polling executor may run late; this
-/// bound keeps a late doorbell from holding a frame back by more than this.
-const RECHECK: Duration = Duration::from_micros(200);
-
-/// The doorbell's writing half, shared by every sender; dropped with the last one, which the
-/// consumer reads as end of stream.
-struct Bell {
-    writer: UnixStream,
-    /// Set by the consumer while it sleeps (or is about to).
-    parked: Arc<AtomicBool>,
-}
-
 /// The producing end of a ring. Any thread; clone it for more producers.
 pub struct RingSender<T> {
-    // Field order matters: the queue disconnects before the doorbell closes.
     tx: Sender<T>,
-    bell: Arc<Bell>,
 }
 
 impl<T> Clone for RingSender<T> {
     fn clone(&self) -> Self {
         RingSender {
             tx: self.tx.clone(),
-            bell: self.bell.clone(),
         }
     }
 }
 
-/// The consuming end of a ring, not yet on its executor. Any thread; move it to the consumer's
-/// executor and [`RingReceiver::attach`] it there.
+/// The consuming end of a ring. Any thread; used by one consumer.
 pub struct RingReceiver<T> {
     rx: Receiver<T>,
-    parked: Arc<AtomicBool>,
-    /// The doorbell's reading half.
-    bell: UnixStream,
-}
-
-/// The consuming end of a ring on its executor. Executor-local (`!Send`).
-pub struct AttachedReceiver<T> {
-    rx: Receiver<T>,
-    parked: Arc<AtomicBool>,
-    bell: glommio::net::UnixStream,
 }
 
 /// A bounded ring of `capacity` messages.
-pub fn ring<T>(capacity: usize) -> std::io::Result<(RingSender<T>, RingReceiver<T>)> {
+pub fn ring<T>(capacity: usize) -> (RingSender<T>, RingReceiver<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    let (writer, reader) = UnixStream::pair()?;
-    writer.set_nonblocking(true)?;
-    let parked = Arc::new(AtomicBool::new(false));
-    Ok((
-        RingSender {
-            tx,
-            bell: Arc::new(Bell {
-                writer,
-                parked: parked.clone(),
-            }),
-        },
-        RingReceiver {
-            rx,
-            parked,
-            bell: reader,
-        },
-    ))
+    (RingSender { tx }, RingReceiver { rx })
 }
+
+/// Every producer of the ring is gone and nothing is left in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
 
 /// Why a push did not happen; the message is handed back.
 #[derive(Debug)]
@@ -178,32 +132,17 @@ pub enum PushError<T> {
 }
 
 impl<T> RingSender<T> {
-    /// Rings the doorbell if the consumer is parked. Cost: one shared load when it is not.
-    fn ring_bell(&self) {
-        // Pairs with the consumer's fence: either it sees our message, or we see it parked.
-        fence(Ordering::SeqCst);
-        if self.bell.parked.load(Ordering::Relaxed)
-            && self.bell.parked.swap(false, Ordering::AcqRel)
-        {
-            // A full socket buffer already holds a wake-up; nothing else can fail usefully.
-            let _ = (&self.bell.writer).write(&[1]);
-        }
-    }
-
-    /// Pushes without waiting. Cost: one lock-free enqueue and one doorbell check.
+    /// Pushes without waiting. Cost: one lock-free enqueue.
     pub fn try_push(&self, msg: T) -> Result<(), PushError<T>> {
         match self.tx.try_send(msg) {
-            Ok(()) => {
-                self.ring_bell();
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(m)) => Err(PushError::Full(m)),
             Err(TrySendError::Disconnected(m)) => Err(PushError::Closed(m)),
         }
     }
 
-    /// Pushes from a glommio task, waiting for room (polling every 50 µs: a full ring is an
-    /// overload, not the steady state). Errors only when the consumer is gone.
+    /// Pushes from a glommio task, waiting for room (looking again every 50 µs: a full ring is
+    /// an overload, not the steady state). Errors only when the consumer is gone.
     pub async fn push(&self, msg: T) -> Result<(), T> {
         let mut msg = msg;
         loop {
@@ -218,15 +157,10 @@ impl<T> RingSender<T> {
         }
     }
 
-    /// Pushes from a plain thread, blocking while the ring is full. Errors when the consumer is gone.
+    /// Pushes from a plain thread, blocking while the ring is full. Errors when the consumer
+    /// is gone.
     pub fn push_blocking(&self, msg: T) -> Result<(), T> {
-        match self.tx.send(msg) {
-            Ok(()) => {
-                self.ring_bell();
-                Ok(())
-            }
-            Err(e) => Err(e.into_inner()),
-        }
+        self.tx.send(msg).map_err(|e| e.into_inner())
     }
 
     /// Messages in the ring now.
@@ -241,75 +175,74 @@ impl<T> RingSender<T> {
 }
 
 impl<T> RingReceiver<T> {
-    /// Hands the doorbell to the current glommio executor. Call it on the consumer's executor.
-    pub fn attach(self) -> AttachedReceiver<T> {
-        // SAFETY: the fd is a connected Unix socket we own and give up here.
-        let bell = unsafe { glommio::net::UnixStream::from_raw_fd(self.bell.into_raw_fd()) };
-        AttachedReceiver {
-            rx: self.rx,
-            parked: self.parked,
-            bell,
-        }
-    }
-}
-
-impl<T> AttachedReceiver<T> {
-    fn take(&self, out: &mut Vec<T>, max: usize) -> Result<(), ()> {
-        while out.len() < max {
+    /// Moves up to `max` waiting messages into `out` without waiting. `Err` when every
+    /// producer is gone and the ring is empty.
+    pub fn try_take(&self, out: &mut Vec<T>, max: usize) -> Result<(), Closed> {
+        let limit = out.len() + max;
+        while out.len() < limit {
             match self.rx.try_recv() {
                 Ok(m) => out.push(m),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Err(()),
+                Err(TryRecvError::Disconnected) => return Err(Closed),
             }
         }
         Ok(())
     }
 
-    /// Waits for at least one message and moves up to `max` into `out`. Returns false when
-    /// every producer is gone and nothing is left. Must run on a glommio executor.
-    pub async fn recv_batch(&mut self, out: &mut Vec<T>, max: usize) -> bool {
+    /// Waits for at least one message and moves up to `max` more into `out`, looking every `poll`
+    /// while the ring is empty. Returns false when every producer is gone and nothing is left.
+    /// Must run on a glommio executor.
+    pub async fn recv_batch(&self, out: &mut Vec<T>, max: usize, poll: Duration) -> bool {
         let before = out.len();
         loop {
-            let closed = self.take(out, max).is_err();
+            let closed = self.try_take(out, max).is_err();
             if out.len() > before {
                 return true;
             }
             if closed {
                 return false;
             }
-            self.parked.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            let closed = self.take(out, max).is_err();
-            if out.len() > before || closed {
-                self.parked.store(false, Ordering::Relaxed);
-                return out.len() > before;
-            }
-            let mut sink = [0u8; 64];
-            let rung = async { Some(self.bell.read(&mut sink).await) };
-            let timeout = async {
-                glommio::timer::sleep(RECHECK).await;
-                None
-            };
-            match rung.or(timeout).await {
-                // Every sender is gone: drain what is left, then report closed.
-                Some(Ok(0) | Err(_)) => {
-                    self.parked.store(false, Ordering::Relaxed);
-                    let _ = self.take(out, max);
-                    return out.len() > before;
-                }
-                Some(Ok(_)) => {}
-                None => self.parked.store(false, Ordering::Relaxed),
-            }
+            glommio::timer::sleep(poll).await;
         }
     }
 
     /// Waits for one message; `None` when every producer is gone.
-    pub async fn recv(&mut self) -> Option<T> {
+    pub async fn recv(&self, poll: Duration) -> Option<T> {
         let mut one = Vec::with_capacity(1);
-        if self.recv_batch(&mut one, 1).await {
+        if self.recv_batch(&mut one, 1, poll).await {
             one.pop()
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_and_closed_hand_the_message_back() {
+        let (tx, rx) = ring::<u32>(1);
+        tx.try_push(1).unwrap();
+        assert!(matches!(tx.try_push(2), Err(PushError::Full(2))));
+        drop(rx);
+        assert!(matches!(tx.try_push(3), Err(PushError::Closed(3))));
+    }
+
+    #[test]
+    fn consumer_takes_in_order_then_sees_the_end() {
+        let (tx, rx) = ring::<u32>(8);
+        let producer = std::thread::spawn(move || {
+            for i in 0..100 {
+                tx.push_blocking(i).unwrap();
+            }
+        });
+        let mut all = Vec::new();
+        while rx.try_take(&mut all, 16).is_ok() {
+            std::thread::yield_now();
+        }
+        producer.join().unwrap();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
     }
 }

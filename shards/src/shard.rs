@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::ShardConfig;
 use crate::connection::{self, Conn};
@@ -20,7 +20,7 @@ use crate::metrics::ShardMetrics;
 use crate::protocol::close;
 use crate::queue::Bounds;
 use crate::ratelimit::Limits;
-use crate::ring::{AttachedReceiver, ControlMsg, RingReceiver, RingSender, ShardMsg};
+use crate::ring::{ControlMsg, RingReceiver, RingSender, ShardMsg};
 use crate::table::{Routed, Table, ToDispatcher};
 
 /// Everything a shard needs to start. Built on the main thread, moved to the shard's thread.
@@ -48,28 +48,19 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         .name(&format!("shard-{}", spec.id))
         // No file I/O here: a small registered buffer keeps locked memory low.
         .io_memory(256 << 10)
-        .preempt_timer(Duration::from_millis(1))
-        .spin_before_park(spin_before_park(spec.config.spin_before_park_us))
+        .spin_before_park(NEVER_PARK)
         .spawn(move || run(spec))
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-/// How long an idle executor polls before it parks in the kernel. 0 means never park.
-///
-/// glommio 0.9 parks by linking its rings (a poll of one io_uring's fd from another); on the
-/// kernels measured here (6.x) that poll does not always fire, so a parked executor can miss
-/// socket readiness, timers and cross-thread wake-ups for seconds or for good (glommio issues
-/// #326 and #547 describe the same hang). Never parking is the default: each shard and the
-/// dispatcher keep their core busy, as a poll-mode server on a dedicated host does.
-pub fn spin_before_park(us: u64) -> Duration {
-    if us == 0 {
-        Duration::from_secs(365 * 24 * 3600)
-    } else {
-        Duration::from_micros(us)
-    }
-}
+/// Executors never park: glommio 0.9 parks by making one io_uring poll another io_uring's fd,
+/// and on the kernels measured here (6.x) that poll does not reliably fire, so a parked executor
+/// can miss socket readiness, timers and wake-ups for seconds or for good (glommio issues #326
+/// and #547 describe the same hang). Each shard and the dispatcher poll their core instead, as
+/// a poll-mode server on a dedicated host does. (A year stands for "never".)
+pub const NEVER_PARK: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
+/// State of one shard./// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
 pub(crate) struct ShardCtx {
     pub(crate) id: usize,
     pub(crate) config: ShardConfig,
@@ -167,7 +158,6 @@ async fn run(spec: ShardSpec) {
     });
 
     let to_dispatcher = control;
-    let ring = ring.attach();
     let pump = glommio::spawn_local(async move {
         while let Some(msg) = control_rx.recv().await {
             let last = matches!(msg, ControlMsg::Goodbye { .. });
@@ -203,13 +193,7 @@ async fn run(spec: ShardSpec) {
         glommio::spawn_local(reporter(ctx.clone())).detach();
     }
 
-    let ring_queue = glommio::executor().create_task_queue(
-        Shares::default(),
-        Latency::Matters(Duration::from_micros(ctx.config.ring_latency_us.max(1))),
-        "ring",
-    );
-    let drain = glommio::spawn_local_into(drain_ring(ctx.clone(), ring), ring_queue)
-        .expect("ring task queue was just created");
+    let drain = glommio::spawn_local(drain_ring(ctx.clone(), ring));
     drain.await;
 
     // Shutdown: stop accepting, close every connection with "going away", wait for them.
@@ -241,11 +225,13 @@ const ROUND_LIMIT: usize = 4096;
 
 /// Drains the dispatcher ring in rounds: route every frame into subscriber queues, then
 /// write each touched connection once. Returns on `Shutdown` or when the dispatcher is gone.
-async fn drain_ring(ctx: Rc<ShardCtx>, mut ring: AttachedReceiver<ShardMsg>) {
+async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
     let mut batch: Vec<ShardMsg> = Vec::with_capacity(256);
     let mut ingest_times: Vec<Instant> = Vec::with_capacity(256);
     loop {
-        let open = ring.recv_batch(&mut batch, ROUND_LIMIT).await;
+        let open = ring
+            .recv_batch(&mut batch, ROUND_LIMIT, ctx.config.ring_poll())
+            .await;
         if !open && batch.is_empty() {
             return;
         }
