@@ -25,9 +25,14 @@ pub struct TestServer {
     _turn: MutexGuard<'static, ()>,
 }
 
+/// Takes this test binary's turn to run a server.
+pub fn start_lock() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Starts a server on ephemeral loopback ports with `tweak` applied to the defaults.
 pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
-    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let turn = start_lock();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.ingest = "127.0.0.1:0".parse().unwrap();
