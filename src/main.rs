@@ -206,6 +206,9 @@ fn run_until_signal(server: Server, limit: Option<Duration>) -> anyhow::Result<(
         anyhow::bail!("shutdown did not finish within 15 s");
     }
     let s = stats.lock().unwrap_or_else(|e| e.into_inner());
-    eprintln!("corecast: final: {}", s.totals().line(&s.dispatcher, None));
+    eprintln!(
+        "corecast: final: {}",
+        corecast::report::summary_line(&s.totals(), &s.dispatcher, None)
+    );
     Ok(())
 }

@@ -16,7 +16,7 @@ use corecast_shards::ShardSpec;
 use crate::config::Config;
 use crate::dispatcher::Dispatcher;
 use crate::publisher::{serve_ingest, Event, Publisher};
-use crate::report::{SharedStats, Stats};
+use crate::report::{summary_line, SharedStats, Stats};
 
 /// Capacity of each shard -> dispatcher ring, messages.
 const CONTROL_RING_CAPACITY: usize = 16_384;
@@ -353,7 +353,7 @@ async fn run_dispatcher(
                     )
                 });
                 last = Some((now, s.dispatcher.published, totals.counters.deliveries));
-                eprintln!("corecast: {}", totals.line(&s.dispatcher, rates));
+                eprintln!("corecast: {}", summary_line(&totals, &s.dispatcher, rates));
             }
         })
         .detach();

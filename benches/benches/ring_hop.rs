@@ -23,7 +23,8 @@ fn main() {
         .spin_before_park(NEVER_PARK)
         .spawn(move || async move {
             let drain = glommio::spawn_local(async move {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("valid histogram");
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)
+                    .expect("valid histogram");
                 let mut batch = Vec::new();
                 while rx.recv_batch(&mut batch, 1024, poll).await {
                     let now = Instant::now();

@@ -470,32 +470,27 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             }
             ctx.tell_dispatcher(to_dispatcher);
             conn.out.borrow_mut().retain_published(|t| conn.covers(t));
-            let topics: Vec<AckTopic<'_>> = acked
-                .iter()
-                .map(|(t, seq)| AckTopic {
-                    topic: t,
-                    seq: *seq,
-                })
-                .collect();
-            conn.push_own(ctx, protocol::ack(id, &topics));
+            conn.push_own(ctx, ack_frame(id, &acked));
         }
     }
+}
+
+/// The `ack` frame for topics named as the client wrote them, with their sequences.
+fn ack_frame(id: Option<u64>, named: &[(String, Option<u64>)]) -> Vec<u8> {
+    let topics: Vec<AckTopic<'_>> = named
+        .iter()
+        .map(|(topic, seq)| AckTopic { topic, seq: *seq })
+        .collect();
+    protocol::ack(id, &topics)
 }
 
 /// Sends the ack or error of a finished subscribe request to its connection.
 pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
     match r {
         Resolved::Ack { sub, id, topics } => {
-            let names: Vec<(String, Option<u64>)> =
+            let named: Vec<(String, Option<u64>)> =
                 topics.iter().map(|(i, s)| (interest_name(i), *s)).collect();
-            let topics: Vec<AckTopic<'_>> = names
-                .iter()
-                .map(|(t, seq)| AckTopic {
-                    topic: t,
-                    seq: *seq,
-                })
-                .collect();
-            sub.push_own(ctx, protocol::ack(id, &topics));
+            sub.push_own(ctx, ack_frame(id, &named));
             ctx.mark_dirty(&sub);
         }
         Resolved::Refused {

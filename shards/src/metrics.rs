@@ -36,6 +36,26 @@ pub struct Counters {
     pub heartbeat_timeouts: u64,
 }
 
+impl Counters {
+    /// Adds another shard's counters to these.
+    pub fn add(&mut self, o: &Counters) {
+        self.accepted += o.accepted;
+        self.handshake_failed += o.handshake_failed;
+        self.open += o.open;
+        self.frames_in += o.frames_in;
+        self.deliveries += o.deliveries;
+        self.writes += o.writes;
+        self.dropped += o.dropped;
+        self.gap_notices += o.gap_notices;
+        self.shard_gaps += o.shard_gaps;
+        self.stale_frames += o.stale_frames;
+        self.rate_limited += o.rate_limited;
+        self.protocol_errors += o.protocol_errors;
+        self.rejected_requests += o.rejected_requests;
+        self.heartbeat_timeouts += o.heartbeat_timeouts;
+    }
+}
+
 /// Histograms and counters of one shard.
 pub struct ShardMetrics {
     pub counters: Counters,
@@ -82,6 +102,23 @@ impl std::fmt::Debug for ShardReport {
             .field("shard", &self.shard)
             .field("counters", &self.counters)
             .finish_non_exhaustive()
+    }
+}
+
+impl ShardReport {
+    /// An empty report, to merge shards into.
+    pub fn empty(shard: usize) -> ShardReport {
+        ShardMetrics::default().report(shard)
+    }
+
+    /// Adds another shard's report to this one (counters summed, histograms merged).
+    pub fn merge(&mut self, o: &ShardReport) {
+        self.counters.add(&o.counters);
+        // Same bounds on both sides, so merging cannot fail.
+        let _ = self.ingest_to_write_ns.add(&o.ingest_to_write_ns);
+        let _ = self.ring_hop_ns.add(&o.ring_hop_ns);
+        let _ = self.batch_frames.add(&o.batch_frames);
+        let _ = self.queue_depth.add(&o.queue_depth);
     }
 }
 
