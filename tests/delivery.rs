@@ -36,6 +36,18 @@ fn subscribe_then_receive_in_order_with_contiguous_seq() {
 }
 
 #[test]
+fn in_process_publisher_refuses_bad_events_with_errors() {
+    let server = start(|_| {});
+    let e = server.publisher.publish("bad topic", "{}").unwrap_err();
+    assert_eq!(e.code(), "bad_topic");
+    let e = server.publisher.publish("ok.topic", "{nope").unwrap_err();
+    assert_eq!(e.code(), "invalid_json");
+    // A good event after the refusals is delivered.
+    let mut peer = Bystander::new(&server, "ok.topic");
+    peer.check(&server, 3);
+}
+
+#[test]
 fn unsubscribe_stops_delivery() {
     let server = start(|_| {});
     let mut ws = connect(&server.url);
