@@ -1,0 +1,264 @@
+//! # loadgen
+//!
+//! A load generator for corecast with its own WebSocket client path: a paced open-loop
+//! publisher over the ingest port ([`publisher`]) and thousands of subscribing clients on one
+//! thread ([`client`], [`wire`]). Every run checks correctness (per-topic sequence continuity,
+//! every hole either announced by a `gap` or counted as a loss) and reports latency from each
+//! message's intended send time, its own CPU and the server's.
+
+pub mod client;
+pub mod publisher;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub server: SocketAddr,
+    pub path: String,
+    pub ingest: SocketAddr,
+    pub connections: usize,
+    pub topics: usize,
+    pub subscriptions_per_conn: usize,
+    pub rate: u64,
+    pub payload_bytes: usize,
+    pub duration: Duration,
+    pub source_addrs: u8,
+    pub connect_rate: u32,
+    /// Prefix of the topic names (`<prefix>.<n>`).
+    pub topic_prefix: String,
+    pub server_pid: Option<u32>,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+}
+
+/// Everything a run measured.
+pub struct RunReport {
+    pub connections_ok: u64,
+    pub connect_failures: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub expected: u64,
+    /// Messages neither delivered nor announced by a `gap` (losses).
+    pub lost: u64,
+    pub gap_notices: u64,
+    pub announced: u64,
+    pub unexpected_disconnects: u64,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+    pub client_cpu_pct: f64,
+    pub server_cpu_pct: Option<f64>,
+    pub loadgen_saturated: bool,
+    pub publisher_max_lag_us: u64,
+}
+
+/// CPU seconds (user + system) of process `pid`, from /proc.
+pub fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit(')').next()?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// Connects, subscribes, publishes for the duration, drains, and reports. Bounded in time:
+/// connecting gets at most 60 s, draining at most 10 s after the last publish.
+pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
+    let topics: Vec<String> = (0..plan.topics)
+        .map(|i| format!("{}.{i}", plan.topic_prefix))
+        .collect();
+    let client_plan = client::ClientPlan {
+        server: plan.server,
+        path: plan.path.clone(),
+        connections: plan.connections,
+        topics: topics.clone(),
+        per_conn: plan.subscriptions_per_conn.min(topics.len()).max(1),
+        source_addrs: plan.source_addrs,
+        connect_rate: plan.connect_rate,
+    };
+    let live = Arc::new(client::Live::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let connect_deadline = Instant::now() + Duration::from_secs(60);
+    let clients = {
+        let (live, ready, stop) = (live.clone(), ready.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("loadgen-clients".into())
+            .spawn(move || client::run(&client_plan, &live, &ready, &stop, connect_deadline))?
+    };
+    while !ready.load(Ordering::Relaxed) {
+        if clients.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server_cpu0 = plan.server_pid.and_then(process_cpu_secs);
+    let self_cpu0 = process_cpu_secs(std::process::id()).unwrap_or(0.0);
+    let started = Instant::now();
+    let pub_plan = publisher::PublishPlan {
+        ingest: plan.ingest,
+        topics: topics.clone(),
+        rate: plan.rate,
+        payload_bytes: plan.payload_bytes,
+        duration: plan.duration,
+    };
+    let progress = if plan.progress {
+        let (live, stop) = (live.clone(), stop.clone());
+        Some(std::thread::spawn(move || {
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let d = live.delivered.load(Ordering::Relaxed);
+                eprintln!(
+                    "loadgen: {} connected, {} subscribed, {} msgs/s delivered",
+                    live.connected.load(Ordering::Relaxed),
+                    live.acked.load(Ordering::Relaxed),
+                    d - last
+                );
+                last = d;
+            }
+        }))
+    } else {
+        None
+    };
+    let published = publisher::run(&pub_plan)?;
+    // Each subscription expects every message published on its topic during the run.
+    let expected: u64 = (0..plan.connections)
+        .map(|i| {
+            (0..client_plan_per_conn(plan, topics.len()))
+                .map(|k| published.per_topic[(i + k) % topics.len()])
+                .sum::<u64>()
+        })
+        .sum();
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    let mut last_seen = u64::MAX;
+    while Instant::now() < drain_deadline {
+        let d = live.delivered.load(Ordering::Relaxed);
+        if d >= expected
+            || (d == last_seen && Instant::now() + Duration::from_secs(8) > drain_deadline)
+        {
+            break;
+        }
+        last_seen = d;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let c = clients
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let wall = elapsed.as_secs_f64();
+    let server_cpu_pct = match (plan.server_pid.and_then(process_cpu_secs), server_cpu0) {
+        (Some(b), Some(a)) => Some((b - a) / wall * 100.0),
+        _ => None,
+    };
+    let self_cpu = process_cpu_secs(std::process::id()).unwrap_or(0.0) - self_cpu0;
+    let client_thread_pct = c.cpu_secs / wall * 100.0;
+    let accounted = c.delivered + c.announced;
+    Ok(RunReport {
+        connections_ok: c.connections_ok,
+        connect_failures: c.connect_failures,
+        published: published.total,
+        delivered: c.delivered,
+        expected,
+        lost: expected.saturating_sub(accounted).max(c.unannounced),
+        gap_notices: c.gap_notices,
+        announced: c.announced,
+        unexpected_disconnects: c.unexpected_disconnects,
+        elapsed,
+        latency_us: c.latency_us,
+        client_cpu_pct: self_cpu / wall * 100.0,
+        server_cpu_pct,
+        // The client thread near a full core means loadgen, not the server, may be the limit.
+        loadgen_saturated: client_thread_pct > 90.0,
+        publisher_max_lag_us: published.max_lag_us,
+    })
+}
+
+fn client_plan_per_conn(plan: &RunPlan, topics: usize) -> usize {
+    plan.subscriptions_per_conn.min(topics).max(1)
+}
+
+impl RunReport {
+    /// Delivered messages per second over the run.
+    pub fn delivered_per_sec(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `--json` document.
+    pub fn json(&self) -> String {
+        let q = |p: f64| self.latency_us.value_at_quantile(p);
+        let server = self
+            .server_cpu_pct
+            .map_or("null".to_string(), |v| format!("{v:.1}"));
+        format!(
+            concat!(
+                "{{\"connections_ok\":{},\"connect_failures\":{},\"published\":{},\"delivered\":{},",
+                "\"expected\":{},\"lost\":{},\"gaps\":{},\"gap_notices\":{},\"unexpected_disconnects\":{},",
+                "\"delivered_per_sec\":{:.0},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},",
+                "\"client_cpu_pct\":{:.1},\"server_cpu_pct\":{},\"loadgen_saturated\":{},\"publisher_max_lag_us\":{}}}"
+            ),
+            self.connections_ok,
+            self.connect_failures,
+            self.published,
+            self.delivered,
+            self.expected,
+            self.lost,
+            self.announced,
+            self.gap_notices,
+            self.unexpected_disconnects,
+            self.delivered_per_sec(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            self.latency_us.max(),
+            self.client_cpu_pct,
+            server,
+            self.loadgen_saturated,
+            self.publisher_max_lag_us,
+        )
+    }
+
+    /// HdrHistogram's percentile-distribution text (values in µs).
+    pub fn hgrm(&self) -> String {
+        let h = &self.latency_us;
+        let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+        let mut total = 0u64;
+        for v in h.iter_quantiles(1) {
+            total += v.count_since_last_iteration();
+            let p = v.percentile() / 100.0;
+            let inv = if p < 1.0 {
+                format!("{:.2}", 1.0 / (1.0 - p))
+            } else {
+                "inf".into()
+            };
+            out.push_str(&format!(
+                "{:12.3} {:14.12} {:10} {:>14}\n",
+                v.value_iterated_to() as f64,
+                p,
+                total,
+                inv
+            ));
+        }
+        out.push_str(&format!(
+            "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n",
+            h.mean(),
+            h.stdev(),
+            h.max() as f64,
+            h.len()
+        ));
+        out
+    }
+}

@@ -1,0 +1,79 @@
+//! The publisher side: an open-loop paced publisher over the ingest TCP port. Message `i` has
+//! an intended send time `start + i / rate`; it carries that time (`"t"`, µs since the epoch),
+//! so latency is measured from when it should have been sent, whatever the publisher's own
+//! delays (no coordinated omission).
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    pub ingest: SocketAddr,
+    pub topics: Vec<String>,
+    /// Messages per second, all topics together.
+    pub rate: u64,
+    /// Approximate size of each event's `data`, bytes.
+    pub payload_bytes: usize,
+    pub duration: Duration,
+}
+
+/// Messages published per topic.
+pub struct Published {
+    pub per_topic: Vec<u64>,
+    pub total: u64,
+    /// Largest lag behind the schedule, µs (a publisher that cannot keep up shows it here).
+    pub max_lag_us: u64,
+}
+
+/// Publishes round-robin over the topics until `duration` has passed. Bounded in time.
+pub fn run(plan: &PublishPlan) -> io::Result<Published> {
+    let mut out = TcpStream::connect(plan.ingest)?;
+    out.set_nodelay(true)?;
+    let pad = "x".repeat(plan.payload_bytes.saturating_sub(30));
+    let start = Instant::now();
+    let epoch_start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut per_topic = vec![0u64; plan.topics.len()];
+    let mut sent = 0u64;
+    let mut max_lag_us = 0u64;
+    let mut batch = Vec::with_capacity(64 * 1024);
+    let interval_ns = 1_000_000_000 / plan.rate.max(1);
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= plan.duration {
+            break;
+        }
+        let due = (elapsed.as_nanos() as u64 / interval_ns) + 1;
+        while sent < due && batch.len() < 60 * 1024 {
+            let intended_us = epoch_start + sent * interval_ns / 1000;
+            let t = (sent as usize) % plan.topics.len();
+            let _ = writeln!(
+                batch,
+                "{{\"topic\":\"{}\",\"data\":{{\"t\":{intended_us},\"p\":\"{pad}\"}}}}",
+                plan.topics[t]
+            );
+            per_topic[t] += 1;
+            sent += 1;
+        }
+        if !batch.is_empty() {
+            out.write_all(&batch)?;
+            batch.clear();
+            let behind = elapsed.as_micros() as u64 - (sent - 1) * interval_ns / 1000;
+            max_lag_us = max_lag_us.max(behind);
+        }
+        let next = Duration::from_nanos(sent * interval_ns);
+        let now = start.elapsed();
+        if next > now + Duration::from_micros(200) {
+            std::thread::sleep(next - now - Duration::from_micros(100));
+        }
+    }
+    out.flush()?;
+    Ok(Published {
+        per_topic,
+        total: sent,
+        max_lag_us,
+    })
+}
