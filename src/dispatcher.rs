@@ -162,6 +162,8 @@ pub struct Dispatcher {
     rings: Vec<RingOut>,
     config: DispatcherConfig,
     pub stats: DispatcherStats,
+    /// Bumped by every publish and control message; the napper watches it.
+    pub activity: Rc<corecast_shards::idle::Activity>,
 }
 
 impl Dispatcher {
@@ -189,6 +191,7 @@ impl Dispatcher {
             rings: outs,
             config,
             stats: DispatcherStats::default(),
+            activity: Rc::default(),
         };
         (d, pumps)
     }
@@ -206,6 +209,7 @@ impl Dispatcher {
     /// Returns its sequence. Cost: a hash lookup, one frame allocation if any shard is routed,
     /// and a ring push per routed shard.
     pub fn publish(&mut self, event: Event) -> Result<u64, PublishError> {
+        self.activity.bump();
         let max = self.config.max_topics;
         let state = match self.topics.get_mut(event.topic.as_str()) {
             Some(s) => s,
@@ -256,6 +260,7 @@ impl Dispatcher {
 
     /// Applies a shard's subscribe or unsubscribe, replying on its ring when asked.
     pub fn on_control(&mut self, msg: ControlMsg) {
+        self.activity.bump();
         match msg {
             ControlMsg::Subscribe {
                 shard,

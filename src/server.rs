@@ -164,6 +164,7 @@ impl Server {
         };
         let dcfg = config.dispatcher.clone();
         let ring_poll_us = config.shard.ring_poll_us;
+        let idle_nap_us = config.shard.idle_nap_us;
         let dstats = stats.clone();
         let dispatcher = LocalExecutorBuilder::new(placement)
             .name("dispatcher")
@@ -179,6 +180,7 @@ impl Server {
                     shutdown_rx,
                     dstats,
                     ring_poll_us,
+                    idle_nap_us,
                 )
             })
             .map_err(|e| StartError::Executor {
@@ -275,6 +277,7 @@ async fn run_dispatcher(
     shutdown: RingReceiver<()>,
     stats: SharedStats,
     ring_poll_us: u64,
+    idle_nap_us: u64,
 ) {
     let summary_every = config.summary_interval_ms;
     let poll = Duration::from_micros(ring_poll_us);
@@ -283,6 +286,12 @@ async fn run_dispatcher(
     for p in pumps {
         glommio::spawn_local(p.run()).detach();
     }
+    let activity = dispatcher.borrow().activity.clone();
+    glommio::spawn_local(corecast_shards::idle::nap_when_idle(
+        activity,
+        Duration::from_micros(idle_nap_us),
+    ))
+    .detach();
     let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
     for rx in controls {
         let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());

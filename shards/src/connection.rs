@@ -273,6 +273,7 @@ fn poll_conn(
         reader.feed(&scratch[..n]);
         drop(scratch);
         conn.last_heard.set(Instant::now());
+        ctx.activity.bump();
         if let Some(end) = drain_events(ctx, conn, reader) {
             return Poll::Ready(end);
         }
@@ -291,6 +292,8 @@ fn poll_blocked_write(
 ) -> Poll<Result<(), ()>> {
     while conn.blocked.get() {
         let mut out = conn.out.borrow_mut();
+        let announced = out.announce_gaps();
+        ctx.metrics.borrow_mut().counters.gap_notices += announced as u64;
         let Some(head) = out.head() else {
             conn.blocked.set(false);
             break;

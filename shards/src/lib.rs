@@ -25,12 +25,13 @@
 //! Protocol pieces, pure and testable alone: [`topic`] (names and patterns), [`handshake`]
 //! (HTTP upgrade), [`frame`] (RFC 6455 framing), [`inbound`] (reassembly), [`protocol`]
 //! (client JSON messages, close and error codes), [`ratelimit`] (token bucket).
-//! Configuration: [`config`]; probes: [`metrics`].
+//! Configuration: [`config`]; probes: [`metrics`]; napping while idle: [`idle`].
 
 pub mod config;
 pub mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod idle;
 pub mod inbound;
 pub mod metrics;
 pub mod protocol;

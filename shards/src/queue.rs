@@ -198,11 +198,23 @@ impl Outbound {
         true
     }
 
-    /// Moves pending gap notices to the head of the queue (after a partly written frame),
-    /// so they precede every later frame of their topic. Returns how many were announced.
-    fn announce_gaps(&mut self) -> usize {
+    /// Moves pending gap notices in front of the first published frame still queued (after a
+    /// partly written frame and after earlier notices), so they precede every later frame of
+    /// their topic and follow every earlier notice. Returns how many were announced.
+    pub fn announce_gaps(&mut self) -> usize {
         let n = self.gaps.len();
-        let at = usize::from(self.head_written > 0);
+        if n == 0 {
+            return 0;
+        }
+        let first_published = self
+            .chunks
+            .iter()
+            .enumerate()
+            .position(|(i, c)| {
+                matches!(c, Chunk::Published(_)) && !(i == 0 && self.head_written > 0)
+            })
+            .unwrap_or(self.chunks.len());
+        let at = first_published.max(usize::from(self.head_written > 0));
         for (i, g) in self.gaps.drain(..).enumerate() {
             let frame = protocol::gap(&g.topic, g.from, g.to, g.reason);
             self.control_bytes += frame.len();
@@ -250,8 +262,10 @@ impl Outbound {
         Ok((Flushed::Drained, announced))
     }
 
-    /// The unwritten rest of the head frame, for a readiness-driven write.
-    pub fn head(&self) -> Option<&[u8]> {
+    /// The unwritten rest of the head frame, for a readiness-driven write. Pending gap notices
+    /// are put in place first, so a write of the head never jumps ahead of them.
+    pub fn head(&mut self) -> Option<&[u8]> {
+        self.announce_gaps();
         self.chunks.front().map(|c| &c.bytes()[self.head_written..])
     }
 
@@ -358,8 +372,12 @@ mod tests {
         );
         let wire = drain(&mut q);
         let gap = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
-        assert_eq!(&wire[..gap.len()], &gap[..]);
-        assert_eq!(&wire[gap.len()..gap.len() + 5], b"hello");
+        assert_eq!(&wire[..5], b"hello", "own frames keep their place");
+        assert_eq!(
+            &wire[5..5 + gap.len()],
+            &gap[..],
+            "the notice precedes the next frame"
+        );
         assert_eq!(wire.len(), gap.len() + 5 + 600);
     }
 
@@ -384,6 +402,45 @@ mod tests {
             &wire[5..5 + gap.len()],
             &gap[..],
             "gap after the partial frame"
+        );
+    }
+
+    #[test]
+    fn later_gap_notices_follow_earlier_unwritten_ones() {
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        for seq in 1..=3 {
+            q.push_published(frame(&t, seq, 10), &B);
+        }
+        q.push_published(frame(&t, 4, 10), &B); // drops 1
+                                                // Nothing can be written: the notice for 1 is queued, unwritten.
+        q.flush(|_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
+            .unwrap();
+        q.push_published(frame(&t, 5, 10), &B); // drops 2
+        let wire = drain(&mut q);
+        let first = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
+        let second = protocol::gap("t", 2, 2, protocol::reason::SLOW_CONSUMER);
+        assert_eq!(&wire[..first.len()], &first[..]);
+        assert_eq!(&wire[first.len()..first.len() + second.len()], &second[..]);
+        assert_eq!(wire.len(), first.len() + second.len() + 30);
+    }
+
+    #[test]
+    fn head_of_a_blocked_queue_is_the_pending_gap_notice() {
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        for seq in 1..=3 {
+            q.push_published(frame(&t, seq, 10), &B);
+        }
+        // Blocked: nothing written, then drops happen while the socket is full.
+        q.flush(|_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
+            .unwrap();
+        q.push_published(frame(&t, 4, 10), &B);
+        let gap = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
+        assert_eq!(
+            q.head().unwrap(),
+            &gap[..],
+            "the notice goes out before frame 2"
         );
     }
 

@@ -80,6 +80,8 @@ pub(crate) struct ShardCtx {
     next_conn: Cell<u64>,
     /// Counter of frames routed, for per-connection deduplication.
     stamp: Cell<u64>,
+    /// Bumped by every ring round and client read; the napper watches it.
+    pub(crate) activity: Rc<crate::idle::Activity>,
     /// Set once shutdown began; the acceptor stops and new connections are refused.
     shutting_down: Cell<bool>,
 }
@@ -154,6 +156,7 @@ async fn run(spec: ShardSpec) {
         control: control_tx,
         next_conn: Cell::new(1),
         stamp: Cell::new(0),
+        activity: Rc::default(),
         shutting_down: Cell::new(false),
     });
 
@@ -189,6 +192,11 @@ async fn run(spec: ShardSpec) {
     });
 
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
+    glommio::spawn_local(crate::idle::nap_when_idle(
+        ctx.activity.clone(),
+        Duration::from_micros(ctx.config.idle_nap_us),
+    ))
+    .detach();
     if ctx.config.report_interval_ms > 0 {
         glommio::spawn_local(reporter(ctx.clone())).detach();
     }
@@ -236,6 +244,7 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
             return;
         }
         let received = Instant::now();
+        ctx.activity.bump();
         let mut shutdown = false;
         for msg in batch.drain(..) {
             match msg {
