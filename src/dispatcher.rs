@@ -200,11 +200,6 @@ impl Dispatcher {
         &self.config
     }
 
-    /// Number of shards routed to.
-    pub fn shards(&self) -> usize {
-        self.rings.len()
-    }
-
     /// Sequences one event, encodes its frame once, and pushes it to every routed shard.
     /// Returns its sequence. Cost: a hash lookup, one frame allocation if any shard is routed,
     /// and a ring push per routed shard.
@@ -394,14 +389,6 @@ impl Dispatcher {
         for shard in 0..self.rings.len() {
             self.push(shard, ShardMsg::Shutdown);
         }
-    }
-
-    /// Messages waiting in backlogs, all shards.
-    pub fn backlog_len(&self) -> usize {
-        self.rings
-            .iter()
-            .map(|r| r.backlog.borrow().queue.len())
-            .sum()
     }
 }
 

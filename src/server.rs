@@ -162,27 +162,22 @@ impl Server {
         } else {
             Placement::Unbound
         };
-        let dcfg = config.dispatcher.clone();
-        let ring_poll_us = config.shard.ring_poll_us;
-        let idle_nap_us = config.shard.idle_nap_us;
-        let dstats = stats.clone();
+        let spec = DispatcherSpec {
+            config: config.dispatcher.clone(),
+            rings: ring_txs,
+            controls: control_rxs,
+            ingest,
+            events: event_rx,
+            shutdown: shutdown_rx,
+            stats: stats.clone(),
+            poll: config.shard.ring_poll(),
+            nap: Duration::from_micros(config.shard.idle_nap_us),
+        };
         let dispatcher = LocalExecutorBuilder::new(placement)
             .name("dispatcher")
             .io_memory(256 << 10)
             .spin_before_park(corecast_shards::shard::NEVER_PARK)
-            .spawn(move || {
-                run_dispatcher(
-                    dcfg,
-                    ring_txs,
-                    control_rxs,
-                    ingest,
-                    event_rx,
-                    shutdown_rx,
-                    dstats,
-                    ring_poll_us,
-                    idle_nap_us,
-                )
-            })
+            .spawn(move || run_dispatcher(spec))
             .map_err(|e| StartError::Executor {
                 what: "dispatcher".into(),
                 source: std::io::Error::other(e.to_string()),
@@ -268,7 +263,8 @@ impl ShutdownHandle {
     }
 }
 
-async fn run_dispatcher(
+/// Everything the dispatcher thread needs. Built on the main thread, moved to the dispatcher's.
+struct DispatcherSpec {
     config: crate::dispatcher::DispatcherConfig,
     rings: Vec<RingSender<ShardMsg>>,
     controls: Vec<RingReceiver<ControlMsg>>,
@@ -276,22 +272,32 @@ async fn run_dispatcher(
     events: RingReceiver<Event>,
     shutdown: RingReceiver<()>,
     stats: SharedStats,
-    ring_poll_us: u64,
-    idle_nap_us: u64,
-) {
+    /// How often idle inputs are looked at.
+    poll: Duration,
+    /// Nap length while idle (zero: never nap).
+    nap: Duration,
+}
+
+async fn run_dispatcher(spec: DispatcherSpec) {
+    let DispatcherSpec {
+        config,
+        rings,
+        controls,
+        ingest,
+        events,
+        shutdown,
+        stats,
+        poll,
+        nap,
+    } = spec;
     let summary_every = config.summary_interval_ms;
-    let poll = Duration::from_micros(ring_poll_us);
     let (dispatcher, pumps) = Dispatcher::new(config, rings);
     let dispatcher = Rc::new(RefCell::new(dispatcher));
     for p in pumps {
         glommio::spawn_local(p.run()).detach();
     }
     let activity = dispatcher.borrow().activity.clone();
-    glommio::spawn_local(corecast_shards::idle::nap_when_idle(
-        activity,
-        Duration::from_micros(idle_nap_us),
-    ))
-    .detach();
+    glommio::spawn_local(corecast_shards::idle::nap_when_idle(activity, nap)).detach();
     let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
     for rx in controls {
         let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());

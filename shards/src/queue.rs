@@ -155,7 +155,7 @@ impl Outbound {
             let first = index == 0;
             index += 1;
             match c {
-                Chunk::Published(f) if !(first && self.head_written > 0) && !keep(&f.topic) => {
+                Chunk::Published(f) if !(keep(&f.topic) || first && self.head_written > 0) => {
                     self.published -= 1;
                     self.published_bytes -= f.bytes.len();
                     false

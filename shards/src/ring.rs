@@ -162,16 +162,6 @@ impl<T> RingSender<T> {
     pub fn push_blocking(&self, msg: T) -> Result<(), T> {
         self.tx.send(msg).map_err(|e| e.into_inner())
     }
-
-    /// Messages in the ring now.
-    pub fn len(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// True when the ring holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.tx.is_empty()
-    }
 }
 
 impl<T> RingReceiver<T> {
