@@ -48,6 +48,8 @@ pub struct Conn {
     blocked: Cell<bool>,
     /// A write failed (peer gone): nothing more is written, the task closes the connection.
     broken: Cell<bool>,
+    /// The close frame is queued: nothing else may be queued after it.
+    closing: Cell<bool>,
     /// Close requested by the shard (code, reason), acted on by the connection's task.
     close: Cell<Option<(u16, &'static str)>>,
     /// Last time any frame arrived from the client.
@@ -76,6 +78,9 @@ impl Conn {
     /// Queues a frame of this connection's own; closes the connection if the client lets
     /// them pile up past `max_control_bytes`.
     pub(crate) fn push_own(&self, ctx: &ShardCtx, frame: Vec<u8>) {
+        if self.closing.get() {
+            return;
+        }
         let mut out = self.out.borrow_mut();
         out.push_own(frame);
         if out.control_bytes() > ctx.bounds.max_control_bytes {
@@ -172,6 +177,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         dirty: Cell::new(false),
         blocked: Cell::new(false),
         broken: Cell::new(false),
+        closing: Cell::new(false),
         close: Cell::new(None),
         last_heard: Cell::new(now),
         bucket: RefCell::new(TokenBucket::new(&ctx.limits, now)),
@@ -436,6 +442,9 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             conn.subs
                 .borrow_mut()
                 .extend(items.iter().filter(|(_, n)| *n).map(|(i, _)| i.clone()));
+            // Every interest of the request is to be joined when it completes (the table never
+            // adds a subscriber twice), even one an earlier pending request also named.
+            let items: Vec<(Interest, bool)> = items.into_iter().map(|(i, _)| (i, true)).collect();
             let me = conn.clone();
             let mut to_dispatcher = Vec::new();
             let done = ctx
@@ -503,9 +512,12 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
             refusal,
             items,
         } => {
+            // Keep what the connection still has or still waits for through another request.
+            let table = ctx.table.borrow();
             sub.subs
                 .borrow_mut()
-                .retain(|i| !items.iter().any(|(x, new)| *new && x == i));
+                .retain(|i| !items.iter().any(|(x, _)| x == i) || table.wants(&sub, i));
+            drop(table);
             let msg = match refusal {
                 Refusal::TopicLimit => format!(
                     "cannot subscribe to {:?}: the server tracks its maximum number of topics",
@@ -522,6 +534,17 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
 /// Says goodbye the way `ending` calls for, flushes within the grace period, and releases
 /// the connection's subscriptions.
 async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending: Ending) {
+    // Leave the table first: nothing may follow our close frame (RFC 6455 5.5.1).
+    let mut to_dispatcher = Vec::new();
+    {
+        let mut table = ctx.table.borrow_mut();
+        table.abandon_requests(conn, &mut to_dispatcher);
+        for i in conn.subs.borrow_mut().drain(..) {
+            table.unsubscribe(conn, &i, &mut to_dispatcher);
+        }
+    }
+    ctx.tell_dispatcher(to_dispatcher);
+    conn.closing.set(true);
     let closing = match ending {
         Ending::Gone => None,
         _ if conn.broken.get() => None,
@@ -529,7 +552,9 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
         Ending::Close(code, reason) => Some((code, reason)),
     };
     if let Some((code, reason)) = closing {
-        conn.push_own(ctx, crate::frame::close_frame(code, &reason));
+        conn.out
+            .borrow_mut()
+            .push_own(crate::frame::close_frame(code, &reason));
         let grace = Duration::from_millis(ctx.config.shutdown_grace_ms.max(100));
         let flushed = poll_fn(|cx| {
             conn.flush(ctx);
@@ -542,13 +567,4 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
         flushed.or(glommio::timer::sleep(grace)).await;
         linger(stream).await;
     }
-    let mut to_dispatcher = Vec::new();
-    {
-        let mut table = ctx.table.borrow_mut();
-        table.abandon_requests(conn, &mut to_dispatcher);
-        for i in conn.subs.borrow_mut().drain(..) {
-            table.unsubscribe(conn, &i, &mut to_dispatcher);
-        }
-    }
-    ctx.tell_dispatcher(to_dispatcher);
 }

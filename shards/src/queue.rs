@@ -20,15 +20,17 @@ use crate::ring::Frame;
 enum Chunk {
     /// A published frame shared by every subscriber on the shard.
     Published(Rc<Frame>),
-    /// A frame of this connection only.
+    /// A frame of this connection only (ack, error, pong, ping, close).
     Own(Box<[u8]>),
+    /// A `gap` notice: never dropped, not counted against `max_control_bytes`.
+    Notice(Box<[u8]>),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Published(f) => &f.bytes,
-            Chunk::Own(b) => b,
+            Chunk::Own(b) | Chunk::Notice(b) => b,
         }
     }
 }
@@ -138,14 +140,12 @@ impl Outbound {
         self.chunks.push_back(Chunk::Own(frame.into_boxed_slice()));
     }
 
-    /// Records that `from..=to` of `topic` never reached the queue (the shard itself missed them).
-    pub fn note_gap(&mut self, topic: &Arc<str>, from: u64, to: u64, reason: &'static str) {
-        self.gaps.push(Gap {
-            topic: topic.clone(),
-            from,
-            to,
-            reason,
-        });
+    /// Queues, at the tail, the notice that `from..=to` of `topic` never reached this queue
+    /// (the shard itself missed them): it belongs right before the next frame of the topic.
+    pub fn push_notice(&mut self, topic: &str, from: u64, to: u64, reason: &'static str) {
+        let frame = protocol::gap(topic, from, to, reason);
+        self.chunks
+            .push_back(Chunk::Notice(frame.into_boxed_slice()));
     }
 
     /// Removes every queued published frame for which `keep` says false (after an unsubscribe).
@@ -217,9 +217,8 @@ impl Outbound {
         let at = first_published.max(usize::from(self.head_written > 0));
         for (i, g) in self.gaps.drain(..).enumerate() {
             let frame = protocol::gap(&g.topic, g.from, g.to, g.reason);
-            self.control_bytes += frame.len();
             self.chunks
-                .insert(at + i, Chunk::Own(frame.into_boxed_slice()));
+                .insert(at + i, Chunk::Notice(frame.into_boxed_slice()));
         }
         n
     }
@@ -288,7 +287,7 @@ impl Outbound {
                     self.published_bytes -= f.bytes.len();
                 }
                 Some(Chunk::Own(b)) => self.control_bytes -= b.len(),
-                None => {}
+                Some(Chunk::Notice(_)) | None => {}
             }
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! Every inbound frame takes one token (text messages and control frames alike, so a ping
 //! flood is limited too). Tokens refill continuously at `rate` per second up to `burst`.
-//! A frame that finds the bucket empty is refused and counted as a strike; strikes reset when
-//! the bucket is full again, and `max_strikes` strikes in a row close the connection.
+//! A frame that finds the bucket empty is refused and counted as a strike; an allowed frame
+//! resets the count, and `max_strikes` refusals in a row close the connection.
 
 use std::time::Instant;
 
@@ -51,18 +51,23 @@ impl TokenBucket {
     /// Takes one token at `now`. O(1).
     pub fn take(&mut self, limits: &Limits, now: Instant) -> Verdict {
         let cap = u64::from(limits.burst) * 1000;
+        let rate = u64::from(limits.rate).max(1);
         let elapsed_us = now.saturating_duration_since(self.last_refill).as_micros() as u64;
         // rate tokens/s = rate milli-tokens/ms = rate/1000 milli-tokens/us.
-        let refill = elapsed_us.saturating_mul(u64::from(limits.rate)) / 1000;
+        let refill = elapsed_us.saturating_mul(rate) / 1000;
         if refill > 0 {
-            self.milli_tokens = (self.milli_tokens + refill).min(cap);
-            self.last_refill = now;
-        }
-        if self.milli_tokens >= cap {
-            self.strikes = 0;
+            if self.milli_tokens + refill >= cap {
+                self.milli_tokens = cap;
+                self.last_refill = now;
+            } else {
+                self.milli_tokens += refill;
+                // Advance only by the time paid for, so fractions of a token are not lost.
+                self.last_refill += std::time::Duration::from_micros(refill * 1000 / rate);
+            }
         }
         if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
+            self.strikes = 0;
             return Verdict::Allow;
         }
         self.strikes += 1;
@@ -98,25 +103,34 @@ mod tests {
     }
 
     #[test]
-    fn refills_at_rate_and_forgives_when_full() {
+    fn refills_at_rate_and_an_allowed_frame_forgives() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(&L, t0);
         for _ in 0..5 {
             b.take(&L, t0);
         }
         assert_eq!(b.take(&L, t0), Verdict::Refuse(1));
-        // 10/s: one token per 100 ms.
+        assert_eq!(b.take(&L, t0), Verdict::Refuse(2));
+        // 10/s: one token per 100 ms, and an allowed frame resets the strikes.
         assert_eq!(b.take(&L, t0 + Duration::from_millis(100)), Verdict::Allow);
         assert_eq!(
             b.take(&L, t0 + Duration::from_millis(100)),
-            Verdict::Refuse(2)
+            Verdict::Refuse(1)
         );
-        // A full bucket again resets strikes.
-        let later = t0 + Duration::from_secs(2);
-        assert_eq!(b.take(&L, later), Verdict::Allow);
-        for _ in 0..4 {
-            b.take(&L, later);
+    }
+
+    #[test]
+    fn frequent_frames_do_not_lose_fractions_of_tokens() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(&L, t0);
+        for _ in 0..5 {
+            b.take(&L, t0);
         }
-        assert_eq!(b.take(&L, later), Verdict::Refuse(1));
+        // Every 60 ms for 3 s: 10/s must allow 30 frames, not fewer.
+        let allowed = (1..=50)
+            .map(|i| b.take(&L, t0 + Duration::from_millis(60 * i)))
+            .filter(|v| *v == Verdict::Allow)
+            .count();
+        assert_eq!(allowed, 30);
     }
 }

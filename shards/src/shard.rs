@@ -309,7 +309,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         }
         let mut out = conn.out.borrow_mut();
         if let Some((from, to)) = missed {
-            out.note_gap(
+            out.push_notice(
                 &frame.topic,
                 from,
                 to,

@@ -75,7 +75,7 @@ pub enum Resolved<T> {
         id: Option<u64>,
         interest: Interest,
         refusal: Refusal,
-        /// The request's interests, and whether each was new to `sub`.
+        /// The request's interests, and whether `sub` was to be added to each.
         items: Vec<(Interest, bool)>,
     },
 }
@@ -83,7 +83,7 @@ pub enum Resolved<T> {
 struct Request<T> {
     sub: Rc<T>,
     id: Option<u64>,
-    /// Each interest, and whether `sub` must be added to it (false: it already was).
+    /// Each interest, and whether `sub` is to be added to it when the request completes.
     items: Vec<(Interest, bool)>,
 }
 
@@ -166,7 +166,9 @@ impl<T> Table<T> {
         }
     }
 
-    /// Starts a subscribe request. `items` pairs each interest with whether `sub` is new to it.
+    /// Starts a subscribe request. `items` pairs each interest with whether `sub` wants to be
+    /// added to it when the request completes (an unsubscribe meanwhile turns that off); a
+    /// subscriber is never added twice.
     /// Returns the request if it completed at once, and what to tell the dispatcher.
     pub fn subscribe(
         &mut self,
@@ -207,7 +209,7 @@ impl<T> Table<T> {
             let seq = self.ack_seq(&interest);
             let e = self.entry_mut(&interest);
             e.waiting -= 1;
-            if add {
+            if add && !e.subscribers.iter().any(|s| Rc::ptr_eq(s, &req.sub)) {
                 e.subscribers.push(req.sub.clone());
             }
             topics.push((interest, seq));
@@ -285,6 +287,24 @@ impl<T> Table<T> {
                 done
             }
         }
+    }
+
+    /// True when `sub` is a subscriber of `interest` or a request of its still wants it.
+    pub fn wants(&self, sub: &Rc<T>, interest: &Interest) -> bool {
+        let subscribed = match interest {
+            Interest::Topic(t) => self
+                .topics
+                .get(t)
+                .is_some_and(|e| e.exact.subscribers.iter().any(|s| Rc::ptr_eq(s, sub))),
+            Interest::Prefix(p) => self
+                .prefixes
+                .iter()
+                .any(|e| e.prefix == *p && e.entry.subscribers.iter().any(|s| Rc::ptr_eq(s, sub))),
+        };
+        subscribed
+            || self.requests.iter().any(|r| {
+                Rc::ptr_eq(&r.sub, sub) && r.items.iter().any(|(i, add)| *add && i == interest)
+            })
     }
 
     /// Current sequence of a subscribed topic (for an unsubscribe ack).
@@ -529,6 +549,37 @@ mod tests {
         assert_eq!(
             delivered(&mut t, &frame("trades.A", 12)),
             vec![(1, Some((11, 11)))]
+        );
+    }
+
+    #[test]
+    fn overlapping_requests_add_once_and_refusal_keeps_what_another_wants() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let a = Rc::new(1u32);
+        // id 1 wants x and y; id 2 wants y too, while id 1 is pending.
+        t.subscribe(
+            a.clone(),
+            Some(1),
+            vec![(topic("x"), true), (topic("y"), true)],
+            &mut out,
+        );
+        t.subscribe(a.clone(), Some(2), vec![(topic("y"), true)], &mut out);
+        let done = t.on_subscribed(&topic("y"), 2, Ok(0), &mut out);
+        assert!(matches!(&done[..], [Resolved::Ack { id: Some(2), .. }]));
+        assert_eq!(
+            delivered(&mut t, &frame("y", 1)),
+            vec![(1, None)],
+            "y flows at once"
+        );
+        let done = t.on_subscribed(&topic("x"), 1, Err(Refusal::TopicLimit), &mut out);
+        assert!(matches!(&done[..], [Resolved::Refused { id: Some(1), .. }]));
+        assert!(t.wants(&a, &topic("y")), "id 2's y survives id 1's refusal");
+        assert!(!t.wants(&a, &topic("x")));
+        assert_eq!(
+            delivered(&mut t, &frame("y", 2)),
+            vec![(1, None)],
+            "and is not doubled"
         );
     }
 
