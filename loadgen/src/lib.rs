@@ -262,3 +262,101 @@ impl RunReport {
         out
     }
 }
+
+/// Resident memory of process `pid`, KiB, from /proc.
+pub fn process_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Pages of memory the kernel holds for TCP sockets, all processes (/proc/net/sockstat).
+pub fn tcp_kernel_pages() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// What an idle run measured.
+pub struct IdleReport {
+    pub connections_ok: u64,
+    pub connect_failures: u64,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+    pub kernel_tcp_pages_before: Option<u64>,
+    pub kernel_tcp_pages_after: Option<u64>,
+}
+
+impl IdleReport {
+    /// Server RSS added per connection, bytes.
+    pub fn rss_per_conn(&self) -> Option<f64> {
+        let (a, b) = (self.server_rss_before_kib?, self.server_rss_after_kib?);
+        Some((b.saturating_sub(a) * 1024) as f64 / self.connections_ok.max(1) as f64)
+    }
+
+    /// The `--json` document.
+    pub fn json(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        format!(
+            "{{\"connections_ok\":{},\"connect_failures\":{},\"server_rss_before_kib\":{},\"server_rss_after_kib\":{},\"server_rss_per_conn_bytes\":{},\"kernel_tcp_pages_before\":{},\"kernel_tcp_pages_after\":{}}}",
+            self.connections_ok,
+            self.connect_failures,
+            opt(self.server_rss_before_kib),
+            opt(self.server_rss_after_kib),
+            self.rss_per_conn().map_or("null".to_string(), |v| format!("{v:.0}")),
+            opt(self.kernel_tcp_pages_before),
+            opt(self.kernel_tcp_pages_after),
+        )
+    }
+}
+
+/// Opens and subscribes every connection, holds them idle for `plan.duration`, and measures
+/// the server's resident memory before and after (needs `server_pid`). Publishes nothing.
+pub fn run_idle(plan: &RunPlan) -> anyhow::Result<IdleReport> {
+    let topics: Vec<String> = (0..plan.topics)
+        .map(|i| format!("{}.{i}", plan.topic_prefix))
+        .collect();
+    let client_plan = client::ClientPlan {
+        server: plan.server,
+        path: plan.path.clone(),
+        connections: plan.connections,
+        per_conn: plan.subscriptions_per_conn.min(topics.len()).max(1),
+        topics,
+        source_addrs: plan.source_addrs,
+        connect_rate: plan.connect_rate,
+    };
+    let rss_before = plan.server_pid.and_then(process_rss_kib);
+    let pages_before = tcp_kernel_pages();
+    let live = Arc::new(client::Live::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let clients = {
+        let (live, ready, stop) = (live.clone(), ready.clone(), stop.clone());
+        std::thread::spawn(move || client::run(&client_plan, &live, &ready, &stop, deadline))
+    };
+    while !ready.load(Ordering::Relaxed) && !clients.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(plan.duration);
+    let rss_after = plan.server_pid.and_then(process_rss_kib);
+    let pages_after = tcp_kernel_pages();
+    stop.store(true, Ordering::Relaxed);
+    let c = clients
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    Ok(IdleReport {
+        connections_ok: c.connections_ok,
+        connect_failures: c.connect_failures,
+        server_rss_before_kib: rss_before,
+        server_rss_after_kib: rss_after,
+        kernel_tcp_pages_before: pages_before,
+        kernel_tcp_pages_after: pages_after,
+    })
+}

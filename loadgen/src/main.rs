@@ -24,6 +24,8 @@ enum Scenario {
     Fanout(Common),
     /// Open-loop latency run: same engine, defaults of B2 (1,000 connections, 10 topics, 1,000 msgs/s).
     Latency(Common),
+    /// N idle subscribed connections held for the duration; server RSS per connection (B3).
+    Idle(Common),
 }
 
 #[derive(Args, Clone)]
@@ -103,9 +105,10 @@ fn raise_nofile() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (c, defaults) = match cli.scenario {
-        Scenario::Fanout(c) => (c, (1000, 100, 10_000)),
-        Scenario::Latency(c) => (c, (1000, 10, 1000)),
+    let (c, defaults, idle) = match cli.scenario {
+        Scenario::Fanout(c) => (c, (1000, 100, 10_000), false),
+        Scenario::Latency(c) => (c, (1000, 10, 1000), false),
+        Scenario::Idle(c) => (c, (10_000, 100, 1), true),
     };
     let (server, path) = parse_server(&c.server)?;
     if !server.ip().is_loopback() || !c.ingest.ip().is_loopback() {
@@ -128,6 +131,27 @@ fn main() -> anyhow::Result<()> {
         server_pid: c.server_pid,
         progress: true,
     };
+    if idle {
+        let r = loadgen::run_idle(&plan)?;
+        eprintln!(
+            "loadgen: {} idle connections ok, {} failed | server RSS {:?} -> {:?} KiB, {} bytes per connection | kernel TCP pages {:?} -> {:?}",
+            r.connections_ok,
+            r.connect_failures,
+            r.server_rss_before_kib,
+            r.server_rss_after_kib,
+            r.rss_per_conn().map_or("n/a (no --server-pid)".into(), |v| format!("{v:.0}")),
+            r.kernel_tcp_pages_before,
+            r.kernel_tcp_pages_after
+        );
+        if let Some(p) = &c.json {
+            std::fs::write(p, r.json() + "\n")
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        if r.connect_failures > 0 {
+            bail!("{} connections failed", r.connect_failures);
+        }
+        return Ok(());
+    }
     let r = loadgen::run(&plan)?;
     let q = |p: f64| r.latency_us.value_at_quantile(p);
     eprintln!(

@@ -200,7 +200,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         Some(end) => end,
         None => poll_fn(|cx| poll_conn(&ctx, &conn, &mut stream, &mut reader, cx)).await,
     };
-    finish(&ctx, &conn, &mut stream, ending).await;
+    // Boxed: its state (timers, buffers) exists only while closing, not in every idle task.
+    Box::pin(finish(&ctx, &conn, &mut stream, ending)).await;
     ctx.unregister(&conn);
 }
 
