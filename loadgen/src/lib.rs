@@ -69,37 +69,72 @@ pub fn process_cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
+/// The client thread of a run, once every connection is subscribed (or failed).
+struct Clients {
+    topics: Vec<String>,
+    per_conn: usize,
+    live: Arc<client::Live>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<std::io::Result<client::ClientReport>>,
+}
+
+impl Clients {
+    /// Starts the clients and waits until they are all subscribed, at most `connect_limit`.
+    fn start(plan: &RunPlan, connect_limit: Duration) -> std::io::Result<Clients> {
+        let topics: Vec<String> = (0..plan.topics)
+            .map(|i| format!("{}.{i}", plan.topic_prefix))
+            .collect();
+        let per_conn = plan.subscriptions_per_conn.min(topics.len()).max(1);
+        let client_plan = client::ClientPlan {
+            server: plan.server,
+            path: plan.path.clone(),
+            connections: plan.connections,
+            topics: topics.clone(),
+            per_conn,
+            source_addrs: plan.source_addrs,
+            connect_rate: plan.connect_rate,
+        };
+        let live = Arc::new(client::Live::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + connect_limit;
+        let thread = {
+            let (live, ready, stop) = (live.clone(), ready.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("loadgen-clients".into())
+                .spawn(move || client::run(&client_plan, &live, &ready, &stop, deadline))?
+        };
+        while !ready.load(Ordering::Relaxed) && !thread.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Clients {
+            topics,
+            per_conn,
+            live,
+            stop,
+            thread,
+        })
+    }
+
+    /// Stops the clients and returns what they saw.
+    fn finish(self) -> anyhow::Result<client::ClientReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??)
+    }
+}
+
 /// Connects, subscribes, publishes for the duration, drains, and reports. Bounded in time:
 /// connecting gets at most 60 s, draining at most 10 s after the last publish.
 pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
-    let topics: Vec<String> = (0..plan.topics)
-        .map(|i| format!("{}.{i}", plan.topic_prefix))
-        .collect();
-    let client_plan = client::ClientPlan {
-        server: plan.server,
-        path: plan.path.clone(),
-        connections: plan.connections,
-        topics: topics.clone(),
-        per_conn: plan.subscriptions_per_conn.min(topics.len()).max(1),
-        source_addrs: plan.source_addrs,
-        connect_rate: plan.connect_rate,
-    };
-    let live = Arc::new(client::Live::default());
-    let ready = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let connect_deadline = Instant::now() + Duration::from_secs(60);
-    let clients = {
-        let (live, ready, stop) = (live.clone(), ready.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("loadgen-clients".into())
-            .spawn(move || client::run(&client_plan, &live, &ready, &stop, connect_deadline))?
-    };
-    while !ready.load(Ordering::Relaxed) {
-        if clients.is_finished() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let clients = Clients::start(plan, Duration::from_secs(60))?;
+    let (topics, live, stop) = (
+        clients.topics.clone(),
+        clients.live.clone(),
+        clients.stop.clone(),
+    );
     let server_cpu0 = plan.server_pid.and_then(process_cpu_secs);
     let self_cpu0 = process_cpu_secs(std::process::id()).unwrap_or(0.0);
     let started = Instant::now();
@@ -133,7 +168,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
     // Each subscription expects every message published on its topic during the run.
     let expected: u64 = (0..plan.connections)
         .map(|i| {
-            (0..client_plan_per_conn(plan, topics.len()))
+            (0..clients.per_conn)
                 .map(|k| published.per_topic[(i + k) % topics.len()])
                 .sum::<u64>()
         })
@@ -151,10 +186,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let c = clients
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let c = clients.finish()?;
     if let Some(p) = progress {
         let _ = p.join();
     }
@@ -184,10 +216,6 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         loadgen_saturated: client_thread_pct > 90.0,
         publisher_max_lag_us: published.max_lag_us,
     })
-}
-
-fn client_plan_per_conn(plan: &RunPlan, topics: usize) -> usize {
-    plan.subscriptions_per_conn.min(topics).max(1)
 }
 
 impl RunReport {
@@ -319,38 +347,13 @@ impl IdleReport {
 /// Opens and subscribes every connection, holds them idle for `plan.duration`, and measures
 /// the server's resident memory before and after (needs `server_pid`). Publishes nothing.
 pub fn run_idle(plan: &RunPlan) -> anyhow::Result<IdleReport> {
-    let topics: Vec<String> = (0..plan.topics)
-        .map(|i| format!("{}.{i}", plan.topic_prefix))
-        .collect();
-    let client_plan = client::ClientPlan {
-        server: plan.server,
-        path: plan.path.clone(),
-        connections: plan.connections,
-        per_conn: plan.subscriptions_per_conn.min(topics.len()).max(1),
-        topics,
-        source_addrs: plan.source_addrs,
-        connect_rate: plan.connect_rate,
-    };
     let rss_before = plan.server_pid.and_then(process_rss_kib);
     let pages_before = tcp_kernel_pages();
-    let live = Arc::new(client::Live::default());
-    let ready = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let clients = {
-        let (live, ready, stop) = (live.clone(), ready.clone(), stop.clone());
-        std::thread::spawn(move || client::run(&client_plan, &live, &ready, &stop, deadline))
-    };
-    while !ready.load(Ordering::Relaxed) && !clients.is_finished() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let clients = Clients::start(plan, Duration::from_secs(120))?;
     std::thread::sleep(plan.duration);
     let rss_after = plan.server_pid.and_then(process_rss_kib);
     let pages_after = tcp_kernel_pages();
-    stop.store(true, Ordering::Relaxed);
-    let c = clients
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let c = clients.finish()?;
     Ok(IdleReport {
         connections_ok: c.connections_ok,
         connect_failures: c.connect_failures,
