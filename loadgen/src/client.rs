@@ -1,11 +1,18 @@
 //! The subscriber side: thousands of WebSocket clients on one thread (mio), spread over several
 //! loopback source addresses, each checking per-topic sequence continuity and recording latency
 //! from the message's intended send time.
+//!
+//! Two kinds of connection: healthy ones read everything at once and must lose nothing; slow
+//! ones (a chosen fraction) read at a fixed byte rate, so the server must drop their oldest
+//! frames and announce every drop with a `gap` notice. Churn closes a fraction of the healthy
+//! connections each second and opens them again; a reconnected connection resumes from the
+//! sequence its new `ack` reports.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -19,38 +26,109 @@ use crate::wire;
 pub struct ClientPlan {
     pub server: SocketAddr,
     pub path: String,
-    pub connections: usize,
-    /// Topic names; connection `i` subscribes to `per_conn` of them starting at `i % len`.
+    /// Topic names.
     pub topics: Vec<String>,
-    pub per_conn: usize,
+    /// Topic indices each connection subscribes to (one entry per connection; empty: the
+    /// connection only completes the handshake).
+    pub subs: Arc<Vec<Vec<u32>>>,
+    /// Which connections read slowly (same length as `subs`).
+    pub slow: Arc<Vec<bool>>,
+    /// Bytes per second a slow connection reads while throttled.
+    pub slow_bytes_per_sec: u64,
+    /// Fraction of the healthy connections closed and reopened each second (0 = none).
+    pub churn_per_sec: f64,
     /// Loopback source addresses to spread over (127.0.0.2, 127.0.0.3, ...).
     pub source_addrs: u8,
-    /// New connections per second at most.
+    /// New connections per second at most; 0 = as fast as handshakes complete.
     pub connect_rate: u32,
+    /// Handshakes in progress at most.
+    pub max_in_flight: usize,
 }
 
-/// Live counters, readable from other threads for the progress line.
-#[derive(Default)]
+impl ClientPlan {
+    fn connections(&self) -> usize {
+        self.subs.len()
+    }
+}
+
+/// Live counters, readable from other threads for the progress line and stepped scenarios.
 pub struct Live {
     pub connected: AtomicU64,
     pub acked: AtomicU64,
     pub delivered: AtomicU64,
+    pub gap_notices: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub disconnects: AtomicU64,
+    /// Messages covered by `gap` notices, all connections.
+    pub announced: AtomicU64,
+    /// Kernel thread id of the client thread (for its CPU time in /proc), once started.
+    pub tid: AtomicU64,
+    /// Slow connections read at their limited rate while set; cleared to let them drain.
+    pub throttle_slow: AtomicBool,
+    /// Latency (µs) recorded since the last [`Live::take_interval`], merged in every 200 ms.
+    interval: Mutex<Histogram<u64>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            connected: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            gap_notices: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            announced: AtomicU64::new(0),
+            tid: AtomicU64::new(0),
+            throttle_slow: AtomicBool::new(true),
+            interval: Mutex::new(latency_histogram()),
+        }
+    }
+}
+
+impl Live {
+    /// The latency recorded since the previous call (lags the clients by up to 200 ms).
+    pub fn take_interval(&self) -> Histogram<u64> {
+        let mut h = self.interval.lock().expect("not poisoned");
+        let out = h.clone();
+        h.reset();
+        out
+    }
+}
+
+/// A histogram of microseconds from 1 µs to 10 minutes, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// Counts for one class of connection (healthy or slow).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub delivered: u64,
+    /// Holes in a sequence that no `gap` message announced.
+    pub unannounced: u64,
+    /// Messages missing at the end: the topic's last sequence seen anywhere minus this
+    /// subscription's last (after the drain, so only real losses remain).
+    pub tail_missing: u64,
+    pub gap_notices: u64,
+    /// Messages covered by `gap` notices.
+    pub announced: u64,
 }
 
 /// What the clients saw.
 pub struct ClientReport {
     pub connections_ok: u64,
     pub connect_failures: u64,
-    pub delivered: u64,
-    /// Holes in a sequence that no `gap` message announced (losses).
-    pub unannounced: u64,
-    pub gap_notices: u64,
-    /// Messages covered by `gap` notices.
-    pub announced: u64,
+    pub healthy: Tally,
+    pub slow: Tally,
     pub unexpected_disconnects: u64,
-    /// Delivered per (subscribed) topic index, summed over connections.
-    pub per_topic: Vec<u64>,
+    pub reconnects: u64,
+    /// Latency of healthy connections, µs from intended send time.
     pub latency_us: Histogram<u64>,
+    /// From `connect()` to the `101` response, µs, first attempt of each connection.
+    pub handshake_us: Histogram<u64>,
+    /// From the first `connect()` to the last handshake completed.
+    pub connect_span: Duration,
     /// CPU seconds the client thread used.
     pub cpu_secs: f64,
 }
@@ -67,8 +145,15 @@ struct Conn {
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     /// (topic index, next expected seq; 0 = not yet known).
-    subs: Vec<(usize, u64)>,
+    subs: Vec<(u32, u64)>,
     acked: bool,
+    slow: bool,
+    /// Bytes a slow connection may still read in the current tenth of a second.
+    budget: usize,
+    /// When the current connection attempt began.
+    opened_at: Instant,
+    /// Whether this connection's handshake time was recorded (first attempt only).
+    timed: bool,
 }
 
 fn now_us() -> u64 {
@@ -102,6 +187,23 @@ fn open(plan: &ClientPlan, i: usize) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(s.into()))
 }
 
+/// The client event loop's state.
+struct Clients<'a> {
+    plan: &'a ClientPlan,
+    live: &'a Live,
+    poll: Poll,
+    conns: Vec<Conn>,
+    index: HashMap<Vec<u8>, u32>,
+    report: ClientReport,
+    interval: Histogram<u64>,
+    host: String,
+    /// Connections whose handshake failed, to try again (bounded).
+    to_retry: Vec<usize>,
+    retries_left: usize,
+    in_flight: usize,
+    last_handshake: Option<Instant>,
+}
+
 /// Runs the clients until `stop`; `ready` is set once every connection is subscribed (or
 /// failed). Bounded: connects stop at `connect_deadline`.
 pub fn run(
@@ -112,222 +214,462 @@ pub fn run(
     connect_deadline: Instant,
 ) -> io::Result<ClientReport> {
     let cpu0 = thread_cpu_secs();
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(4096);
-    let mut conns: Vec<Conn> = Vec::with_capacity(plan.connections);
-    let index: HashMap<Vec<u8>, usize> = plan
-        .topics
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_bytes().to_vec(), i))
-        .collect();
-    let mut report = ClientReport {
-        connections_ok: 0,
-        connect_failures: 0,
-        delivered: 0,
-        unannounced: 0,
-        gap_notices: 0,
-        announced: 0,
-        unexpected_disconnects: 0,
-        per_topic: vec![0; plan.topics.len()],
-        latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-        cpu_secs: 0.0,
+    // SAFETY: gettid has no preconditions.
+    live.tid
+        .store(unsafe { libc::gettid() } as u64, Ordering::Relaxed);
+    let n = plan.connections();
+    let mut cl = Clients {
+        plan,
+        live,
+        poll: Poll::new()?,
+        conns: Vec::with_capacity(n),
+        index: plan
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_bytes().to_vec(), i as u32))
+            .collect(),
+        report: ClientReport {
+            connections_ok: 0,
+            connect_failures: 0,
+            healthy: Tally::default(),
+            slow: Tally::default(),
+            unexpected_disconnects: 0,
+            reconnects: 0,
+            latency_us: latency_histogram(),
+            handshake_us: latency_histogram(),
+            connect_span: Duration::ZERO,
+            cpu_secs: 0.0,
+        },
+        interval: latency_histogram(),
+        host: plan.server.to_string(),
+        to_retry: Vec::new(),
+        retries_left: n / 10 + 10,
+        in_flight: 0,
+        last_handshake: None,
     };
-    let host = plan.server.to_string();
+    let mut events = Events::with_capacity(4096);
     let started = Instant::now();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut attempted = 0usize;
-    let mut retries_left = plan.connections / 10 + 10;
-    let mut to_retry: Vec<usize> = Vec::new();
+    let mut last_merge = Instant::now();
+    let mut last_slow_tick = Instant::now();
+    let mut last_churn = Instant::now();
+    let mut churn_cursor = 0usize;
+    let mut churn_carry = 0.0f64;
     while !stop.load(Ordering::Relaxed) {
-        // Open connections at a bounded rate, retrying failures a bounded number of times.
-        let allowed = ((started.elapsed().as_secs_f64() * f64::from(plan.connect_rate)) as usize
-            + 1)
-        .min(plan.connections);
-        while attempted < allowed && Instant::now() < connect_deadline {
-            let i = attempted;
-            match open(plan, i) {
-                Ok(mut stream) => {
-                    poll.registry().register(
-                        &mut stream,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
-                    let subs = (0..plan.per_conn)
-                        .map(|k| ((i + k) % plan.topics.len(), 0u64))
-                        .collect();
-                    conns.push(Conn {
-                        stream,
-                        phase: Phase::Handshake,
-                        inbuf: Vec::new(),
-                        outbuf: wire::upgrade_request(&host, &plan.path),
-                        subs,
-                        acked: false,
-                    });
-                }
-                Err(_) => {
-                    report.connect_failures += 1;
-                    return Err(io::Error::other("cannot open a socket (descriptors?)"));
-                }
-            }
-            attempted += 1;
+        let now = Instant::now();
+        if now < connect_deadline {
+            cl.open_more(started)?;
         }
-        if let Some(i) = to_retry.pop() {
-            if retries_left > 0 && Instant::now() < connect_deadline {
-                retries_left -= 1;
-                if let Ok(mut stream) = open(plan, i) {
-                    poll.registry().register(
-                        &mut stream,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
-                    let c = &mut conns[i];
-                    c.stream = stream;
-                    c.phase = Phase::Handshake;
-                    c.inbuf.clear();
-                    c.outbuf = wire::upgrade_request(&host, &plan.path);
-                }
-            } else {
-                report.connect_failures += 1;
-            }
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(5)))?;
+        cl.poll.poll(&mut events, Some(Duration::from_millis(5)))?;
         for ev in events.iter() {
-            let i = ev.token().0;
-            let c = &mut conns[i];
-            if matches!(c.phase, Phase::Dead) {
-                continue;
-            }
-            if !c.outbuf.is_empty() {
-                match c.stream.write(&c.outbuf) {
-                    Ok(n) => {
-                        c.outbuf.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        fail(c, &mut to_retry, &mut report, i, live);
-                        continue;
-                    }
-                }
-            }
-            loop {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        fail(c, &mut to_retry, &mut report, i, live);
-                        break;
-                    }
-                    Ok(n) => {
-                        c.inbuf.extend_from_slice(&buf[..n]);
-                        if !handle(c, plan, &index, &mut report, live) {
-                            fail(c, &mut to_retry, &mut report, i, live);
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
-                    Err(_) => {
-                        fail(c, &mut to_retry, &mut report, i, live);
-                        break;
-                    }
-                }
-            }
-            if !c.outbuf.is_empty() {
-                if let Ok(n) = c.stream.write(&c.outbuf) {
-                    c.outbuf.drain(..n);
-                }
-            }
+            cl.service(ev.token().0, &mut buf, true);
         }
-        let settled = attempted >= plan.connections
-            && to_retry.is_empty()
-            && live.acked.load(Ordering::Relaxed) + report.connect_failures
-                >= plan.connections as u64;
-        if settled || Instant::now() >= connect_deadline {
+        let now = Instant::now();
+        if now.duration_since(last_slow_tick) >= Duration::from_millis(100) {
+            last_slow_tick = now;
+            cl.service_slow(&mut buf);
+        }
+        if now.duration_since(last_merge) >= Duration::from_millis(200) {
+            last_merge = now;
+            let mut shared = live.interval.lock().expect("not poisoned");
+            let _ = shared.add(&cl.interval);
+            cl.interval.reset();
+        }
+        if plan.churn_per_sec > 0.0
+            && ready.load(Ordering::Relaxed)
+            && now.duration_since(last_churn) >= Duration::from_secs(1)
+        {
+            last_churn = now;
+            churn_carry += plan.churn_per_sec * n as f64;
+            let count = churn_carry as usize;
+            churn_carry -= count as f64;
+            churn_cursor = cl.churn(count, churn_cursor)?;
+        }
+        let settled = cl.conns.len() >= n
+            && cl.to_retry.is_empty()
+            && live.acked.load(Ordering::Relaxed) + cl.report.connect_failures >= n as u64;
+        if settled || now >= connect_deadline {
             ready.store(true, Ordering::Relaxed);
         }
     }
-    report.connections_ok = conns
-        .iter()
-        .filter(|c| matches!(c.phase, Phase::Open) && c.acked)
-        .count() as u64;
+    let mut report = cl.finish();
     report.cpu_secs = thread_cpu_secs() - cpu0;
     Ok(report)
 }
 
-fn fail(c: &mut Conn, retry: &mut Vec<usize>, report: &mut ClientReport, i: usize, live: &Live) {
-    match c.phase {
-        Phase::Handshake => retry.push(i),
-        Phase::Open => {
-            report.unexpected_disconnects += 1;
-            if c.acked {
-                live.acked.fetch_sub(1, Ordering::Relaxed);
+impl Clients<'_> {
+    /// Opens connections while the rate and the in-flight bound allow, and retries failures.
+    fn open_more(&mut self, started: Instant) -> io::Result<()> {
+        let n = self.plan.connections();
+        let allowed = if self.plan.connect_rate == 0 {
+            n
+        } else {
+            ((started.elapsed().as_secs_f64() * f64::from(self.plan.connect_rate)) as usize + 1)
+                .min(n)
+        };
+        while self.conns.len() < allowed && self.in_flight < self.plan.max_in_flight {
+            let i = self.conns.len();
+            let mut stream = open(self.plan, i).map_err(|e| {
+                io::Error::other(format!("cannot open socket {i}: {e} (descriptors?)"))
+            })?;
+            self.poll.registry().register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            self.conns.push(Conn {
+                stream,
+                phase: Phase::Handshake,
+                inbuf: Vec::new(),
+                outbuf: wire::upgrade_request(&self.host, &self.plan.path),
+                subs: self.plan.subs[i].iter().map(|&t| (t, 0)).collect(),
+                acked: false,
+                slow: self.plan.slow[i],
+                budget: 0,
+                opened_at: Instant::now(),
+                timed: false,
+            });
+            self.in_flight += 1;
+        }
+        while self.in_flight < self.plan.max_in_flight {
+            let Some(i) = self.to_retry.pop() else { break };
+            if self.retries_left == 0 {
+                self.report.connect_failures += 1;
+                continue;
+            }
+            self.retries_left -= 1;
+            self.reopen(i)?;
+        }
+        Ok(())
+    }
+
+    /// Opens connection `i` again (after a failed handshake or a deliberate close).
+    fn reopen(&mut self, i: usize) -> io::Result<()> {
+        let mut stream = match open(self.plan, i) {
+            Ok(s) => s,
+            Err(_) => {
+                self.report.connect_failures += 1;
+                return Ok(());
+            }
+        };
+        self.poll.registry().register(
+            &mut stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let c = &mut self.conns[i];
+        c.stream = stream;
+        c.phase = Phase::Handshake;
+        c.inbuf.clear();
+        c.outbuf = wire::upgrade_request(&self.host, &self.plan.path);
+        c.acked = false;
+        for s in &mut c.subs {
+            s.1 = 0;
+        }
+        c.opened_at = Instant::now();
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Handles readiness of connection `i`. Slow connections read only their budget, and only
+    /// from `service_slow` once open (`from_event` false).
+    fn service(&mut self, i: usize, buf: &mut [u8], from_event: bool) {
+        let throttled = {
+            let c = &self.conns[i];
+            if matches!(c.phase, Phase::Dead) {
+                return;
+            }
+            c.slow
+                && matches!(c.phase, Phase::Open)
+                && self.live.throttle_slow.load(Ordering::Relaxed)
+        };
+        if !self.flush_out(i) {
+            return;
+        }
+        if throttled && from_event {
+            return;
+        }
+        loop {
+            let c = &mut self.conns[i];
+            let limit = if throttled {
+                c.budget.min(buf.len())
+            } else {
+                buf.len()
+            };
+            if limit == 0 {
+                break;
+            }
+            match c.stream.read(&mut buf[..limit]) {
+                Ok(0) => {
+                    self.fail(i);
+                    return;
+                }
+                Ok(n) => {
+                    if throttled {
+                        c.budget -= n;
+                    }
+                    c.inbuf.extend_from_slice(&buf[..n]);
+                    if !self.handle(i) {
+                        self.fail(i);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
+                Err(_) => {
+                    self.fail(i);
+                    return;
+                }
             }
         }
-        Phase::Dead => {}
+        self.flush_out(i);
     }
-    c.phase = Phase::Dead;
+
+    /// Writes what the connection has to say; false if the connection failed.
+    fn flush_out(&mut self, i: usize) -> bool {
+        let c = &mut self.conns[i];
+        if c.outbuf.is_empty() {
+            return true;
+        }
+        match c.stream.write(&c.outbuf) {
+            Ok(n) => {
+                c.outbuf.drain(..n);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => true,
+            Err(_) => {
+                self.fail(i);
+                false
+            }
+        }
+    }
+
+    /// Every tenth of a second: refills the slow connections' budgets and reads them.
+    fn service_slow(&mut self, buf: &mut [u8]) {
+        if self.plan.slow_bytes_per_sec == 0 && self.live.throttle_slow.load(Ordering::Relaxed) {
+            return;
+        }
+        let per_tick = (self.plan.slow_bytes_per_sec / 10).max(1) as usize;
+        for i in 0..self.conns.len() {
+            if self.conns[i].slow && matches!(self.conns[i].phase, Phase::Open) {
+                self.conns[i].budget = per_tick;
+                self.service(i, buf, false);
+            }
+        }
+    }
+
+    /// Closes `count` healthy open connections (round-robin from `cursor`) with a close frame
+    /// and opens them again. Returns the next cursor.
+    fn churn(&mut self, count: usize, mut cursor: usize) -> io::Result<usize> {
+        let n = self.conns.len();
+        let mut done = 0;
+        let mut looked = 0;
+        while done < count && looked < n {
+            let i = cursor % n.max(1);
+            cursor += 1;
+            looked += 1;
+            let c = &mut self.conns[i];
+            if c.slow || !c.acked || !matches!(c.phase, Phase::Open) {
+                continue;
+            }
+            let _ = c
+                .stream
+                .write(&wire::client_close(1000, b"churn", [3, 1, 4, 1]));
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            c.phase = Phase::Dead;
+            c.acked = false;
+            self.live.acked.fetch_sub(1, Ordering::Relaxed);
+            self.live.connected.fetch_sub(1, Ordering::Relaxed);
+            self.live.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.report.reconnects += 1;
+            self.reopen(i)?;
+            done += 1;
+        }
+        Ok(cursor)
+    }
+
+    fn fail(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        match c.phase {
+            Phase::Handshake => {
+                self.in_flight -= 1;
+                self.to_retry.push(i);
+            }
+            Phase::Open => {
+                self.report.unexpected_disconnects += 1;
+                self.live.disconnects.fetch_add(1, Ordering::Relaxed);
+                self.live.connected.fetch_sub(1, Ordering::Relaxed);
+                if c.acked {
+                    self.live.acked.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Phase::Dead => {}
+        }
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        c.phase = Phase::Dead;
+    }
+
+    /// Handles whatever complete data the connection's input holds. False when the connection
+    /// must be dropped.
+    fn handle(&mut self, i: usize) -> bool {
+        let c = &mut self.conns[i];
+        if matches!(c.phase, Phase::Handshake) {
+            let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return true;
+            };
+            let head = &c.inbuf[..end];
+            if !head.starts_with(b"HTTP/1.1 101")
+                || !head
+                    .windows(wire::EXPECTED_ACCEPT.len())
+                    .any(|w| w == wire::EXPECTED_ACCEPT.as_bytes())
+            {
+                return false;
+            }
+            c.inbuf.drain(..end + 4);
+            c.phase = Phase::Open;
+            self.in_flight -= 1;
+            let now = Instant::now();
+            if !c.timed {
+                c.timed = true;
+                let us = now.duration_since(c.opened_at).as_micros() as u64;
+                self.report.handshake_us.saturating_record(us.max(1));
+            }
+            self.last_handshake = Some(now);
+            self.live.connected.fetch_add(1, Ordering::Relaxed);
+            if c.subs.is_empty() {
+                c.acked = true;
+                self.live.acked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let names: Vec<String> = c
+                    .subs
+                    .iter()
+                    .map(|(t, _)| format!("\"{}\"", self.plan.topics[*t as usize]))
+                    .collect();
+                let req = format!(
+                    "{{\"op\":\"subscribe\",\"id\":1,\"topics\":[{}]}}",
+                    names.join(",")
+                );
+                c.outbuf
+                    .extend(wire::client_text(req.as_bytes(), [7, 13, 42, 99]));
+            }
+        }
+        let mut used = 0;
+        let mut keep = true;
+        while let Some(f) = wire::next_frame(&c.inbuf[used..]) {
+            let len = f.len;
+            match f.opcode {
+                0x1 => {
+                    let tally = if c.slow {
+                        &mut self.report.slow
+                    } else {
+                        &mut self.report.healthy
+                    };
+                    let latency = (!c.slow).then_some(&mut self.interval);
+                    let seen = on_text(
+                        &mut c.subs,
+                        &mut c.acked,
+                        f.payload,
+                        &self.index,
+                        tally,
+                        latency,
+                        &mut self.report.latency_us,
+                    );
+                    match seen {
+                        Seen::Msg => {
+                            self.live.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Seen::Gap(n) => {
+                            self.live.gap_notices.fetch_add(1, Ordering::Relaxed);
+                            self.live.announced.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Seen::FirstAck => {
+                            self.live.acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Seen::Other => {}
+                    }
+                }
+                0x9 => {
+                    let pong = wire::client_pong(f.payload);
+                    c.outbuf.extend(pong);
+                }
+                0x8 => {
+                    keep = false;
+                    break;
+                }
+                _ => {}
+            }
+            used += len;
+        }
+        c.inbuf.drain(..used);
+        keep
+    }
+
+    /// Counts the tail losses of every subscription still open, and returns the report.
+    fn finish(&mut self) -> ClientReport {
+        let mut last = vec![0u64; self.plan.topics.len()];
+        for c in &self.conns {
+            for &(t, next) in &c.subs {
+                last[t as usize] = last[t as usize].max(next.saturating_sub(1));
+            }
+        }
+        let mut ok = 0;
+        for c in &self.conns {
+            if !(matches!(c.phase, Phase::Open) && c.acked) {
+                continue;
+            }
+            ok += 1;
+            let tally = if c.slow {
+                &mut self.report.slow
+            } else {
+                &mut self.report.healthy
+            };
+            for &(t, next) in &c.subs {
+                if next > 0 {
+                    tally.tail_missing += last[t as usize] - (next - 1);
+                }
+            }
+        }
+        self.report.connections_ok = ok;
+        if let (Some(first), Some(lastc)) = (self.conns.first(), self.last_handshake) {
+            self.report.connect_span = lastc.saturating_duration_since(first.opened_at);
+        }
+        ClientReport {
+            connections_ok: self.report.connections_ok,
+            connect_failures: self.report.connect_failures + self.to_retry.len() as u64,
+            healthy: self.report.healthy,
+            slow: self.report.slow,
+            unexpected_disconnects: self.report.unexpected_disconnects,
+            reconnects: self.report.reconnects,
+            latency_us: self.report.latency_us.clone(),
+            handshake_us: self.report.handshake_us.clone(),
+            connect_span: self.report.connect_span,
+            cpu_secs: 0.0,
+        }
+    }
 }
 
-/// Handles whatever complete data `c.inbuf` holds. False when the connection must be dropped.
-fn handle(
-    c: &mut Conn,
-    plan: &ClientPlan,
-    index: &HashMap<Vec<u8>, usize>,
-    r: &mut ClientReport,
-    live: &Live,
-) -> bool {
-    if matches!(c.phase, Phase::Handshake) {
-        let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return true;
-        };
-        let head = String::from_utf8_lossy(&c.inbuf[..end]).to_string();
-        if !head.starts_with("HTTP/1.1 101") || !head.contains(wire::EXPECTED_ACCEPT) {
-            return false;
-        }
-        c.inbuf.drain(..end + 4);
-        c.phase = Phase::Open;
-        live.connected.fetch_add(1, Ordering::Relaxed);
-        let names: Vec<String> = c
-            .subs
-            .iter()
-            .map(|(t, _)| format!("\"{}\"", plan.topics[*t]))
-            .collect();
-        let req = format!(
-            "{{\"op\":\"subscribe\",\"id\":1,\"topics\":[{}]}}",
-            names.join(",")
-        );
-        c.outbuf
-            .extend(wire::client_text(req.as_bytes(), [7, 13, 42, 99]));
-    }
-    let mut used = 0;
-    while let Some(f) = wire::next_frame(&c.inbuf[used..]) {
-        let (opcode, len) = (f.opcode, f.len);
-        match opcode {
-            0x1 => on_text(c, index, r, live, used, len),
-            0x9 => {
-                let pong = wire::client_pong(f.payload);
-                c.outbuf.extend(pong);
-            }
-            0x8 => return false,
-            _ => {}
-        }
-        used += len;
-    }
-    c.inbuf.drain(..used);
-    true
+/// What a text frame turned out to be.
+enum Seen {
+    Msg,
+    /// A gap notice covering this many messages.
+    Gap(u64),
+    FirstAck,
+    Other,
 }
 
 fn on_text(
-    c: &mut Conn,
-    index: &HashMap<Vec<u8>, usize>,
-    r: &mut ClientReport,
-    live: &Live,
-    at: usize,
-    len: usize,
-) {
-    let frame = wire::next_frame(&c.inbuf[at..at + len]).expect("whole frame");
-    let p = frame.payload;
+    subs: &mut [(u32, u64)],
+    acked: &mut bool,
+    p: &[u8],
+    index: &HashMap<Vec<u8>, u32>,
+    tally: &mut Tally,
+    interval: Option<&mut Histogram<u64>>,
+    total: &mut Histogram<u64>,
+) -> Seen {
     let Some(op) = wire::str_after(p, b"\"op\":\"") else {
-        return;
+        return Seen::Other;
     };
     match op {
         b"msg" => {
@@ -335,24 +677,28 @@ fn on_text(
                 wire::str_after(p, b"\"topic\":\""),
                 wire::u64_after(p, b"\"seq\":"),
             ) else {
-                return;
+                return Seen::Other;
             };
-            let Some(&t) = index.get(topic) else { return };
-            if let Some(sub) = c.subs.iter_mut().find(|(x, _)| *x == t) {
+            let Some(&t) = index.get(topic) else {
+                return Seen::Other;
+            };
+            if let Some(sub) = subs.iter_mut().find(|(x, _)| *x == t) {
                 if sub.1 != 0 && seq > sub.1 {
-                    r.unannounced += seq - sub.1;
+                    tally.unannounced += seq - sub.1;
                 }
                 sub.1 = seq + 1;
             }
-            r.delivered += 1;
-            r.per_topic[t] += 1;
-            live.delivered.fetch_add(1, Ordering::Relaxed);
-            if let Some(data_at) = p.windows(8).position(|w| w == b"\"data\":{") {
-                if let Some(sent) = wire::u64_after(&p[data_at..], b"\"t\":") {
-                    r.latency_us
-                        .saturating_record(now_us().saturating_sub(sent).max(1));
+            tally.delivered += 1;
+            if let Some(interval) = interval {
+                let sent = wire::find(p, b"\"data\":{")
+                    .and_then(|at| wire::u64_after(&p[at..], b"\"t\":"));
+                if let Some(sent) = sent {
+                    let us = now_us().saturating_sub(sent).max(1);
+                    interval.saturating_record(us);
+                    total.saturating_record(us);
                 }
             }
+            Seen::Msg
         }
         b"gap" => {
             let topic = wire::str_after(p, b"\"topic\":\"");
@@ -360,18 +706,20 @@ fn on_text(
                 wire::u64_after(p, b"\"from\":"),
                 wire::u64_after(p, b"\"to\":"),
             );
-            if let (Some(topic), Some(from), Some(to)) = (topic, from, to) {
-                r.gap_notices += 1;
-                r.announced += to + 1 - from;
-                if let Some(&t) = index.get(topic) {
-                    if let Some(sub) = c.subs.iter_mut().find(|(x, _)| *x == t) {
-                        if sub.1 != 0 && from > sub.1 {
-                            r.unannounced += from - sub.1;
-                        }
-                        sub.1 = to + 1;
+            let (Some(topic), Some(from), Some(to)) = (topic, from, to) else {
+                return Seen::Other;
+            };
+            tally.gap_notices += 1;
+            tally.announced += (to + 1).saturating_sub(from);
+            if let Some(&t) = index.get(topic) {
+                if let Some(sub) = subs.iter_mut().find(|(x, _)| *x == t) {
+                    if sub.1 != 0 && from > sub.1 {
+                        tally.unannounced += from - sub.1;
                     }
+                    sub.1 = to + 1;
                 }
             }
+            Seen::Gap((to + 1).saturating_sub(from))
         }
         b"ack" => {
             let mut text = p.to_vec();
@@ -384,18 +732,20 @@ fn on_text(
                             continue;
                         };
                         if let Some(&t) = index.get(name.as_bytes()) {
-                            if let Some(sub) = c.subs.iter_mut().find(|(x, _)| *x == t) {
+                            if let Some(sub) = subs.iter_mut().find(|(x, _)| *x == t) {
                                 sub.1 = seq + 1;
                             }
                         }
                     }
                 }
             }
-            if !c.acked {
-                c.acked = true;
-                live.acked.fetch_add(1, Ordering::Relaxed);
+            if *acked {
+                Seen::Other
+            } else {
+                *acked = true;
+                Seen::FirstAck
             }
         }
-        _ => {}
+        _ => Seen::Other,
     }
 }

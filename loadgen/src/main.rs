@@ -24,6 +24,12 @@ enum Scenario {
     Fanout(Common),
     /// Open-loop latency run: same engine, defaults of B2 (1,000 connections, 10 topics, 1,000 msgs/s).
     Latency(Common),
+    /// Long fanout with churn and slow consumers, periodic reports (B5).
+    Soak(SoakArgs),
+    /// Steps the publish rate up until delivery falls behind or p99 passes a bound (B1).
+    Capacity(CapacityArgs),
+    /// Opens N connections as fast as the server takes them; handshake latency (B4).
+    Connect(Common),
     /// N idle subscribed connections held for the duration; server RSS per connection (B3).
     Idle(Common),
 }
@@ -40,31 +46,91 @@ struct Common {
     connections: Option<usize>,
     #[arg(long)]
     topics: Option<usize>,
-    #[arg(long, default_value_t = 1)]
-    subscriptions_per_conn: usize,
+    /// Subscriptions per connection (0: handshake only).
+    #[arg(long)]
+    subscriptions_per_conn: Option<usize>,
+    /// How connections pick topics: uniform, or zipf (topic 0 most popular).
+    #[arg(long, value_enum, default_value_t = Dist::Uniform)]
+    distribution: Dist,
+    /// Exponent of the zipf distribution.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_exponent: f64,
     /// Published messages per second, all topics together.
     #[arg(long)]
     rate: Option<u64>,
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
-    /// Publishing time, e.g. 30s, 500ms, 2m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    /// Publishing time, e.g. 30s, 500ms, 2m (connect: the time allowed to connect).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the latency histogram (HdrHistogram percentile text, µs) here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
-    /// Server process to report CPU for.
+    /// Server process to report CPU and memory for.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Loopback source addresses to spread connections over (127.0.0.2 ...).
     #[arg(long, default_value_t = 4)]
     source_addrs: u8,
-    /// New connections per second at most.
-    #[arg(long, default_value_t = 5000)]
-    connect_rate: u32,
+    /// New connections per second at most; 0 = as fast as the server takes them.
+    #[arg(long)]
+    connect_rate: Option<u32>,
+    /// Handshakes in progress at most.
+    #[arg(long, default_value_t = 1000)]
+    max_in_flight: usize,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dist {
+    Uniform,
+    Zipf,
+}
+
+#[derive(Args, Clone)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Fraction of the healthy connections closed and reopened each second.
+    #[arg(long, default_value_t = 0.01)]
+    churn: f64,
+    /// Fraction of connections that read slowly.
+    #[arg(long, default_value_t = 0.05)]
+    slow_fraction: f64,
+    /// A slow connection reads this fraction of the bytes its subscriptions need.
+    #[arg(long, default_value_t = 0.5)]
+    slow_speed: f64,
+    /// How often to print a report line.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    report_every: Duration,
+    /// RSS growth is judged from this point on (after warm-up).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    warmup: Duration,
+}
+
+#[derive(Args, Clone)]
+struct CapacityArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Published msgs/s of the first step (default: --rate, else 1000).
+    #[arg(long)]
+    start_rate: Option<u64>,
+    /// Each step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.5)]
+    step_factor: f64,
+    /// Publishing time of each step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    step_duration: Duration,
+    /// A step whose p99 passes this bound is not sustainable, ms.
+    #[arg(long, default_value_t = 250)]
+    p99_bound_ms: u64,
+    #[arg(long, default_value_t = 12)]
+    max_steps: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -103,80 +169,146 @@ fn raise_nofile() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let (c, defaults, idle) = match cli.scenario {
-        Scenario::Fanout(c) => (c, (1000, 100, 10_000), false),
-        Scenario::Latency(c) => (c, (1000, 10, 1000), false),
-        Scenario::Idle(c) => (c, (10_000, 100, 1), true),
-    };
+/// Per-scenario defaults: (connections, topics, subscriptions per connection, rate, duration,
+/// connect rate).
+struct Defaults(usize, usize, usize, u64, Duration, u32);
+
+fn plan(c: &Common, d: Defaults) -> anyhow::Result<loadgen::RunPlan> {
     let (server, path) = parse_server(&c.server)?;
     if !server.ip().is_loopback() || !c.ingest.ip().is_loopback() {
         bail!("loadgen only targets loopback addresses (127.0.0.0/8)");
     }
-    raise_nofile();
-    let plan = loadgen::RunPlan {
+    if c.source_addrs == 0 || c.source_addrs > 250 {
+        bail!("--source-addrs must be 1..=250");
+    }
+    let mut p = loadgen::RunPlan::new(
         server,
-        path,
-        ingest: c.ingest,
-        connections: c.connections.unwrap_or(defaults.0),
-        topics: c.topics.unwrap_or(defaults.1).max(1),
-        subscriptions_per_conn: c.subscriptions_per_conn,
-        rate: c.rate.unwrap_or(defaults.2).max(1),
-        payload_bytes: c.payload_bytes,
-        duration: c.duration,
-        source_addrs: c.source_addrs.max(1),
-        connect_rate: c.connect_rate.max(1),
-        topic_prefix: "lg".into(),
-        server_pid: c.server_pid,
-        progress: true,
+        c.ingest,
+        c.connections.unwrap_or(d.0),
+        c.topics.unwrap_or(d.1).max(1),
+    );
+    p.path = path;
+    p.subscriptions_per_conn = c.subscriptions_per_conn.unwrap_or(d.2);
+    p.distribution = match c.distribution {
+        Dist::Uniform => loadgen::Distribution::Uniform,
+        Dist::Zipf => loadgen::Distribution::Zipf(c.zipf_exponent),
     };
-    if idle {
-        let r = loadgen::run_idle(&plan)?;
-        eprintln!(
-            "loadgen: {} idle connections ok, {} failed | server RSS {:?} -> {:?} KiB, {} bytes per connection | kernel TCP pages {:?} -> {:?}",
-            r.connections_ok,
-            r.connect_failures,
-            r.server_rss_before_kib,
-            r.server_rss_after_kib,
-            r.rss_per_conn().map_or("n/a (no --server-pid)".into(), |v| format!("{v:.0}")),
-            r.kernel_tcp_pages_before,
-            r.kernel_tcp_pages_after
-        );
-        if let Some(p) = &c.json {
-            std::fs::write(p, r.json() + "\n")
-                .with_context(|| format!("writing {}", p.display()))?;
+    p.rate = c.rate.unwrap_or(d.3).max(1);
+    p.payload_bytes = c.payload_bytes;
+    p.duration = c.duration.unwrap_or(d.4);
+    p.source_addrs = c.source_addrs;
+    p.connect_rate = c.connect_rate.unwrap_or(d.5);
+    p.max_in_flight = c.max_in_flight.max(1);
+    p.server_pid = c.server_pid;
+    p.progress = !c.quiet;
+    Ok(p)
+}
+
+fn write(path: &Option<PathBuf>, text: String) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    raise_nofile();
+    let secs = Duration::from_secs;
+    match cli.scenario {
+        Scenario::Fanout(c) => run(
+            &c,
+            plan(&c, Defaults(1000, 100, 1, 10_000, secs(10), 5000))?,
+        ),
+        Scenario::Latency(c) => run(&c, plan(&c, Defaults(1000, 10, 1, 1000, secs(10), 5000))?),
+        Scenario::Soak(s) => {
+            let mut p = plan(&s.common, Defaults(10_000, 100, 1, 5000, secs(60), 5000))?;
+            if !(0.0..=1.0).contains(&s.churn) || !(0.0..=1.0).contains(&s.slow_fraction) {
+                bail!("--churn and --slow-fraction are fractions (0..=1)");
+            }
+            if !(0.0..=1.0).contains(&s.slow_speed) || s.slow_speed == 0.0 {
+                bail!("--slow-speed must be in (0, 1]");
+            }
+            p.churn_per_sec = s.churn;
+            p.slow_fraction = s.slow_fraction;
+            p.slow_speed = s.slow_speed;
+            p.report_every = Some(s.report_every);
+            let r = loadgen::run(&p)?;
+            if let Some((base, max, growth)) = r.rss_growth(s.warmup) {
+                eprintln!(
+                    "loadgen: server RSS after warm-up {} MiB, at most {} MiB later: {growth:+.1}%",
+                    base / 1024,
+                    max / 1024
+                );
+            }
+            finish_run(&s.common, &r)
         }
-        if r.connect_failures > 0 {
-            bail!("{} connections failed", r.connect_failures);
+        Scenario::Capacity(a) => {
+            let p = plan(&a.common, Defaults(10_000, 100, 1, 1000, secs(5), 5000))?;
+            let cap = loadgen::CapacityPlan {
+                start_rate: a.start_rate.unwrap_or(p.rate),
+                factor: a.step_factor,
+                step: a.step_duration,
+                p99_bound: Duration::from_millis(a.p99_bound_ms),
+                max_steps: a.max_steps.max(1),
+            };
+            if cap.factor <= 1.0 {
+                bail!("--step-factor must be greater than 1");
+            }
+            let r = loadgen::run_capacity(&p, &cap)?;
+            eprint!("{}", r.summary());
+            write(&a.common.json, r.json() + "\n")?;
+            write(&a.common.hgrm, loadgen::report::hgrm(&r.latency_us))?;
+            if r.lost > 0 || r.unexpected_disconnects > 0 || r.connect_failures > 0 {
+                bail!("healthy connections lost messages or connections");
+            }
+            Ok(())
         }
-        return Ok(());
+        Scenario::Connect(c) => {
+            let p = plan(&c, Defaults(10_000, 1, 0, 1, secs(30), 0))?;
+            let r = loadgen::run_connect(&p)?;
+            eprint!("{}", r.summary());
+            write(&c.json, r.json() + "\n")?;
+            write(&c.hgrm, loadgen::report::hgrm(&r.handshake_us))?;
+            if r.connect_failures > 0 || r.connections_ok < p.connections as u64 {
+                bail!(
+                    "{} of {} connections established",
+                    r.connections_ok,
+                    p.connections
+                );
+            }
+            Ok(())
+        }
+        Scenario::Idle(c) => {
+            let p = plan(&c, Defaults(10_000, 100, 1, 1, secs(5), 5000))?;
+            let r = loadgen::run_idle(&p)?;
+            eprint!("{}", r.summary());
+            write(&c.json, r.json() + "\n")?;
+            if r.connect_failures > 0 {
+                bail!("{} connections failed", r.connect_failures);
+            }
+            Ok(())
+        }
     }
-    let r = loadgen::run(&plan)?;
-    let q = |p: f64| r.latency_us.value_at_quantile(p);
-    eprintln!(
-        "loadgen: {} connections ok, {} failed | published {} delivered {} of {} expected ({:.0}/s) | lost {} | gap notices {} covering {} | disconnects {}",
-        r.connections_ok, r.connect_failures, r.published, r.delivered, r.expected,
-        r.delivered_per_sec(), r.lost, r.gap_notices, r.announced, r.unexpected_disconnects
-    );
-    eprintln!(
-        "loadgen: latency from intended send time: p50 {}us p90 {}us p99 {}us p99.9 {}us max {}us | cpu loadgen {:.0}% server {}",
-        q(0.5), q(0.9), q(0.99), q(0.999), r.latency_us.max(), r.client_cpu_pct,
-        r.server_cpu_pct.map_or("n/a".into(), |v| format!("{v:.0}%"))
-    );
-    if r.loadgen_saturated {
-        eprintln!(
-            "loadgen: WARNING: the client thread used over 90% of a core; loadgen may be the limit"
-        );
-    }
-    if let Some(p) = &c.json {
-        std::fs::write(p, r.json() + "\n").with_context(|| format!("writing {}", p.display()))?;
-    }
-    if let Some(p) = &c.hgrm {
-        std::fs::write(p, r.hgrm()).with_context(|| format!("writing {}", p.display()))?;
-    }
+}
+
+fn run(c: &Common, p: loadgen::RunPlan) -> anyhow::Result<()> {
+    let r = loadgen::run(&p)?;
+    finish_run(c, &r)
+}
+
+fn finish_run(c: &Common, r: &loadgen::RunReport) -> anyhow::Result<()> {
+    eprint!("{}", r.summary());
+    write(&c.json, r.json() + "\n")?;
+    write(&c.hgrm, r.hgrm())?;
     if r.lost > 0 || r.unexpected_disconnects > 0 || r.connect_failures > 0 {
         bail!("healthy connections lost messages or connections");
+    }
+    if r.slow_silent() > 0 {
+        bail!(
+            "slow connections missed {} messages without a gap notice",
+            r.slow_silent()
+        );
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What to publish.
@@ -27,8 +28,9 @@ pub struct Published {
     pub max_lag_us: u64,
 }
 
-/// Publishes round-robin over the topics until `duration` has passed. Bounded in time.
-pub fn run(plan: &PublishPlan) -> io::Result<Published> {
+/// Publishes round-robin over the topics until `duration` has passed, adding each batch to
+/// `counter`. Bounded in time.
+pub fn run(plan: &PublishPlan, counter: &AtomicU64) -> io::Result<Published> {
     let mut out = TcpStream::connect(plan.ingest)?;
     out.set_nodelay(true)?;
     let pad = "x".repeat(plan.payload_bytes.saturating_sub(30));
@@ -37,6 +39,7 @@ pub fn run(plan: &PublishPlan) -> io::Result<Published> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
     let mut per_topic = vec![0u64; plan.topics.len()];
+    let base = counter.load(Ordering::Relaxed);
     let mut sent = 0u64;
     let mut max_lag_us = 0u64;
     let mut batch = Vec::with_capacity(64 * 1024);
@@ -61,6 +64,7 @@ pub fn run(plan: &PublishPlan) -> io::Result<Published> {
         if !batch.is_empty() {
             out.write_all(&batch)?;
             batch.clear();
+            counter.store(base + sent, Ordering::Relaxed);
             let behind = elapsed.as_micros() as u64 - (sent - 1) * interval_ns / 1000;
             max_lag_us = max_lag_us.max(behind);
         }

@@ -14,8 +14,25 @@ pub const EXPECTED_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// A masked text frame (RFC 6455 5.3: clients must mask). The mask need not be random here.
 pub fn client_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    client_frame(0x1, payload, mask)
+}
+
+/// A masked close frame with a status code and reason.
+pub fn client_close(code: u16, reason: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    client_frame(0x8, &payload, mask)
+}
+
+/// A masked pong answering a server ping.
+pub fn client_pong(payload: &[u8]) -> Vec<u8> {
+    client_frame(0xA, payload, [0, 0, 0, 0])
+}
+
+/// One final, masked frame of `opcode`.
+fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut v = Vec::with_capacity(payload.len() + 14);
-    v.push(0x81);
+    v.push(0x80 | opcode);
     match payload.len() {
         n if n < 126 => v.push(0x80 | n as u8),
         n if n <= u16::MAX as usize => {
@@ -29,13 +46,6 @@ pub fn client_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     }
     v.extend_from_slice(&mask);
     v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    v
-}
-
-/// A masked pong answering a server ping.
-pub fn client_pong(payload: &[u8]) -> Vec<u8> {
-    let mut v = client_text(payload, [0, 0, 0, 0]);
-    v[0] = 0x8A;
     v
 }
 
@@ -100,8 +110,9 @@ pub fn str_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     Some(&hay[at..at + end])
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where `needle` first occurs in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]

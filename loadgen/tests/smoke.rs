@@ -1,33 +1,38 @@
-//! A short loadgen run against an in-process server: a few hundred connections for a few
-//! seconds, asserting correctness (nothing lost, nothing unannounced), never a timing.
+//! Short loadgen runs against an in-process server: a few hundred connections for a few
+//! seconds each, asserting correctness (nothing lost, every drop announced), never a timing.
 
 use std::time::Duration;
 
-#[test]
-fn few_hundred_connections_lose_nothing() {
+fn server(send_buffer_bytes: usize) -> corecast::Server {
     let mut config = corecast::Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.ingest = "127.0.0.1:0".parse().unwrap();
     config.server.shards = 1;
     config.dispatcher.summary_interval_ms = 0;
-    let server = corecast::Server::start(config).expect("server starts");
-    let plan = loadgen::RunPlan {
-        server: server.client_addr(),
-        path: "/ws".into(),
-        ingest: server.ingest_addr(),
-        connections: 300,
-        topics: 10,
-        subscriptions_per_conn: 2,
-        rate: 1000,
-        payload_bytes: 100,
-        duration: Duration::from_secs(3),
-        source_addrs: 3,
-        connect_rate: 2000,
-        topic_prefix: "smoke".into(),
-        server_pid: None,
-        progress: false,
-    };
-    let r = loadgen::run(&plan).expect("run completes");
+    // Small kernel buffers and queues make slow readers reach drop-oldest within seconds.
+    config.shard.send_buffer_bytes = send_buffer_bytes;
+    if send_buffer_bytes > 0 {
+        config.shard.queue_max_messages = 64;
+    }
+    corecast::Server::start(config).expect("server starts")
+}
+
+fn plan(s: &corecast::Server, connections: usize, topics: usize) -> loadgen::RunPlan {
+    let mut p = loadgen::RunPlan::new(s.client_addr(), s.ingest_addr(), connections, topics);
+    p.source_addrs = 3;
+    p.connect_rate = 2000;
+    p.topic_prefix = "smoke".into();
+    p
+}
+
+#[test]
+fn few_hundred_connections_lose_nothing() {
+    let server = server(0);
+    let mut p = plan(&server, 300, 10);
+    p.subscriptions_per_conn = 2;
+    p.duration = Duration::from_secs(3);
+    let r = loadgen::run(&p).expect("run completes");
+    eprint!("{}", r.summary());
     assert_eq!(r.connections_ok, 300);
     assert_eq!(r.connect_failures, 0);
     assert!(r.published > 0);
@@ -40,12 +45,93 @@ fn few_hundred_connections_lose_nothing() {
     );
     assert_eq!(r.lost, 0, "no message lost");
     assert_eq!(
-        r.delivered + r.announced,
+        r.delivered + r.announced(),
         r.expected,
         "every message delivered or announced"
     );
     assert_eq!(r.unexpected_disconnects, 0);
     assert!(r.json().contains("\"loadgen_saturated\":"));
     assert!(r.hgrm().contains("Percentile"));
+    assert!(server.shutdown(Duration::from_secs(10)));
+}
+
+#[test]
+fn soak_with_churn_and_slow_readers_announces_every_drop() {
+    let server = server(8192);
+    let mut p = plan(&server, 200, 4);
+    p.subscriptions_per_conn = 1;
+    p.distribution = loadgen::Distribution::Zipf(1.0);
+    p.rate = 2000;
+    p.payload_bytes = 200;
+    p.duration = Duration::from_secs(4);
+    p.churn_per_sec = 0.05;
+    p.slow_fraction = 0.1;
+    p.slow_speed = 0.05;
+    p.report_every = Some(Duration::from_secs(1));
+    let r = loadgen::run(&p).expect("run completes");
+    eprint!("{}", r.summary());
+    assert_eq!(r.connections_ok, 200, "churned connections came back");
+    assert_eq!(r.slow_connections, 20);
+    assert!(
+        r.reconnects >= 20,
+        "10 per second for 4 s: {}",
+        r.reconnects
+    );
+    assert_eq!(r.lost, 0, "healthy connections lose nothing");
+    assert_eq!(r.unexpected_disconnects, 0);
+    assert_eq!(r.healthy.gap_notices, 0, "healthy readers see no drops");
+    assert!(r.slow.gap_notices > 0, "slow readers are told of drops");
+    assert!(r.slow.announced > 0);
+    assert_eq!(r.slow_silent(), 0, "no drop goes unannounced");
+    assert!(!r.samples.is_empty(), "periodic reports were taken");
+    assert!(r.json().contains("\"reports\":[{"));
+    assert!(server.shutdown(Duration::from_secs(10)));
+}
+
+#[test]
+fn capacity_steps_up_and_connect_counts_handshakes() {
+    let server = server(0);
+    let mut p = plan(&server, 100, 5);
+    let cap = loadgen::CapacityPlan {
+        start_rate: 200,
+        factor: 2.0,
+        step: Duration::from_millis(500),
+        p99_bound: Duration::from_secs(5),
+        max_steps: 2,
+    };
+    let r = loadgen::run_capacity(&p, &cap).expect("capacity completes");
+    eprint!("{}", r.summary());
+    assert_eq!(r.connections_ok, 100);
+    assert!(!r.steps.is_empty() && r.steps.len() <= 2);
+    assert_eq!(r.steps[0].rate, 200);
+    if r.steps.len() == 2 {
+        assert_eq!(r.steps[1].rate, 400);
+    }
+    for s in &r.steps {
+        assert!(s.published > 0);
+        assert_eq!(
+            s.expected,
+            s.published * 100 / 5,
+            "each message reaches 20 clients"
+        );
+        assert_eq!(s.delivered, s.expected, "nothing dropped at these rates");
+    }
+    assert_eq!(r.lost, 0);
+    assert!(r.json().contains("\"steps\":[{"));
+
+    p.connections = 300;
+    p.subscriptions_per_conn = 0;
+    p.connect_rate = 0;
+    p.max_in_flight = 100;
+    p.duration = Duration::from_secs(20);
+    let c = loadgen::run_connect(&p).expect("connect completes");
+    assert_eq!(c.connections_ok, 300);
+    assert_eq!(c.connect_failures, 0);
+    assert_eq!(
+        c.handshake_us.len(),
+        300,
+        "one handshake time per connection"
+    );
+    assert!(c.span > Duration::ZERO);
     assert!(server.shutdown(Duration::from_secs(10)));
 }

@@ -1,0 +1,454 @@
+//! What each scenario reports: the human summary, the `--json` document and the `--hgrm`
+//! percentile text.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::client::Tally;
+use crate::monitor::Sample;
+
+/// Everything a fanout, latency or soak run measured.
+pub struct RunReport {
+    pub connections_ok: u64,
+    pub connect_failures: u64,
+    pub published: u64,
+    pub delivered: u64,
+    /// Messages the subscriptions should have received: from the publisher's counts when no
+    /// connection churned (`expected_exact`), else delivered + announced + lost.
+    pub expected: u64,
+    pub expected_exact: bool,
+    /// Healthy connections' messages neither delivered nor announced by a `gap`.
+    pub lost: u64,
+    pub healthy: Tally,
+    pub slow: Tally,
+    pub slow_connections: u64,
+    pub unexpected_disconnects: u64,
+    pub reconnects: u64,
+    pub elapsed: Duration,
+    /// Healthy connections' latency from intended send time, µs.
+    pub latency_us: Histogram<u64>,
+    /// The loadgen process's CPU, % of one core.
+    pub client_cpu_pct: f64,
+    /// The client thread's CPU, % of one core (the part that can saturate).
+    pub client_thread_cpu_pct: f64,
+    pub server_cpu_pct: Option<f64>,
+    pub loadgen_saturated: bool,
+    pub publisher_max_lag_us: u64,
+    /// Periodic reports (soak).
+    pub samples: Vec<Sample>,
+}
+
+impl RunReport {
+    /// Delivered messages per second over the run.
+    pub fn delivered_per_sec(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Gap notices received, healthy and slow connections together.
+    pub fn gap_notices(&self) -> u64 {
+        self.healthy.gap_notices + self.slow.gap_notices
+    }
+
+    /// Messages announced as dropped, healthy and slow together.
+    pub fn announced(&self) -> u64 {
+        self.healthy.announced + self.slow.announced
+    }
+
+    /// Slow connections' holes that no `gap` announced (silence, which must never happen).
+    pub fn slow_silent(&self) -> u64 {
+        self.slow.unannounced + self.slow.tail_missing
+    }
+
+    /// Server RSS growth after warm-up (first report at or after `warmup`): (at warm-up, max
+    /// after, growth %).
+    pub fn rss_growth(&self, warmup: Duration) -> Option<(u64, u64, f64)> {
+        let w = warmup.as_secs_f64();
+        let mut after = self.samples.iter().filter(|s| s.at_secs >= w);
+        let base = after.next()?.server_rss_kib?;
+        let max = after.filter_map(|s| s.server_rss_kib).max().unwrap_or(base);
+        Some((base, max, (max as f64 / base as f64 - 1.0) * 100.0))
+    }
+
+    /// The human summary, a few lines.
+    pub fn summary(&self) -> String {
+        let q = |p: f64| self.latency_us.value_at_quantile(p);
+        let mut s = format!(
+            "loadgen: {} connections ok, {} failed | published {} | delivered {} of {} expected{} ({:.0}/s) | lost {} | gap notices {} covering {} | disconnects {} | reconnects {}\n",
+            self.connections_ok,
+            self.connect_failures,
+            self.published,
+            self.delivered,
+            self.expected,
+            if self.expected_exact { "" } else { " (with churn: delivered + announced + lost)" },
+            self.delivered_per_sec(),
+            self.lost,
+            self.gap_notices(),
+            self.announced(),
+            self.unexpected_disconnects,
+            self.reconnects,
+        );
+        let _ = writeln!(
+            s,
+            "loadgen: latency from intended send time (healthy): p50 {}us p90 {}us p99 {}us p99.9 {}us max {}us | cpu loadgen {:.0}% (client thread {:.0}%) server {}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            self.latency_us.max(),
+            self.client_cpu_pct,
+            self.client_thread_cpu_pct,
+            self.server_cpu_pct
+                .map_or("n/a".into(), |v| format!("{v:.0}%"))
+        );
+        if self.slow_connections > 0 {
+            let _ = writeln!(
+                s,
+                "loadgen: {} slow connections: delivered {}, {} gap notices covering {} dropped, {} missing without a notice",
+                self.slow_connections,
+                self.slow.delivered,
+                self.slow.gap_notices,
+                self.slow.announced,
+                self.slow_silent()
+            );
+        }
+        if self.loadgen_saturated {
+            s.push_str(
+                "loadgen: WARNING: loadgen itself is near its limit (client thread over 90% of a core, or the publisher fell behind its schedule); the figures bound the server from below\n",
+            );
+        }
+        s
+    }
+
+    /// The `--json` document.
+    pub fn json(&self) -> String {
+        let q = |p: f64| self.latency_us.value_at_quantile(p);
+        let tally = |t: &Tally| {
+            format!(
+                "{{\"delivered\":{},\"gap_notices\":{},\"gaps\":{},\"unannounced\":{},\"tail_missing\":{}}}",
+                t.delivered, t.gap_notices, t.announced, t.unannounced, t.tail_missing
+            )
+        };
+        let samples: Vec<String> = self.samples.iter().map(Sample::json).collect();
+        format!(
+            concat!(
+                "{{\"connections_ok\":{},\"connect_failures\":{},\"published\":{},\"delivered\":{},",
+                "\"expected\":{},\"expected_exact\":{},\"lost\":{},\"gaps\":{},\"gap_notices\":{},",
+                "\"unexpected_disconnects\":{},\"reconnects\":{},\"elapsed_secs\":{:.3},",
+                "\"delivered_per_sec\":{:.0},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},",
+                "\"client_cpu_pct\":{:.1},\"client_thread_cpu_pct\":{:.1},\"server_cpu_pct\":{},",
+                "\"loadgen_saturated\":{},\"publisher_max_lag_us\":{},",
+                "\"healthy\":{},\"slow_connections\":{},\"slow\":{},\"reports\":[{}]}}"
+            ),
+            self.connections_ok,
+            self.connect_failures,
+            self.published,
+            self.delivered,
+            self.expected,
+            self.expected_exact,
+            self.lost,
+            self.announced(),
+            self.gap_notices(),
+            self.unexpected_disconnects,
+            self.reconnects,
+            self.elapsed.as_secs_f64(),
+            self.delivered_per_sec(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            self.latency_us.max(),
+            self.client_cpu_pct,
+            self.client_thread_cpu_pct,
+            opt_f(self.server_cpu_pct),
+            self.loadgen_saturated,
+            self.publisher_max_lag_us,
+            tally(&self.healthy),
+            self.slow_connections,
+            tally(&self.slow),
+            samples.join(","),
+        )
+    }
+
+    /// HdrHistogram's percentile-distribution text of the latency (µs).
+    pub fn hgrm(&self) -> String {
+        hgrm(&self.latency_us)
+    }
+}
+
+fn opt_f(v: Option<f64>) -> String {
+    v.map_or("null".to_string(), |v| format!("{v:.1}"))
+}
+
+/// HdrHistogram's percentile-distribution text (the format its tools and plotters read).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(1) {
+        total += v.count_since_last_iteration();
+        let p = v.percentile() / 100.0;
+        let inv = if p < 1.0 {
+            format!("{:.2}", 1.0 / (1.0 - p))
+        } else {
+            "inf".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:12.3} {:14.12} {:10} {:>14}",
+            v.value_iterated_to() as f64,
+            p,
+            total,
+            inv
+        );
+    }
+    let _ = write!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n",
+        h.mean(),
+        h.stdev(),
+        h.max() as f64,
+        h.len()
+    );
+    out
+}
+
+/// One step of a capacity run.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Published messages per second asked of the publisher.
+    pub rate: u64,
+    pub published: u64,
+    /// Deliveries the step should produce.
+    pub expected: u64,
+    /// Delivered while the publisher ran, and in all (after the drain).
+    pub delivered_in_window: u64,
+    pub delivered: u64,
+    /// Delivered per second over the publishing window.
+    pub delivered_per_sec: f64,
+    /// How long the publisher ran.
+    pub window: Duration,
+    /// Time the backlog took to drain after the publisher stopped.
+    pub drain: Duration,
+    pub gap_notices: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub client_thread_cpu_pct: f64,
+    pub server_cpu_pct: Option<f64>,
+    pub publisher_max_lag_us: u64,
+    pub sustainable: bool,
+    /// Why the step is not sustainable, if it is not.
+    pub verdict: String,
+}
+
+/// What a capacity run found.
+pub struct CapacityReport {
+    pub connections_ok: u64,
+    pub connect_failures: u64,
+    pub steps: Vec<Step>,
+    /// Unannounced losses on healthy connections over the whole run.
+    pub lost: u64,
+    pub unexpected_disconnects: u64,
+    pub p99_bound: Duration,
+    pub latency_us: Histogram<u64>,
+}
+
+impl CapacityReport {
+    /// The highest sustainable step, if any.
+    pub fn best(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .filter(|s| s.sustainable)
+            .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec))
+    }
+
+    /// The human summary: one line per step, then the verdict.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for st in &self.steps {
+            let _ = writeln!(
+                s,
+                "loadgen: step {:>7}/s published -> {:>9.0} delivered/s of {:>9.0} expected | drain {:>5} ms | p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms | gap notices {} | client {:.0}% server {} | {}",
+                st.rate,
+                st.delivered_per_sec,
+                st.expected as f64 / st.window.as_secs_f64().max(1e-9),
+                st.drain.as_millis(),
+                st.p50_us as f64 / 1000.0,
+                st.p99_us as f64 / 1000.0,
+                st.p999_us as f64 / 1000.0,
+                st.gap_notices,
+                st.client_thread_cpu_pct,
+                st.server_cpu_pct.map_or("n/a".into(), |v| format!("{v:.0}%")),
+                if st.sustainable { "sustainable" } else { &st.verdict }
+            );
+        }
+        match self.best() {
+            Some(b) => {
+                let _ = writeln!(
+                    s,
+                    "loadgen: highest sustainable: {:.0} delivered msgs/s ({} published/s), p99 {:.1} ms (bound {} ms); {} connections, lost {}",
+                    b.delivered_per_sec,
+                    b.rate,
+                    b.p99_us as f64 / 1000.0,
+                    self.p99_bound.as_millis(),
+                    self.connections_ok,
+                    self.lost
+                );
+            }
+            None => s.push_str("loadgen: no step was sustainable\n"),
+        }
+        s
+    }
+
+    /// The `--json` document.
+    pub fn json(&self) -> String {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| {
+                format!(
+                    "{{\"rate\":{},\"published\":{},\"expected\":{},\"delivered\":{},\"delivered_in_window\":{},\"delivered_per_sec\":{:.0},\"drain_ms\":{},\"gap_notices\":{},\"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"client_thread_cpu_pct\":{:.1},\"server_cpu_pct\":{},\"publisher_max_lag_us\":{},\"sustainable\":{},\"verdict\":\"{}\"}}",
+                    s.rate,
+                    s.published,
+                    s.expected,
+                    s.delivered,
+                    s.delivered_in_window,
+                    s.delivered_per_sec,
+                    s.drain.as_millis(),
+                    s.gap_notices,
+                    s.p50_us,
+                    s.p99_us,
+                    s.p999_us,
+                    s.max_us,
+                    s.client_thread_cpu_pct,
+                    opt_f(s.server_cpu_pct),
+                    s.publisher_max_lag_us,
+                    s.sustainable,
+                    s.verdict
+                )
+            })
+            .collect();
+        let best = self.best();
+        format!(
+            "{{\"connections_ok\":{},\"connect_failures\":{},\"lost\":{},\"unexpected_disconnects\":{},\"p99_bound_ms\":{},\"sustainable_delivered_per_sec\":{},\"sustainable_rate\":{},\"loadgen_saturated\":{},\"steps\":[{}]}}",
+            self.connections_ok,
+            self.connect_failures,
+            self.lost,
+            self.unexpected_disconnects,
+            self.p99_bound.as_millis(),
+            best.map_or("null".into(), |b| format!("{:.0}", b.delivered_per_sec)),
+            best.map_or("null".into(), |b| b.rate.to_string()),
+            self.steps.iter().any(|s| s.verdict.contains("loadgen")),
+            steps.join(",")
+        )
+    }
+}
+
+/// What a connect storm measured.
+pub struct ConnectReport {
+    pub connections_ok: u64,
+    pub connect_failures: u64,
+    /// From the first `connect()` to the last handshake completed.
+    pub span: Duration,
+    pub handshake_us: Histogram<u64>,
+    pub client_cpu_pct: f64,
+    pub server_cpu_pct: Option<f64>,
+}
+
+impl ConnectReport {
+    pub fn connections_per_sec(&self) -> f64 {
+        self.connections_ok as f64 / self.span.as_secs_f64().max(1e-9)
+    }
+
+    pub fn summary(&self) -> String {
+        let q = |p: f64| self.handshake_us.value_at_quantile(p);
+        format!(
+            "loadgen: {} connections established in {:.3} s ({:.0}/s), {} failed | handshake p50 {}us p90 {}us p99 {}us max {}us | cpu loadgen {:.0}% server {}\n",
+            self.connections_ok,
+            self.span.as_secs_f64(),
+            self.connections_per_sec(),
+            self.connect_failures,
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            self.handshake_us.max(),
+            self.client_cpu_pct,
+            self.server_cpu_pct
+                .map_or("n/a".into(), |v| format!("{v:.0}%"))
+        )
+    }
+
+    pub fn json(&self) -> String {
+        let q = |p: f64| self.handshake_us.value_at_quantile(p);
+        format!(
+            "{{\"connections_ok\":{},\"connect_failures\":{},\"span_secs\":{:.3},\"connections_per_sec\":{:.0},\"handshake_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"client_cpu_pct\":{:.1},\"server_cpu_pct\":{}}}",
+            self.connections_ok,
+            self.connect_failures,
+            self.span.as_secs_f64(),
+            self.connections_per_sec(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            self.handshake_us.max(),
+            self.client_cpu_pct,
+            opt_f(self.server_cpu_pct)
+        )
+    }
+}
+
+/// What an idle run measured.
+pub struct IdleReport {
+    pub connections_ok: u64,
+    pub connect_failures: u64,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+    pub kernel_tcp_pages_before: Option<u64>,
+    pub kernel_tcp_pages_after: Option<u64>,
+}
+
+impl IdleReport {
+    /// Server RSS added per connection, bytes.
+    pub fn rss_per_conn(&self) -> Option<f64> {
+        let (a, b) = (self.server_rss_before_kib?, self.server_rss_after_kib?);
+        Some((b.saturating_sub(a) * 1024) as f64 / self.connections_ok.max(1) as f64)
+    }
+
+    /// Kernel TCP memory added per connection (both ends of loopback), bytes.
+    pub fn kernel_per_conn(&self) -> Option<f64> {
+        let (a, b) = (self.kernel_tcp_pages_before?, self.kernel_tcp_pages_after?);
+        Some((b.saturating_sub(a) * 4096) as f64 / self.connections_ok.max(1) as f64)
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "loadgen: {} idle connections ok, {} failed | server RSS {} -> {} KiB, {} bytes per connection | kernel TCP memory {} bytes per connection (both ends)\n",
+            self.connections_ok,
+            self.connect_failures,
+            self.server_rss_before_kib.map_or("n/a".into(), |v| v.to_string()),
+            self.server_rss_after_kib.map_or("n/a".into(), |v| v.to_string()),
+            self.rss_per_conn()
+                .map_or("n/a (no --server-pid)".into(), |v| format!("{v:.0}")),
+            self.kernel_per_conn()
+                .map_or("n/a".into(), |v| format!("{v:.0}")),
+        )
+    }
+
+    /// The `--json` document.
+    pub fn json(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        format!(
+            "{{\"connections_ok\":{},\"connect_failures\":{},\"server_rss_before_kib\":{},\"server_rss_after_kib\":{},\"server_rss_per_conn_bytes\":{},\"kernel_tcp_pages_before\":{},\"kernel_tcp_pages_after\":{},\"kernel_tcp_per_conn_bytes\":{}}}",
+            self.connections_ok,
+            self.connect_failures,
+            opt(self.server_rss_before_kib),
+            opt(self.server_rss_after_kib),
+            self.rss_per_conn().map_or("null".to_string(), |v| format!("{v:.0}")),
+            opt(self.kernel_tcp_pages_before),
+            opt(self.kernel_tcp_pages_after),
+            self.kernel_per_conn().map_or("null".to_string(), |v| format!("{v:.0}")),
+        )
+    }
+}

@@ -1,0 +1,402 @@
+//! The scenarios: how a run is staged (connect, publish, drain, measure) and judged.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::{self, ClientReport, Live};
+use crate::monitor::Monitor;
+use crate::publisher::{self, Published};
+use crate::report::{CapacityReport, ConnectReport, IdleReport, RunReport, Step};
+use crate::{process_cpu_secs, stat_cpu_secs, RunPlan};
+
+/// The client thread of a run.
+struct ClientThread {
+    subs: Arc<Vec<Vec<u32>>>,
+    slow: Arc<Vec<bool>>,
+    live: Arc<Live>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<std::io::Result<ClientReport>>,
+}
+
+impl ClientThread {
+    /// Starts the clients and waits until they are all subscribed (or failed), at most
+    /// `connect_limit`.
+    fn start(plan: &RunPlan, connect_limit: Duration) -> std::io::Result<ClientThread> {
+        let subs = Arc::new(if plan.subscriptions_per_conn == 0 {
+            vec![Vec::new(); plan.connections]
+        } else {
+            plan.assignments()
+        });
+        let slow = Arc::new(plan.slow_set());
+        let client_plan = client::ClientPlan {
+            server: plan.server,
+            path: plan.path.clone(),
+            topics: plan.topic_names(),
+            subs: subs.clone(),
+            slow: slow.clone(),
+            slow_bytes_per_sec: plan.slow_bytes_per_sec(),
+            churn_per_sec: plan.churn_per_sec,
+            source_addrs: plan.source_addrs,
+            connect_rate: plan.connect_rate,
+            max_in_flight: plan.max_in_flight.max(1),
+        };
+        let live = Arc::new(Live::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + connect_limit;
+        let thread = {
+            let (live, ready, stop) = (live.clone(), ready.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("loadgen-clients".into())
+                .spawn(move || client::run(&client_plan, &live, &ready, &stop, deadline))?
+        };
+        while !ready.load(Ordering::Relaxed) && !thread.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(ClientThread {
+            subs,
+            slow,
+            live,
+            stop,
+            thread,
+        })
+    }
+
+    /// CPU seconds of the client thread so far.
+    fn cpu_secs(&self) -> f64 {
+        let tid = self.live.tid.load(Ordering::Relaxed);
+        stat_cpu_secs(&format!("/proc/self/task/{tid}/stat")).unwrap_or(0.0)
+    }
+
+    /// Deliveries `published` should produce: (all connections, healthy ones only).
+    fn expected(&self, published: &Published) -> (u64, u64) {
+        let (mut all, mut healthy) = (0, 0);
+        for (i, subs) in self.subs.iter().enumerate() {
+            let n: u64 = subs.iter().map(|&t| published.per_topic[t as usize]).sum();
+            all += n;
+            if !self.slow[i] {
+                healthy += n;
+            }
+        }
+        (all, healthy)
+    }
+
+    /// Waits until `target` deliveries plus announced drops have arrived since `base`, or
+    /// nothing arrived for `quiet`, or `limit` passed. Returns the time waited.
+    fn drain(&self, base: u64, target: u64, quiet: Duration, limit: Duration) -> Duration {
+        let started = Instant::now();
+        let accounted = || {
+            self.live.delivered.load(Ordering::Relaxed)
+                + self.live.announced.load(Ordering::Relaxed)
+        };
+        let mut last = accounted();
+        let mut last_change = Instant::now();
+        while started.elapsed() < limit {
+            let now = accounted();
+            if now - base >= target {
+                break;
+            }
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            } else if last_change.elapsed() >= quiet {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
+    }
+
+    /// Stops the clients and returns what they saw.
+    fn finish(self) -> anyhow::Result<ClientReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??)
+    }
+}
+
+/// The parts of a staged run: clients, monitor and the publisher's live count.
+struct Session {
+    clients: ClientThread,
+    monitor: Monitor,
+    published: Arc<AtomicU64>,
+}
+
+impl Session {
+    fn start(plan: &RunPlan, connect_limit: Duration) -> anyhow::Result<Session> {
+        let clients = ClientThread::start(plan, connect_limit)?;
+        let published = Arc::new(AtomicU64::new(0));
+        let monitor = Monitor::start(
+            clients.live.clone(),
+            published.clone(),
+            plan.connections,
+            plan.progress,
+            plan.report_every,
+            plan.server_pid,
+        );
+        Ok(Session {
+            clients,
+            monitor,
+            published,
+        })
+    }
+
+    fn publish(&self, plan: &RunPlan, rate: u64, duration: Duration) -> std::io::Result<Published> {
+        publisher::run(
+            &publisher::PublishPlan {
+                ingest: plan.ingest,
+                topics: plan.topic_names(),
+                rate,
+                payload_bytes: plan.payload_bytes,
+                duration,
+            },
+            &self.published,
+        )
+    }
+}
+
+/// A publisher this far behind its schedule means loadgen, not the server, set the pace.
+const PUBLISHER_LAG_LIMIT_US: u64 = 100_000;
+
+/// Fanout, latency and soak: connects, publishes at `plan.rate` for the duration (with churn
+/// and slow consumers if the plan asks), lets the slow connections drain, and reports.
+/// Bounded in time: connecting gets at most 120 s, draining at most 30 s.
+pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
+    let session = Session::start(plan, Duration::from_secs(120))?;
+    let server_cpu0 = plan.server_pid.and_then(process_cpu_secs);
+    let self_cpu0 = process_cpu_secs(std::process::id()).unwrap_or(0.0);
+    let thread_cpu0 = session.clients.cpu_secs();
+    let started = Instant::now();
+    let published = session.publish(plan, plan.rate, plan.duration)?;
+    let publishing = started.elapsed();
+    let wall_cpu = |cpu1: f64, cpu0: f64| (cpu1 - cpu0) / publishing.as_secs_f64() * 100.0;
+    // CPU over the publishing window: what the load cost, not the drain's idling.
+    let server_cpu_pct = match (plan.server_pid.and_then(process_cpu_secs), server_cpu0) {
+        (Some(b), Some(a)) => Some(wall_cpu(b, a)),
+        _ => None,
+    };
+    let client_cpu_pct = wall_cpu(
+        process_cpu_secs(std::process::id()).unwrap_or(0.0),
+        self_cpu0,
+    );
+    let client_thread_cpu_pct = wall_cpu(session.clients.cpu_secs(), thread_cpu0);
+    // Slow connections read freely now, so whatever the server still holds for them arrives
+    // (and every drop is announced) before the tail is checked.
+    let live = session.clients.live.clone();
+    live.throttle_slow.store(false, Ordering::Relaxed);
+    let (expected_all, expected_healthy) = session.clients.expected(&published);
+    let churn = plan.churn_per_sec > 0.0;
+    let target = if churn { u64::MAX } else { expected_all };
+    session.clients.drain(
+        0,
+        target,
+        Duration::from_millis(if churn { 1500 } else { 3000 }),
+        Duration::from_secs(30),
+    );
+    let elapsed = started.elapsed();
+    let slow_connections = session.clients.slow.iter().filter(|&&s| s).count() as u64;
+    let Session {
+        clients, monitor, ..
+    } = session;
+    let c = clients.finish()?;
+    let samples = monitor.finish();
+    let h = c.healthy;
+    let mut lost = h.unannounced + h.tail_missing;
+    if !churn {
+        lost = lost.max(expected_healthy.saturating_sub(h.delivered + h.announced));
+    }
+    let delivered = h.delivered + c.slow.delivered;
+    let expected = if churn {
+        delivered + h.announced + c.slow.announced + lost + c.slow.unannounced + c.slow.tail_missing
+    } else {
+        expected_all
+    };
+    Ok(RunReport {
+        connections_ok: c.connections_ok,
+        connect_failures: c.connect_failures,
+        published: published.total,
+        delivered,
+        expected,
+        expected_exact: !churn,
+        lost,
+        healthy: h,
+        slow: c.slow,
+        slow_connections,
+        unexpected_disconnects: c.unexpected_disconnects,
+        reconnects: c.reconnects,
+        elapsed,
+        latency_us: c.latency_us,
+        client_cpu_pct,
+        client_thread_cpu_pct,
+        server_cpu_pct,
+        loadgen_saturated: client_thread_cpu_pct > 90.0
+            || published.max_lag_us > PUBLISHER_LAG_LIMIT_US,
+        publisher_max_lag_us: published.max_lag_us,
+        samples,
+    })
+}
+
+/// How a capacity run steps.
+#[derive(Debug, Clone)]
+pub struct CapacityPlan {
+    /// Published messages per second of the first step.
+    pub start_rate: u64,
+    /// Each step's rate is the previous one times this.
+    pub factor: f64,
+    /// How long each step publishes.
+    pub step: Duration,
+    /// A step whose p99 passes this is not sustainable.
+    pub p99_bound: Duration,
+    pub max_steps: usize,
+}
+
+/// Steps the publish rate up until delivery falls behind, drops appear, or p99 passes the
+/// bound; reports every step and the highest sustainable one. Bounded: at most `max_steps`
+/// steps of `step` each, plus a bounded drain per step.
+pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<CapacityReport> {
+    let session = Session::start(plan, Duration::from_secs(120))?;
+    let live = session.clients.live.clone();
+    let mut steps = Vec::new();
+    let mut rate = cap.start_rate.max(1) as f64;
+    for _ in 0..cap.max_steps {
+        let r = rate.round() as u64;
+        let d0 = live.delivered.load(Ordering::Relaxed);
+        let a0 = live.announced.load(Ordering::Relaxed);
+        let g0 = live.gap_notices.load(Ordering::Relaxed);
+        let server0 = plan.server_pid.and_then(process_cpu_secs);
+        let thread0 = session.clients.cpu_secs();
+        let _ = session.monitor.take_window();
+        let started = Instant::now();
+        let published = session.publish(plan, r, cap.step)?;
+        let window = started.elapsed();
+        let delivered_in_window = live.delivered.load(Ordering::Relaxed) - d0;
+        let server_cpu_pct = match (plan.server_pid.and_then(process_cpu_secs), server0) {
+            (Some(b), Some(a)) => Some((b - a) / window.as_secs_f64() * 100.0),
+            _ => None,
+        };
+        let client_thread_cpu_pct =
+            (session.clients.cpu_secs() - thread0) / window.as_secs_f64() * 100.0;
+        let (expected, _) = session.clients.expected(&published);
+        let drain = session.clients.drain(
+            d0 + a0,
+            expected,
+            Duration::from_secs(2),
+            Duration::from_secs(15),
+        );
+        // The monitor collects latency once a second: wait for this step's last to reach it.
+        std::thread::sleep(Duration::from_millis(1300));
+        let lat = session.monitor.take_window();
+        let delivered = live.delivered.load(Ordering::Relaxed) - d0;
+        let gap_notices = live.gap_notices.load(Ordering::Relaxed) - g0;
+        let p99 = lat.value_at_quantile(0.99);
+        let verdict = if published.max_lag_us > PUBLISHER_LAG_LIMIT_US {
+            format!(
+                "loadgen limit: the publisher fell {} ms behind",
+                published.max_lag_us / 1000
+            )
+        } else if client_thread_cpu_pct > 90.0 {
+            format!("loadgen limit: client thread at {client_thread_cpu_pct:.0}% of a core")
+        } else if gap_notices > 0 {
+            format!("{gap_notices} gap notices (drops)")
+        } else if (delivered_in_window as f64) < 0.95 * expected as f64 {
+            format!(
+                "fell behind: {:.0}% delivered while publishing",
+                delivered_in_window as f64 * 100.0 / expected.max(1) as f64
+            )
+        } else if drain > Duration::from_secs(1) {
+            format!("backlog took {} ms to drain", drain.as_millis())
+        } else if p99 > cap.p99_bound.as_micros() as u64 {
+            format!("p99 {:.1} ms over the bound", p99 as f64 / 1000.0)
+        } else {
+            String::new()
+        };
+        let sustainable = verdict.is_empty();
+        steps.push(Step {
+            rate: r,
+            published: published.total,
+            expected,
+            delivered_in_window,
+            delivered,
+            delivered_per_sec: delivered_in_window as f64 / window.as_secs_f64(),
+            window,
+            drain,
+            gap_notices,
+            p50_us: lat.value_at_quantile(0.5),
+            p99_us: p99,
+            p999_us: lat.value_at_quantile(0.999),
+            max_us: lat.max(),
+            client_thread_cpu_pct,
+            server_cpu_pct,
+            publisher_max_lag_us: published.max_lag_us,
+            sustainable,
+            verdict,
+        });
+        if !sustainable {
+            break;
+        }
+        rate *= cap.factor.max(1.01);
+    }
+    let Session {
+        clients, monitor, ..
+    } = session;
+    let c = clients.finish()?;
+    drop(monitor);
+    Ok(CapacityReport {
+        connections_ok: c.connections_ok,
+        connect_failures: c.connect_failures,
+        steps,
+        lost: c.healthy.unannounced + c.healthy.tail_missing,
+        unexpected_disconnects: c.unexpected_disconnects,
+        p99_bound: cap.p99_bound,
+        latency_us: c.latency_us,
+    })
+}
+
+/// Opens `plan.connections` as fast as the server takes them (at most `max_in_flight`
+/// handshakes at a time, `connect_rate` per second if set) and reports the handshake latency
+/// and the rate. Bounded by `plan.duration` (at least 10 s).
+pub fn run_connect(plan: &RunPlan) -> anyhow::Result<ConnectReport> {
+    let server_cpu0 = plan.server_pid.and_then(process_cpu_secs);
+    let self_cpu0 = process_cpu_secs(std::process::id()).unwrap_or(0.0);
+    let started = Instant::now();
+    let clients = ClientThread::start(plan, plan.duration.max(Duration::from_secs(10)))?;
+    let wall = started.elapsed().as_secs_f64();
+    let server_cpu_pct = match (plan.server_pid.and_then(process_cpu_secs), server_cpu0) {
+        (Some(b), Some(a)) => Some((b - a) / wall * 100.0),
+        _ => None,
+    };
+    let client_cpu_pct =
+        (process_cpu_secs(std::process::id()).unwrap_or(0.0) - self_cpu0) / wall * 100.0;
+    let c = clients.finish()?;
+    Ok(ConnectReport {
+        connections_ok: c.connections_ok,
+        connect_failures: c.connect_failures,
+        span: c.connect_span,
+        handshake_us: c.handshake_us,
+        client_cpu_pct,
+        server_cpu_pct,
+    })
+}
+
+/// Opens and subscribes every connection, holds them idle for `plan.duration`, and measures
+/// the server's resident memory before and after (needs `server_pid`). Publishes nothing.
+pub fn run_idle(plan: &RunPlan) -> anyhow::Result<IdleReport> {
+    let rss_before = plan.server_pid.and_then(crate::process_rss_kib);
+    let pages_before = crate::tcp_kernel_pages();
+    let clients = ClientThread::start(plan, Duration::from_secs(120))?;
+    std::thread::sleep(plan.duration);
+    let rss_after = plan.server_pid.and_then(crate::process_rss_kib);
+    let pages_after = crate::tcp_kernel_pages();
+    let c = clients.finish()?;
+    Ok(IdleReport {
+        connections_ok: c.connections_ok,
+        connect_failures: c.connect_failures,
+        server_rss_before_kib: rss_before,
+        server_rss_after_kib: rss_after,
+        kernel_tcp_pages_before: pages_before,
+        kernel_tcp_pages_after: pages_after,
+    })
+}
