@@ -84,6 +84,44 @@ impl Config {
         })
     }
 
+    /// Reads configuration layers in order, each later file overriding the fields it sets
+    /// (a base file, then profiles such as `tuning/profiles/low-latency.toml`), then applies
+    /// `section.field=value` settings (values in TOML syntax). Each file must be valid on its
+    /// own; the result is validated as a whole.
+    pub fn from_layers(files: &[&Path], sets: &[String]) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::new();
+        for path in files {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: name.clone(),
+                source,
+            })?;
+            // Alone first, so an unknown field is reported with the file it is in.
+            toml::from_str::<Config>(&text).map_err(|source| ConfigError::Parse {
+                path: name.clone(),
+                source: Box::new(source),
+            })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: name,
+                    source: Box::new(source),
+                })?;
+            merge(&mut merged, table);
+        }
+        for set in sets {
+            apply_set(&mut merged, set)?;
+        }
+        let config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|source| ConfigError::Parse {
+                    path: "--set".into(),
+                    source: Box::new(source),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
@@ -112,6 +150,44 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Copies `over` into `base`, descending into tables so a layer overrides single fields.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Applies one `section.field=value` setting.
+fn apply_set(table: &mut toml::Table, set: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("--set {set:?}: {why}"));
+    let (key, value) = set
+        .split_once('=')
+        .ok_or_else(|| bad("expected section.field=value"))?;
+    let (section, field) = key
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| bad("the key needs a section, e.g. shard.batch_window_us"))?;
+    let value = value.trim();
+    // A bare word that is not TOML (true, 12, "x", [..]) is taken as a string.
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(sec) = entry else {
+        return Err(bad("not a section"));
+    };
+    sec.insert(field.to_string(), parsed);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -148,6 +224,77 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn layers_override_field_by_field_and_sets_come_last() {
+        let dir = std::env::temp_dir().join(format!("corecast-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("base.toml");
+        let profile = dir.join("profile.toml");
+        std::fs::write(
+            &base,
+            "[server]\nshards = 3\n[shard]\nqueue_max_messages = 10\n",
+        )
+        .unwrap();
+        std::fs::write(&profile, "[shard]\nbatch_window_us = 500\n").unwrap();
+        let sets = vec!["shard.queue_max_bytes=2048".to_string()];
+        let c = Config::from_layers(&[&base, &profile], &sets).unwrap();
+        assert_eq!(c.server.shards, 3, "kept from the base");
+        assert_eq!(
+            c.shard.queue_max_messages, 10,
+            "kept: the profile sets another field"
+        );
+        assert_eq!(c.shard.batch_window_us, 500);
+        assert_eq!(c.shard.queue_max_bytes, 2048);
+
+        std::fs::write(&profile, "[shard]\nbatch_window = 500\n").unwrap();
+        let e = Config::from_layers(&[&base, &profile], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("profile.toml") && e.contains("batch_window"),
+            "{e}"
+        );
+        for bad in [
+            "shard",
+            "queue_max_bytes=3",
+            "shard.nope=1",
+            "shard.queue_max_bytes=\"x\"",
+        ] {
+            let e = Config::from_layers(&[&base], &[bad.to_string()]);
+            assert!(e.is_err(), "{bad} accepted");
+        }
+        let e = Config::from_layers(&[&base], &["shard.batch_window_us=5000000".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_window_us"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tuning_profiles_are_valid_layers() {
+        for (name, text) in [
+            (
+                "low-latency",
+                include_str!("../tuning/profiles/low-latency.toml"),
+            ),
+            (
+                "throughput",
+                include_str!("../tuning/profiles/throughput.toml"),
+            ),
+            (
+                "many-connections",
+                include_str!("../tuning/profiles/many-connections.toml"),
+            ),
+        ] {
+            let c = Config::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_ne!(
+                format!("{c:?}"),
+                format!("{:?}", Config::default()),
+                "{name} changes something"
+            );
+        }
     }
 
     #[test]

@@ -60,9 +60,13 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// TOML configuration file (see `corecast print-config`).
+    /// TOML configuration file (see `corecast print-config`); repeat to layer files, later
+    /// ones overriding the fields they set (e.g. a profile from tuning/profiles/).
     #[arg(long)]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
+    /// Override one field, `section.field=value` (repeatable; applied after the files).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    set: Vec<String>,
     /// Client address (overrides server.listen).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -79,10 +83,8 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
+        let files: Vec<&std::path::Path> = self.config.iter().map(|p| p.as_path()).collect();
+        let mut c = Config::from_layers(&files, &self.set)?;
         if let Some(a) = self.listen {
             c.server.listen = a;
         }

@@ -320,3 +320,28 @@ fn tcp_ingest_reports_bad_lines_and_keeps_the_stream() {
     assert_eq!(m1["data"]["n"].as_u64(), Some(1));
     assert_eq!(m2["ts"].as_u64(), Some(123), "publisher timestamp kept");
 }
+
+#[test]
+fn batch_window_gathers_a_burst_into_one_write() {
+    let mut server = start(|c| {
+        c.shard.batch_window_us = 300_000;
+        c.shard.report_interval_ms = 50;
+    });
+    let mut ws = connect(&server.url);
+    let ack = subscribe(&mut ws, 1, &["burst"]);
+    let first = ack_seq(&ack, "burst") + 1;
+    let writes_before = server.totals().counters.writes;
+    // 40 messages published within far less than the window: they share a write.
+    server.publish("burst", 40);
+    expect_contiguous(&mut ws, "burst", first, 40);
+    std::thread::sleep(Duration::from_millis(200));
+    let writes = server.totals().counters.writes - writes_before;
+    assert!(
+        (1..=2).contains(&writes),
+        "40 frames in a 300 ms window took {writes} writes"
+    );
+    // Alone, a message still arrives: the window closes on time without more traffic.
+    server.publish("burst", 1);
+    expect_contiguous(&mut ws, "burst", first + 40, 1);
+    assert!(server.shutdown());
+}

@@ -196,6 +196,32 @@ impl<T> RingReceiver<T> {
         }
     }
 
+    /// Like [`RingReceiver::recv_batch`], but gives up at `deadline`: returns with `out`
+    /// unchanged (and true) if nothing arrived by then.
+    pub async fn recv_batch_until(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        poll: Duration,
+        deadline: std::time::Instant,
+    ) -> bool {
+        let before = out.len();
+        loop {
+            let closed = self.try_take(out, max).is_err();
+            if out.len() > before {
+                return true;
+            }
+            if closed {
+                return false;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            glommio::timer::sleep(poll.min(deadline - now)).await;
+        }
+    }
+
     /// Waits for one message; `None` when every producer is gone.
     pub async fn recv(&self, poll: Duration) -> Option<T> {
         let mut one = Vec::with_capacity(1);

@@ -232,15 +232,32 @@ impl ShardCtx {
 const ROUND_LIMIT: usize = 4096;
 
 /// Drains the dispatcher ring in rounds: route every frame into subscriber queues, then
-/// write each touched connection once. Returns on `Shutdown` or when the dispatcher is gone.
+/// write each touched connection once. With a batch window, touched connections are written
+/// when the oldest unwritten frame has waited the window, so several rounds share one write.
+/// Returns on `Shutdown` or when the dispatcher is gone.
 async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
     let mut batch: Vec<ShardMsg> = Vec::with_capacity(256);
     let mut ingest_times: Vec<Instant> = Vec::with_capacity(256);
+    let window = ctx.config.batch_window();
+    // When the oldest frame not yet written arrived (only with a window).
+    let mut pending_since: Option<Instant> = None;
     loop {
-        let open = ring
-            .recv_batch(&mut batch, ROUND_LIMIT, ctx.config.ring_poll())
-            .await;
-        if !open && batch.is_empty() {
+        let open = match pending_since {
+            Some(since) => {
+                ring.recv_batch_until(
+                    &mut batch,
+                    ROUND_LIMIT,
+                    ctx.config.ring_poll(),
+                    since + window,
+                )
+                .await
+            }
+            None => {
+                ring.recv_batch(&mut batch, ROUND_LIMIT, ctx.config.ring_poll())
+                    .await
+            }
+        };
+        if !open && batch.is_empty() && pending_since.is_none() {
             return;
         }
         let received = Instant::now();
@@ -270,16 +287,15 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
                 ShardMsg::Shutdown => shutdown = true,
             }
         }
-        let dirty = std::mem::take(&mut *ctx.dirty.borrow_mut());
-        for conn in &dirty {
-            conn.dirty.set(false);
-            conn.flush(&ctx);
+        let hold = !window.is_zero() && !shutdown && open && !ctx.dirty.borrow().is_empty() && {
+            let since = *pending_since.get_or_insert(received);
+            received.saturating_duration_since(since) < window
+        };
+        if hold {
+            continue;
         }
-        let mut reuse = dirty;
-        reuse.clear();
-        if ctx.dirty.borrow().is_empty() {
-            *ctx.dirty.borrow_mut() = reuse;
-        }
+        pending_since = None;
+        write_dirty(&ctx);
         let written = Instant::now();
         {
             let mut m = ctx.metrics.borrow_mut();
@@ -291,6 +307,20 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
         if shutdown || !open {
             return;
         }
+    }
+}
+
+/// Writes every connection touched since the last write, once each.
+fn write_dirty(ctx: &ShardCtx) {
+    let dirty = std::mem::take(&mut *ctx.dirty.borrow_mut());
+    for conn in &dirty {
+        conn.dirty.set(false);
+        conn.flush(ctx);
+    }
+    let mut reuse = dirty;
+    reuse.clear();
+    if ctx.dirty.borrow().is_empty() {
+        *ctx.dirty.borrow_mut() = reuse;
     }
 }
 

@@ -68,6 +68,14 @@ impl TestServer {
         expect_contiguous(&mut witness, topic, ack_seq(&ack, topic) + 1, n);
     }
 
+    /// The shards' latest reports merged (they report every `report_interval_ms`).
+    pub fn totals(&self) -> corecast::report::Totals {
+        let server = self.server.as_ref().expect("running");
+        let stats = server.stats();
+        let t = stats.lock().unwrap().totals();
+        t
+    }
+
     pub fn publish(&self, topic: &str, n: u64) {
         for i in 0..n {
             self.publisher
