@@ -171,7 +171,7 @@ impl Server {
             shutdown: shutdown_rx,
             stats: stats.clone(),
             poll: config.shard.ring_poll(),
-            nap: Duration::from_micros(config.shard.idle_nap_us),
+            naps: config.shard.idle_naps(),
         };
         let dispatcher = LocalExecutorBuilder::new(placement)
             .name("dispatcher")
@@ -274,8 +274,8 @@ struct DispatcherSpec {
     stats: SharedStats,
     /// How often idle inputs are looked at.
     poll: Duration,
-    /// Nap length while idle (zero: never nap).
-    nap: Duration,
+    /// Shortest and longest naps while idle (zero: never nap).
+    naps: (Duration, Duration),
 }
 
 async fn run_dispatcher(spec: DispatcherSpec) {
@@ -288,7 +288,7 @@ async fn run_dispatcher(spec: DispatcherSpec) {
         shutdown,
         stats,
         poll,
-        nap,
+        naps,
     } = spec;
     let summary_every = config.summary_interval_ms;
     let (dispatcher, pumps) = Dispatcher::new(config, rings);
@@ -297,7 +297,10 @@ async fn run_dispatcher(spec: DispatcherSpec) {
         glommio::spawn_local(p.run()).detach();
     }
     let activity = dispatcher.borrow().activity.clone();
-    glommio::spawn_local(corecast_shards::idle::nap_when_idle(activity, nap)).detach();
+    glommio::spawn_local(corecast_shards::idle::nap_when_idle(
+        activity, naps.0, naps.1,
+    ))
+    .detach();
     let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
     for rx in controls {
         let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());

@@ -57,6 +57,10 @@ pub struct ShardConfig {
     /// one pass, µs; bounds the latency it adds to the first message after a quiet spell.
     /// 0 never sleeps (pure polling, for a dedicated core). Default 50.
     pub idle_nap_us: u64,
+    /// Longest nap, µs: naps double from `idle_nap_us` while nothing happens, up to this.
+    /// Bounds the latency added to the first message after a long quiet spell, and the CPU
+    /// an idle executor spends waking up. Default 1000.
+    pub idle_nap_max_us: u64,
     /// Longest a published frame waits in a connection's queue for more to share its write,
     /// µs. 0 writes every fan-out round at once (lowest latency); a window gathers more
     /// messages per `send()` when each send costs far more than the bytes it carries.
@@ -85,6 +89,7 @@ impl Default for ShardConfig {
             report_interval_ms: 1000,
             ring_poll_us: 5,
             idle_nap_us: 50,
+            idle_nap_max_us: 1000,
             batch_window_us: 0,
         }
     }
@@ -110,6 +115,14 @@ impl ShardConfig {
     /// [`ShardConfig::ring_poll_us`] as a duration.
     pub fn ring_poll(&self) -> Duration {
         Duration::from_micros(self.ring_poll_us)
+    }
+
+    /// The shortest and longest idle naps.
+    pub fn idle_naps(&self) -> (Duration, Duration) {
+        (
+            Duration::from_micros(self.idle_nap_us),
+            Duration::from_micros(self.idle_nap_max_us),
+        )
     }
 
     /// [`ShardConfig::batch_window_us`] as a duration.

@@ -192,9 +192,11 @@ async fn run(spec: ShardSpec) {
     });
 
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
+    let (nap, nap_max) = ctx.config.idle_naps();
     glommio::spawn_local(crate::idle::nap_when_idle(
         ctx.activity.clone(),
-        Duration::from_micros(ctx.config.idle_nap_us),
+        nap,
+        nap_max,
     ))
     .detach();
     if ctx.config.report_interval_ms > 0 {
