@@ -18,6 +18,7 @@ const BOUNDS: Bounds = Bounds {
     max_messages: 4096,
     max_bytes: 4 << 20,
     max_control_bytes: 256 << 10,
+    max_age: None,
 };
 
 fn frame(seq: u64) -> Frame {

@@ -173,11 +173,18 @@ pub fn thread_cpu_secs() -> f64 {
     }
 }
 
+/// Receive buffer of a slow connection, bytes: a reader on a thin link, whose backlog builds
+/// up in the server (where it is bounded and announced) rather than in this host's kernel.
+const SLOW_RCVBUF: usize = 16 * 1024;
+
 fn open(plan: &ClientPlan, i: usize) -> io::Result<TcpStream> {
     let src = Ipv4Addr::new(127, 0, 0, 2 + (i % plan.source_addrs.max(1) as usize) as u8);
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
+    if plan.slow[i] {
+        s.set_recv_buffer_size(SLOW_RCVBUF)?;
+    }
     s.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())?;
     match s.connect(&plan.server.into()) {
         Ok(()) => {}

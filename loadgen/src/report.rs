@@ -224,7 +224,7 @@ pub struct Step {
     /// Delivered while the publisher ran, and in all (after the drain).
     pub delivered_in_window: u64,
     pub delivered: u64,
-    /// Delivered per second over the publishing window.
+    /// Delivered per second over the second half of the publishing window (steady state).
     pub delivered_per_sec: f64,
     /// How long the publisher ran.
     pub window: Duration,

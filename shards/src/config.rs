@@ -22,6 +22,10 @@ pub struct ShardConfig {
     /// Bytes of published frames a connection may have queued before the oldest are dropped.
     /// Default 4 MiB.
     pub queue_max_bytes: usize,
+    /// Published frames queued longer than this behind the newest one are dropped (and
+    /// announced), ms: bounds the staleness of what a lagging connection receives, however
+    /// deep the queue. 0 = no age bound. Default 0.
+    pub queue_max_age_ms: u64,
     /// Bytes of unread control replies (acks, errors, pongs) before the connection is closed
     /// with 4001. Default 256 KiB.
     pub max_control_bytes: usize,
@@ -75,6 +79,7 @@ impl Default for ShardConfig {
             max_message_bytes: 64 * 1024,
             queue_max_messages: 4096,
             queue_max_bytes: 4 << 20,
+            queue_max_age_ms: 0,
             max_control_bytes: 256 * 1024,
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
@@ -98,6 +103,8 @@ impl Default for ShardConfig {
 impl ShardConfig {
     pub(crate) fn bounds(&self) -> Bounds {
         Bounds {
+            max_age: (self.queue_max_age_ms > 0)
+                .then(|| Duration::from_millis(self.queue_max_age_ms)),
             max_messages: self.queue_max_messages,
             max_bytes: self.queue_max_bytes,
             max_control_bytes: self.max_control_bytes,

@@ -71,6 +71,10 @@ pub struct Bounds {
     pub max_bytes: usize,
     /// Most bytes of control frames held before the connection is closed.
     pub max_control_bytes: usize,
+    /// Published frames older than this, relative to the newest one queued, are dropped
+    /// (stale market data is worth less than the gap notice that replaces it). `None`: no
+    /// age bound.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// Most iovecs handed to one `sendmsg` (Linux IOV_MAX is 1024).
@@ -124,6 +128,15 @@ impl Outbound {
             }
             dropped += 1;
         }
+        if let Some(cutoff) = bounds.max_age.and_then(|a| frame.ingest_at.checked_sub(a)) {
+            while self
+                .oldest_published()
+                .is_some_and(|f| f.ingest_at < cutoff)
+            {
+                self.drop_oldest_published();
+                dropped += 1;
+            }
+        }
         self.published += 1;
         self.published_bytes += len;
         self.chunks.push_back(Chunk::Published(frame));
@@ -166,11 +179,22 @@ impl Outbound {
         self.gaps.retain(|g| keep(&g.topic));
     }
 
-    fn drop_oldest_published(&mut self) -> bool {
+    /// Position of the oldest published frame that may be dropped (a partly written head
+    /// may not).
+    fn oldest_published_at(&self) -> Option<usize> {
         let start = usize::from(self.head_written > 0);
-        let Some(pos) =
-            (start..self.chunks.len()).find(|&i| matches!(self.chunks[i], Chunk::Published(_)))
-        else {
+        (start..self.chunks.len()).find(|&i| matches!(self.chunks[i], Chunk::Published(_)))
+    }
+
+    fn oldest_published(&self) -> Option<&Frame> {
+        match self.chunks.get(self.oldest_published_at()?) {
+            Some(Chunk::Published(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn drop_oldest_published(&mut self) -> bool {
+        let Some(pos) = self.oldest_published_at() else {
             return false;
         };
         let Some(Chunk::Published(f)) = self.chunks.remove(pos) else {
@@ -320,6 +344,7 @@ mod tests {
         max_messages: 3,
         max_bytes: 1000,
         max_control_bytes: 1000,
+        max_age: None,
     };
 
     fn drain(q: &mut Outbound) -> Vec<u8> {
@@ -333,6 +358,49 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    #[test]
+    fn frames_older_than_the_age_bound_are_dropped_and_announced() {
+        let t: Arc<str> = "t".into();
+        let bounds = Bounds {
+            max_messages: 100,
+            max_age: Some(std::time::Duration::from_millis(100)),
+            ..B
+        };
+        let start = Instant::now();
+        let at = |seq: u64, ms: u64| {
+            Rc::new(Frame {
+                topic: t.clone(),
+                seq,
+                bytes: bytes::Bytes::from(vec![b'x'; 10]),
+                ingest_at: start + std::time::Duration::from_millis(ms),
+            })
+        };
+        let mut q = Outbound::default();
+        q.push_own(b"ack".to_vec());
+        assert_eq!(q.push_published(at(1, 0), &bounds), Enqueued::Queued);
+        assert_eq!(q.push_published(at(2, 50), &bounds), Enqueued::Queued);
+        assert_eq!(
+            q.push_published(at(3, 100), &bounds),
+            Enqueued::Queued,
+            "exactly 100 ms: kept"
+        );
+        // 160 ms: frames 1 (160 ms old) and 2 (110 ms old) are stale.
+        assert_eq!(
+            q.push_published(at(4, 160), &bounds),
+            Enqueued::DroppedOldest(2)
+        );
+        assert_eq!(q.published_len(), 2);
+        let wire = drain(&mut q);
+        let gap = protocol::gap("t", 1, 2, protocol::reason::SLOW_CONSUMER);
+        assert_eq!(&wire[..3], b"ack", "own frames are never dropped");
+        assert_eq!(
+            &wire[3..3 + gap.len()],
+            &gap[..],
+            "the notice precedes the frames left"
+        );
+        assert_eq!(wire.len(), 3 + gap.len() + 20);
     }
 
     #[test]
