@@ -331,6 +331,8 @@ async fn run_dispatcher(spec: DispatcherSpec) {
                         d.stats.rejected_events += 1;
                     }
                 }
+                drop(d);
+                corecast_shards::shard::let_the_executor_run().await;
             }
         };
         glommio::spawn_local(task).detach();

@@ -294,6 +294,7 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
             received.saturating_duration_since(since) < window
         };
         if hold {
+            let_the_executor_run().await;
             continue;
         }
         pending_since = None;
@@ -309,7 +310,19 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
         if shutdown || !open {
             return;
         }
+        // Under sustained load the ring is never empty and taking from it never waits: give
+        // the executor a pass (I/O completions, accepts, handshakes, client reads, blocked
+        // writes, heartbeats) before the next round, or they starve for as long as the load
+        // lasts.
+        let_the_executor_run().await;
     }
+}
+
+/// Waits for one pass of the executor's loop: every other ready task and the I/O reactor run
+/// first. A timer is used because a task that merely wakes itself stays in its queue and
+/// can run again before the reactor is polled.
+pub async fn let_the_executor_run() {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
 }
 
 /// Writes every connection touched since the last write, once each.
