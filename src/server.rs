@@ -338,22 +338,15 @@ async fn run_dispatcher(spec: DispatcherSpec) {
         glommio::spawn_local(task).detach();
     }
     let acceptor = {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        // SAFETY: the fd is a listening socket we own and give up here.
-        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(ingest.into_raw_fd()) };
         let d = dispatcher.clone();
-        let task = async move {
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        glommio::spawn_local(serve_ingest(d.clone(), stream)).detach();
-                    }
-                    Err(_) => glommio::timer::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        };
-        glommio::spawn_local(task)
+        glommio::spawn_local(corecast_shards::socket::accept_polled(
+            ingest,
+            corecast_shards::shard::ACCEPT_POLL,
+            move |stream| {
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(serve_ingest(d.clone(), stream)).detach();
+            },
+        ))
     };
     if summary_every > 0 {
         let stats = stats.clone();

@@ -170,25 +170,13 @@ async fn run(spec: ShardSpec) {
         }
     });
 
-    let listener = {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        // SAFETY: the fd comes from a listening std TcpListener we own and give up here.
-        unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
-    };
     let acceptor = glommio::spawn_local({
         let ctx = ctx.clone();
-        async move {
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        ctx.metrics.borrow_mut().counters.accepted += 1;
-                        glommio::spawn_local(connection::serve(ctx.clone(), stream)).detach();
-                    }
-                    // Out of descriptors or a transient error: back off briefly, keep serving.
-                    Err(_) => glommio::timer::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        }
+        crate::socket::accept_polled(listener, ACCEPT_POLL, move |stream| {
+            ctx.metrics.borrow_mut().counters.accepted += 1;
+            ctx.activity.bump();
+            glommio::spawn_local(connection::serve(ctx.clone(), stream)).detach();
+        })
     });
 
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
@@ -229,6 +217,9 @@ impl ShardCtx {
         let _ = self.control.try_send(ControlMsg::Report(Box::new(report)));
     }
 }
+
+/// How often a shard's listener is looked at: the most a new connection waits to be accepted.
+pub const ACCEPT_POLL: Duration = Duration::from_micros(200);
 
 /// Most ring messages handled in one fan-out round.
 const ROUND_LIMIT: usize = 4096;
