@@ -440,9 +440,12 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 );
                 return reject(ctx, conn, id, code::TOO_MANY_SUBSCRIPTIONS, &msg);
             }
-            conn.subs
-                .borrow_mut()
-                .extend(items.iter().filter(|(_, n)| *n).map(|(i, _)| i.clone()));
+            {
+                // Exactly as long as needed: this list lives as long as the connection.
+                let mut subs = conn.subs.borrow_mut();
+                subs.reserve_exact(new);
+                subs.extend(items.iter().filter(|(_, n)| *n).map(|(i, _)| i.clone()));
+            }
             // Every interest of the request is to be joined when it completes (the table never
             // adds a subscriber twice), even one an earlier pending request also named.
             let items: Vec<(Interest, bool)> = items.into_iter().map(|(i, _)| (i, true)).collect();
