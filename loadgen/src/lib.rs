@@ -219,6 +219,27 @@ pub fn tcp_kernel_pages() -> Option<u64> {
     None
 }
 
+/// Bytes of kernel slab memory in TCP socket objects (`TCP` and `sock_inode_cache`, active
+/// objects times object size; /proc/slabinfo, readable by root), all processes. `None` when
+/// unreadable.
+pub fn tcp_slab_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    let mut total = 0u64;
+    let mut found = false;
+    for line in s.lines() {
+        let mut f = line.split_whitespace();
+        let name = f.next()?;
+        if name == "TCP" || name == "sock_inode_cache" {
+            let active: u64 = f.next()?.parse().ok()?;
+            let _num = f.next()?;
+            let size: u64 = f.next()?.parse().ok()?;
+            total += active * size;
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -407,6 +407,8 @@ pub struct IdleReport {
     pub server_rss_after_kib: Option<u64>,
     pub kernel_tcp_pages_before: Option<u64>,
     pub kernel_tcp_pages_after: Option<u64>,
+    pub kernel_slab_before: Option<u64>,
+    pub kernel_slab_after: Option<u64>,
 }
 
 impl IdleReport {
@@ -416,15 +418,21 @@ impl IdleReport {
         Some((b.saturating_sub(a) * 1024) as f64 / self.connections_ok.max(1) as f64)
     }
 
-    /// Kernel TCP memory added per connection (both ends of loopback), bytes.
+    /// Kernel TCP buffer memory added per connection (both ends of loopback), bytes.
     pub fn kernel_per_conn(&self) -> Option<f64> {
         let (a, b) = (self.kernel_tcp_pages_before?, self.kernel_tcp_pages_after?);
         Some((b.saturating_sub(a) * 4096) as f64 / self.connections_ok.max(1) as f64)
     }
 
+    /// Kernel socket objects (slab) added per connection, both ends of loopback, bytes.
+    pub fn kernel_slab_per_conn(&self) -> Option<f64> {
+        let (a, b) = (self.kernel_slab_before?, self.kernel_slab_after?);
+        Some(b.saturating_sub(a) as f64 / self.connections_ok.max(1) as f64)
+    }
+
     pub fn summary(&self) -> String {
         format!(
-            "loadgen: {} idle connections ok, {} failed | server RSS {} -> {} KiB, {} bytes per connection | kernel TCP memory {} bytes per connection (both ends)\n",
+            "loadgen: {} idle connections ok, {} failed | server RSS {} -> {} KiB, {} bytes per connection | kernel, per connection (both ends of loopback): TCP buffers {} bytes, socket objects {} bytes\n",
             self.connections_ok,
             self.connect_failures,
             self.server_rss_before_kib.map_or("n/a".into(), |v| v.to_string()),
@@ -433,6 +441,8 @@ impl IdleReport {
                 .map_or("n/a (no --server-pid)".into(), |v| format!("{v:.0}")),
             self.kernel_per_conn()
                 .map_or("n/a".into(), |v| format!("{v:.0}")),
+            self.kernel_slab_per_conn()
+                .map_or("n/a (needs root)".into(), |v| format!("{v:.0}")),
         )
     }
 
@@ -440,7 +450,7 @@ impl IdleReport {
     pub fn json(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
         format!(
-            "{{\"connections_ok\":{},\"connect_failures\":{},\"server_rss_before_kib\":{},\"server_rss_after_kib\":{},\"server_rss_per_conn_bytes\":{},\"kernel_tcp_pages_before\":{},\"kernel_tcp_pages_after\":{},\"kernel_tcp_per_conn_bytes\":{}}}",
+            "{{\"connections_ok\":{},\"connect_failures\":{},\"server_rss_before_kib\":{},\"server_rss_after_kib\":{},\"server_rss_per_conn_bytes\":{},\"kernel_tcp_pages_before\":{},\"kernel_tcp_pages_after\":{},\"kernel_tcp_per_conn_bytes\":{},\"kernel_slab_per_conn_bytes\":{}}}",
             self.connections_ok,
             self.connect_failures,
             opt(self.server_rss_before_kib),
@@ -449,6 +459,7 @@ impl IdleReport {
             opt(self.kernel_tcp_pages_before),
             opt(self.kernel_tcp_pages_after),
             self.kernel_per_conn().map_or("null".to_string(), |v| format!("{v:.0}")),
+            self.kernel_slab_per_conn().map_or("null".to_string(), |v| format!("{v:.0}")),
         )
     }
 }

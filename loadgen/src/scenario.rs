@@ -413,10 +413,12 @@ pub fn run_connect(plan: &RunPlan) -> anyhow::Result<ConnectReport> {
 pub fn run_idle(plan: &RunPlan) -> anyhow::Result<IdleReport> {
     let rss_before = plan.server_pid.and_then(crate::process_rss_kib);
     let pages_before = crate::tcp_kernel_pages();
+    let slab_before = crate::tcp_slab_bytes();
     let clients = ClientThread::start(plan, Duration::from_secs(120))?;
     std::thread::sleep(plan.duration);
     let rss_after = plan.server_pid.and_then(crate::process_rss_kib);
     let pages_after = crate::tcp_kernel_pages();
+    let slab_after = crate::tcp_slab_bytes();
     let c = clients.finish()?;
     Ok(IdleReport {
         connections_ok: c.connections_ok,
@@ -425,5 +427,7 @@ pub fn run_idle(plan: &RunPlan) -> anyhow::Result<IdleReport> {
         server_rss_after_kib: rss_after,
         kernel_tcp_pages_before: pages_before,
         kernel_tcp_pages_after: pages_after,
+        kernel_slab_before: slab_before,
+        kernel_slab_after: slab_after,
     })
 }
