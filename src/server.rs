@@ -325,13 +325,14 @@ async fn run_dispatcher(spec: DispatcherSpec) {
         let task = async move {
             let mut batch = Vec::with_capacity(1024);
             while events.recv_batch(&mut batch, 1024, poll).await {
-                let mut d = d.borrow_mut();
-                for event in batch.drain(..) {
-                    if d.publish(event).is_err() {
-                        d.stats.rejected_events += 1;
+                {
+                    let mut d = d.borrow_mut();
+                    for event in batch.drain(..) {
+                        if d.publish(event).is_err() {
+                            d.stats.rejected_events += 1;
+                        }
                     }
                 }
-                drop(d);
                 corecast_shards::shard::let_the_executor_run().await;
             }
         };
