@@ -185,7 +185,7 @@ fn opt_f(v: Option<f64>) -> String {
 pub fn hgrm(h: &Histogram<u64>) -> String {
     let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
     let mut total = 0u64;
-    for v in h.iter_quantiles(1) {
+    for v in h.iter_quantiles(5) {
         total += v.count_since_last_iteration();
         let p = v.percentile() / 100.0;
         let inv = if p < 1.0 {

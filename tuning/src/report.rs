@@ -377,7 +377,7 @@ fn percentile_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
@@ -391,11 +391,16 @@ fn by_value_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
     let labels: Vec<String> = rows.iter().map(|r| r.value.clone()).collect();
     let tmax = rows.iter().map(|r| r.delivered_per_sec).fold(1.0, f64::max);
     let lmax = rows.iter().map(|r| r.p999).fold(1.0, f64::max) / 1000.0;
+    let cmax = rows
+        .iter()
+        .map(|r| r.client_cpu.max(r.server_cpu.unwrap_or(0.0)))
+        .fold(100.0, f64::max);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (960, 420)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1200, 420)).into_drawing_area();
         root.fill(&WHITE)?;
-        let (left, right) = root.split_horizontally(480);
+        let panels = root.split_evenly((1, 3));
+        let (left, right, cpu) = (&panels[0], &panels[1], &panels[2]);
         let x_label = |x: &f64| {
             let i = x.round();
             if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
@@ -404,7 +409,7 @@ fn by_value_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
                 String::new()
             }
         };
-        let mut t = ChartBuilder::on(&left)
+        let mut t = ChartBuilder::on(left)
             .caption("delivered msgs/s", ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(40)
@@ -422,7 +427,7 @@ fn by_value_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
                 Palette99::pick(i).filled(),
             )
         }))?;
-        let mut l = ChartBuilder::on(&right)
+        let mut l = ChartBuilder::on(right)
             .caption("latency (ms)", ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(40)
@@ -445,6 +450,38 @@ fn by_value_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
             l.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
         }
         l.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        let mut c = ChartBuilder::on(cpu)
+            .caption("CPU (% of one core)", ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..cmax * 1.15)?;
+        c.configure_mesh()
+            .x_desc(m.param.as_str())
+            .x_labels(n.max(2))
+            .x_label_formatter(&x_label)
+            .draw()?;
+        let server: Vec<(f64, f64)> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.server_cpu.map(|v| (i as f64, v)))
+            .collect();
+        let client: Vec<(f64, f64)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as f64, r.client_cpu))
+            .collect();
+        for (name, pts, color) in [("server", server, RED), ("loadgen", client, BLUE)] {
+            c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            c.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        c.configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
