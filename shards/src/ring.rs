@@ -183,17 +183,7 @@ impl<T> RingReceiver<T> {
     /// while the ring is empty. Returns false when every producer is gone and nothing is left.
     /// Must run on a glommio executor.
     pub async fn recv_batch(&self, out: &mut Vec<T>, max: usize, poll: Duration) -> bool {
-        let before = out.len();
-        loop {
-            let closed = self.try_take(out, max).is_err();
-            if out.len() > before {
-                return true;
-            }
-            if closed {
-                return false;
-            }
-            glommio::timer::sleep(poll).await;
-        }
+        self.recv_batch_by(out, max, poll, None).await
     }
 
     /// Like [`RingReceiver::recv_batch`], but gives up at `deadline`: returns with `out`
@@ -205,6 +195,16 @@ impl<T> RingReceiver<T> {
         poll: Duration,
         deadline: std::time::Instant,
     ) -> bool {
+        self.recv_batch_by(out, max, poll, Some(deadline)).await
+    }
+
+    async fn recv_batch_by(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        poll: Duration,
+        deadline: Option<std::time::Instant>,
+    ) -> bool {
         let before = out.len();
         loop {
             let closed = self.try_take(out, max).is_err();
@@ -214,11 +214,15 @@ impl<T> RingReceiver<T> {
             if closed {
                 return false;
             }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return true;
+            let mut pause = poll;
+            if let Some(deadline) = deadline {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return true;
+                }
+                pause = pause.min(deadline - now);
             }
-            glommio::timer::sleep(poll.min(deadline - now)).await;
+            glommio::timer::sleep(pause).await;
         }
     }
 

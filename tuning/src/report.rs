@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use simd_json::prelude::*;
 
@@ -386,8 +387,69 @@ fn percentile_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
     Ok(svg)
 }
 
+/// One run per x position, labelled with its parameter value.
+type ByValue<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A panel with the runs along x (labelled with the parameter's values) and 0..`ymax` up.
+fn by_value_panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    x_desc: &str,
+    labels: &[String],
+    ymax: f64,
+    y_label: &dyn Fn(&f64) -> String,
+) -> anyhow::Result<ByValue<'a, 'b>> {
+    let n = labels.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax * 1.15)?;
+    let x_label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+            labels[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .x_labels(n.max(2))
+        .x_label_formatter(&x_label)
+        .y_label_formatter(y_label)
+        .draw()?;
+    Ok(chart)
+}
+
+/// A named series of (run, value) points and its colour.
+type Series<'s> = (&'s str, Vec<(f64, f64)>, RGBColor);
+
+/// Draws each named series as a line with a dot per run, and the legend.
+fn by_value_lines<'a, 'b: 'a>(
+    chart: &mut ByValue<'a, 'b>,
+    series: Vec<Series<'_>>,
+) -> anyhow::Result<()> {
+    for (name, pts, color) in series {
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 fn by_value_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
-    let n = rows.len();
     let labels: Vec<String> = rows.iter().map(|r| r.value.clone()).collect();
     let tmax = rows.iter().map(|r| r.delivered_per_sec).fold(1.0, f64::max);
     let lmax = rows.iter().map(|r| r.p999).fold(1.0, f64::max) / 1000.0;
@@ -395,97 +457,58 @@ fn by_value_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
         .iter()
         .map(|r| r.client_cpu.max(r.server_cpu.unwrap_or(0.0)))
         .fold(100.0, f64::max);
+    let at = |f: &dyn Fn(&Row) -> Option<f64>| -> Vec<(f64, f64)> {
+        rows.iter()
+            .enumerate()
+            .filter_map(|(i, r)| f(r).map(|v| (i as f64, v)))
+            .collect()
+    };
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1200, 420)).into_drawing_area();
         root.fill(&WHITE)?;
         let panels = root.split_evenly((1, 3));
-        let (left, right, cpu) = (&panels[0], &panels[1], &panels[2]);
-        let x_label = |x: &f64| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
-                labels[i as usize].clone()
-            } else {
-                String::new()
-            }
-        };
-        let mut t = ChartBuilder::on(left)
-            .caption("delivered msgs/s", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..tmax * 1.15)?;
-        t.configure_mesh()
-            .x_desc(m.param.as_str())
-            .x_labels(n.max(2))
-            .x_label_formatter(&x_label)
-            .y_label_formatter(&|y| format!("{:.0}k", y / 1000.0))
-            .draw()?;
+        let x_desc = m.param.as_str();
+        let mut t = by_value_panel(
+            &panels[0],
+            "delivered msgs/s",
+            x_desc,
+            &labels,
+            tmax,
+            &|y| format!("{:.0}k", y / 1000.0),
+        )?;
         t.draw_series(rows.iter().enumerate().map(|(i, r)| {
             Rectangle::new(
                 [(i as f64 - 0.3, 0.0), (i as f64 + 0.3, r.delivered_per_sec)],
                 Palette99::pick(i).filled(),
             )
         }))?;
-        let mut l = ChartBuilder::on(right)
-            .caption("latency (ms)", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..lmax * 1.15)?;
-        l.configure_mesh()
-            .x_desc(m.param.as_str())
-            .x_labels(n.max(2))
-            .x_label_formatter(&x_label)
-            .draw()?;
-        for (name, pick, color) in [("p50", 0usize, BLUE), ("p99", 1, RED), ("p99.9", 2, BLACK)] {
-            let pts: Vec<(f64, f64)> = rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (i as f64, [r.p50, r.p99, r.p999][pick] / 1000.0))
-                .collect();
-            l.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            l.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-        }
-        l.configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        let mut c = ChartBuilder::on(cpu)
-            .caption("CPU (% of one core)", ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..cmax * 1.15)?;
-        c.configure_mesh()
-            .x_desc(m.param.as_str())
-            .x_labels(n.max(2))
-            .x_label_formatter(&x_label)
-            .draw()?;
-        let server: Vec<(f64, f64)> = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.server_cpu.map(|v| (i as f64, v)))
-            .collect();
-        let client: Vec<(f64, f64)> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i as f64, r.client_cpu))
-            .collect();
-        for (name, pts, color) in [("server", server, RED), ("loadgen", client, BLUE)] {
-            c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            c.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-        }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        let mut l = by_value_panel(&panels[1], "latency (ms)", x_desc, &labels, lmax, &|y| {
+            format!("{y}")
+        })?;
+        by_value_lines(
+            &mut l,
+            vec![
+                ("p50", at(&|r| Some(r.p50 / 1000.0)), BLUE),
+                ("p99", at(&|r| Some(r.p99 / 1000.0)), RED),
+                ("p99.9", at(&|r| Some(r.p999 / 1000.0)), BLACK),
+            ],
+        )?;
+        let mut c = by_value_panel(
+            &panels[2],
+            "CPU (% of one core)",
+            x_desc,
+            &labels,
+            cmax,
+            &|y| format!("{y:.0}"),
+        )?;
+        by_value_lines(
+            &mut c,
+            vec![
+                ("server", at(&|r| r.server_cpu), RED),
+                ("loadgen", at(&|r| Some(r.client_cpu)), BLUE),
+            ],
+        )?;
         root.present()?;
     }
     Ok(svg)
