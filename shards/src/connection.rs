@@ -423,8 +423,10 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             };
             let items: Vec<(Interest, bool)> = {
                 let subs = conn.subs.borrow();
+                let table = ctx.table.borrow();
                 wanted
                     .into_iter()
+                    .map(|i| table.intern(i))
                     .map(|i| {
                         let new = !subs.contains(&i);
                         (i, new)

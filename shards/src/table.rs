@@ -119,6 +119,18 @@ impl<T> Default for Table<T> {
 }
 
 impl<T> Table<T> {
+    /// The table's own copy of `interest` when it already has the topic: connections then
+    /// share one name allocation per topic instead of holding one each.
+    pub fn intern(&self, interest: Interest) -> Interest {
+        match &interest {
+            Interest::Topic(t) => match self.topics.get_key_value(t) {
+                Some((key, _)) => Interest::Topic(key.clone()),
+                None => interest,
+            },
+            Interest::Prefix(_) => interest,
+        }
+    }
+
     fn entry_mut(&mut self, interest: &Interest) -> &mut Entry<T> {
         match interest {
             Interest::Topic(t) => {
@@ -439,6 +451,26 @@ impl<T> Table<T> {
     pub fn interest_count(&self) -> usize {
         self.topics.values().filter(|e| !e.exact.unused()).count()
             + self.prefixes.iter().filter(|p| !p.entry.unused()).count()
+    }
+}
+
+#[cfg(test)]
+mod intern_tests {
+    use super::*;
+
+    #[test]
+    fn interning_returns_the_tables_name() {
+        let mut t: Table<()> = Table::default();
+        let first = Interest::Topic(Arc::from("book.X"));
+        let mut out = Vec::new();
+        t.subscribe(Rc::new(()), None, vec![(first.clone(), true)], &mut out);
+        let again = t.intern(Interest::Topic(Arc::from("book.X")));
+        match (&first, &again) {
+            (Interest::Topic(a), Interest::Topic(b)) => assert!(Arc::ptr_eq(a, b)),
+            _ => unreachable!(),
+        }
+        let other = Interest::Topic(Arc::from("book.Y"));
+        assert_eq!(t.intern(other.clone()), other, "unknown topics pass through");
     }
 }
 
