@@ -61,6 +61,11 @@ pub struct Live {
     pub disconnects: AtomicU64,
     /// Messages covered by `gap` notices, all connections.
     pub announced: AtomicU64,
+    /// Holes no `gap` announced, healthy connections, so far.
+    pub unannounced: AtomicU64,
+    /// Messages published per topic during the run, given before the clients stop: the tail
+    /// check then counts from what was published, not only from what other clients saw.
+    pub published: Mutex<Option<Vec<u64>>>,
     /// Kernel thread id of the client thread (for its CPU time in /proc), once started.
     pub tid: AtomicU64,
     /// Slow connections read at their limited rate while set; cleared to let them drain.
@@ -79,6 +84,8 @@ impl Default for Live {
             reconnects: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             announced: AtomicU64::new(0),
+            unannounced: AtomicU64::new(0),
+            published: Mutex::new(None),
             tid: AtomicU64::new(0),
             throttle_slow: AtomicBool::new(true),
             interval: Mutex::new(latency_histogram()),
@@ -111,8 +118,12 @@ pub struct Tally {
     /// subscription's last (after the drain, so only real losses remain).
     pub tail_missing: u64,
     pub gap_notices: u64,
-    /// Messages covered by `gap` notices.
+    /// Messages covered by `gap` notices (only what the connection still expected).
     pub announced: u64,
+    /// Messages or notices for a sequence already delivered or announced (must be 0).
+    pub duplicates: u64,
+    /// Messages or notices for a topic the connection did not subscribe to (must be 0).
+    pub misrouted: u64,
 }
 
 /// What the clients saw.
@@ -152,6 +163,8 @@ struct Conn {
     budget: usize,
     /// When the current connection attempt began.
     opened_at: Instant,
+    /// When the first attempt began (handshake latency and the connect span count from it).
+    first_opened_at: Instant,
     /// Whether this connection's handshake time was recorded (first attempt only).
     timed: bool,
 }
@@ -211,7 +224,12 @@ struct Clients<'a> {
     last_handshake: Option<Instant>,
     /// Connections that still had data when their turn ended.
     again: Vec<usize>,
+    /// Per topic, the sequence the first `ack` reported (before anything was published).
+    base: Vec<Option<u64>>,
 }
+
+/// A handshake not answered within this is failed (and retried).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads one connection may do before the others get their turn.
 const READS_PER_TURN: usize = 4;
@@ -260,6 +278,7 @@ pub fn run(
         in_flight: 0,
         last_handshake: None,
         again: Vec::new(),
+        base: vec![None; plan.topics.len()],
     };
     let mut events = Events::with_capacity(4096);
     let started = Instant::now();
@@ -269,11 +288,10 @@ pub fn run(
     let mut last_churn = Instant::now();
     let mut churn_cursor = 0usize;
     let mut churn_carry = 0.0f64;
+    let healthy = plan.slow.iter().filter(|&&s| !s).count();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        if now < connect_deadline {
-            cl.open_more(started)?;
-        }
+        cl.open_more(started, now < connect_deadline)?;
         let wait = if cl.again.is_empty() {
             Duration::from_millis(5)
         } else {
@@ -290,6 +308,7 @@ pub fn run(
         if now.duration_since(last_slow_tick) >= Duration::from_millis(100) {
             last_slow_tick = now;
             cl.service_slow(&mut buf);
+            cl.expire_handshakes(now);
         }
         if now.duration_since(last_merge) >= Duration::from_millis(200) {
             last_merge = now;
@@ -302,14 +321,18 @@ pub fn run(
             && now.duration_since(last_churn) >= Duration::from_secs(1)
         {
             last_churn = now;
-            churn_carry += plan.churn_per_sec * n as f64;
+            churn_carry += plan.churn_per_sec * healthy as f64;
             let count = churn_carry as usize;
             churn_carry -= count as f64;
             churn_cursor = cl.churn(count, churn_cursor)?;
         }
+        // Every connection acked, failed for good, or lost after opening.
         let settled = cl.conns.len() >= n
             && cl.to_retry.is_empty()
-            && live.acked.load(Ordering::Relaxed) + cl.report.connect_failures >= n as u64;
+            && live.acked.load(Ordering::Relaxed)
+                + cl.report.connect_failures
+                + cl.report.unexpected_disconnects
+                >= n as u64;
         if settled || now >= connect_deadline {
             ready.store(true, Ordering::Relaxed);
         }
@@ -321,8 +344,13 @@ pub fn run(
 
 impl Clients<'_> {
     /// Opens connections while the rate and the in-flight bound allow, and retries failures.
-    fn open_more(&mut self, started: Instant) -> io::Result<()> {
-        let n = self.plan.connections();
+    /// First-time opens stop at the connect deadline (`first_opens` false); retries go on.
+    fn open_more(&mut self, started: Instant, first_opens: bool) -> io::Result<()> {
+        let n = if first_opens {
+            self.plan.connections()
+        } else {
+            self.conns.len()
+        };
         let allowed = if self.plan.connect_rate == 0 {
             n
         } else {
@@ -349,6 +377,7 @@ impl Clients<'_> {
                 slow: self.plan.slow[i],
                 budget: 0,
                 opened_at: Instant::now(),
+                first_opened_at: Instant::now(),
                 timed: false,
             });
             self.in_flight += 1;
@@ -366,12 +395,15 @@ impl Clients<'_> {
     }
 
     /// Opens connection `i` again (after a failed handshake or a deliberate close).
-    fn reopen(&mut self, i: usize) -> io::Result<()> {
+    fn reopen(&mut self, i: usize) -> io::Result<bool> {
         let mut stream = match open(self.plan, i) {
             Ok(s) => s,
             Err(_) => {
                 self.report.connect_failures += 1;
-                return Ok(());
+                let c = &mut self.conns[i];
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                c.phase = Phase::Dead;
+                return Ok(false);
             }
         };
         self.poll.registry().register(
@@ -390,7 +422,19 @@ impl Clients<'_> {
         }
         c.opened_at = Instant::now();
         self.in_flight += 1;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Fails handshakes that took longer than [`HANDSHAKE_TIMEOUT`] (they are retried).
+    fn expire_handshakes(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            let c = &self.conns[i];
+            if matches!(c.phase, Phase::Handshake)
+                && now.saturating_duration_since(c.opened_at) > HANDSHAKE_TIMEOUT
+            {
+                self.fail(i);
+            }
+        }
     }
 
     /// Handles readiness of connection `i`. Slow connections read only their budget, and only
@@ -475,9 +519,6 @@ impl Clients<'_> {
 
     /// Every tenth of a second: refills the slow connections' budgets and reads them.
     fn service_slow(&mut self, buf: &mut [u8]) {
-        if self.plan.slow_bytes_per_sec == 0 && self.live.throttle_slow.load(Ordering::Relaxed) {
-            return;
-        }
         let per_tick = (self.plan.slow_bytes_per_sec / 10).max(1) as usize;
         for i in 0..self.conns.len() {
             if self.conns[i].slow && matches!(self.conns[i].phase, Phase::Open) {
@@ -501,17 +542,21 @@ impl Clients<'_> {
             if c.slow || !c.acked || !matches!(c.phase, Phase::Open) {
                 continue;
             }
-            let _ = c
-                .stream
-                .write(&wire::client_close(1000, b"churn", [3, 1, 4, 1]));
+            // A close frame only between frames: never after half a queued pong.
+            if c.outbuf.is_empty() {
+                let _ = c
+                    .stream
+                    .write(&wire::client_close(1000, b"churn", [3, 1, 4, 1]));
+            }
             let _ = self.poll.registry().deregister(&mut c.stream);
             c.phase = Phase::Dead;
             c.acked = false;
             self.live.acked.fetch_sub(1, Ordering::Relaxed);
             self.live.connected.fetch_sub(1, Ordering::Relaxed);
-            self.live.reconnects.fetch_add(1, Ordering::Relaxed);
-            self.report.reconnects += 1;
-            self.reopen(i)?;
+            if self.reopen(i)? {
+                self.live.reconnects.fetch_add(1, Ordering::Relaxed);
+                self.report.reconnects += 1;
+            }
             done += 1;
         }
         Ok(cursor)
@@ -535,6 +580,7 @@ impl Clients<'_> {
             Phase::Dead => {}
         }
         let _ = self.poll.registry().deregister(&mut c.stream);
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
         c.phase = Phase::Dead;
     }
 
@@ -560,7 +606,7 @@ impl Clients<'_> {
             let now = Instant::now();
             if !c.timed {
                 c.timed = true;
-                let us = now.duration_since(c.opened_at).as_micros() as u64;
+                let us = now.duration_since(c.first_opened_at).as_micros() as u64;
                 self.report.handshake_us.saturating_record(us.max(1));
             }
             self.last_handshake = Some(now);
@@ -594,6 +640,7 @@ impl Clients<'_> {
                         &mut self.report.healthy
                     };
                     let latency = (!c.slow).then_some(&mut self.interval);
+                    let holes_before = tally.unannounced;
                     let seen = on_text(
                         &mut c.subs,
                         &mut c.acked,
@@ -603,6 +650,10 @@ impl Clients<'_> {
                         latency,
                         &mut self.report.latency_us,
                     );
+                    let holes = tally.unannounced - holes_before;
+                    if holes > 0 && !c.slow {
+                        self.live.unannounced.fetch_add(holes, Ordering::Relaxed);
+                    }
                     match seen {
                         Seen::Msg => {
                             self.live.delivered.fetch_add(1, Ordering::Relaxed);
@@ -613,6 +664,13 @@ impl Clients<'_> {
                         }
                         Seen::FirstAck => {
                             self.live.acked.fetch_add(1, Ordering::Relaxed);
+                            // Each topic's sequence before this run published anything.
+                            for &(t, next) in &c.subs {
+                                let base = &mut self.base[t as usize];
+                                if base.is_none() && next > 0 {
+                                    *base = Some(next - 1);
+                                }
+                            }
                         }
                         Seen::Other => {}
                     }
@@ -621,7 +679,7 @@ impl Clients<'_> {
                     let pong = wire::client_pong(f.payload);
                     c.outbuf.extend(pong);
                 }
-                0x8 => {
+                0x8 | wire::BROKEN => {
                     keep = false;
                     break;
                 }
@@ -635,10 +693,19 @@ impl Clients<'_> {
 
     /// Counts the tail losses of every subscription still open, and returns the report.
     fn finish(&mut self) -> ClientReport {
+        // The last sequence of each topic: the highest any connection saw, and no less than
+        // the topic's sequence before the run plus what the publisher sent on it.
         let mut last = vec![0u64; self.plan.topics.len()];
         for c in &self.conns {
             for &(t, next) in &c.subs {
                 last[t as usize] = last[t as usize].max(next.saturating_sub(1));
+            }
+        }
+        if let Some(published) = self.live.published.lock().expect("not poisoned").as_ref() {
+            for (t, l) in last.iter_mut().enumerate() {
+                if let (Some(base), Some(p)) = (self.base[t], published.get(t)) {
+                    *l = (*l).max(base + p);
+                }
             }
         }
         let mut ok = 0;
@@ -654,17 +721,23 @@ impl Clients<'_> {
             };
             for &(t, next) in &c.subs {
                 if next > 0 {
-                    tally.tail_missing += last[t as usize] - (next - 1);
+                    tally.tail_missing += last[t as usize].saturating_sub(next - 1);
                 }
             }
         }
         self.report.connections_ok = ok;
         if let (Some(first), Some(lastc)) = (self.conns.first(), self.last_handshake) {
-            self.report.connect_span = lastc.saturating_duration_since(first.opened_at);
+            self.report.connect_span = lastc.saturating_duration_since(first.first_opened_at);
         }
+        // A connection neither working at the end nor lost after opening (counted apart)
+        // failed to connect: never opened before the deadline, stuck in its handshake, or out
+        // of retries.
+        let n = self.plan.connections() as u64;
+        let failures = (self.report.connect_failures + self.to_retry.len() as u64)
+            .max(n.saturating_sub(ok + self.report.unexpected_disconnects));
         ClientReport {
-            connections_ok: self.report.connections_ok,
-            connect_failures: self.report.connect_failures + self.to_retry.len() as u64,
+            connections_ok: ok,
+            connect_failures: failures,
             healthy: self.report.healthy,
             slow: self.report.slow,
             unexpected_disconnects: self.report.unexpected_disconnects,
@@ -706,15 +779,23 @@ fn on_text(
             ) else {
                 return Seen::Other;
             };
-            let Some(&t) = index.get(topic) else {
+            let sub = index
+                .get(topic)
+                .and_then(|&t| subs.iter_mut().find(|(x, _)| *x == t));
+            let Some(sub) = sub else {
+                // A topic this connection never asked for.
+                tally.misrouted += 1;
                 return Seen::Other;
             };
-            if let Some(sub) = subs.iter_mut().find(|(x, _)| *x == t) {
-                if sub.1 != 0 && seq > sub.1 {
-                    tally.unannounced += seq - sub.1;
-                }
-                sub.1 = seq + 1;
+            if sub.1 != 0 && seq < sub.1 {
+                // Already delivered or announced: a repeat or a reordering, never a delivery.
+                tally.duplicates += 1;
+                return Seen::Other;
             }
+            if sub.1 != 0 && seq > sub.1 {
+                tally.unannounced += seq - sub.1;
+            }
+            sub.1 = seq.saturating_add(1);
             tally.delivered += 1;
             if let Some(interval) = interval {
                 let sent = wire::find(p, b"\"data\":{")
@@ -736,32 +817,50 @@ fn on_text(
             let (Some(topic), Some(from), Some(to)) = (topic, from, to) else {
                 return Seen::Other;
             };
-            tally.gap_notices += 1;
-            tally.announced += (to + 1).saturating_sub(from);
-            if let Some(&t) = index.get(topic) {
-                if let Some(sub) = subs.iter_mut().find(|(x, _)| *x == t) {
-                    if sub.1 != 0 && from > sub.1 {
-                        tally.unannounced += from - sub.1;
-                    }
-                    sub.1 = to + 1;
-                }
+            let sub = index
+                .get(topic)
+                .and_then(|&t| subs.iter_mut().find(|(x, _)| *x == t));
+            let Some(sub) = sub else {
+                tally.misrouted += 1;
+                return Seen::Other;
+            };
+            // Only what this connection still expected counts as announced.
+            let from_eff = if sub.1 == 0 { from } else { from.max(sub.1) };
+            if to < from_eff {
+                tally.duplicates += 1;
+                return Seen::Other;
             }
-            Seen::Gap((to + 1).saturating_sub(from))
+            if sub.1 != 0 && from > sub.1 {
+                tally.unannounced += from - sub.1;
+            }
+            let n = to - from_eff + 1;
+            tally.gap_notices += 1;
+            tally.announced += n;
+            sub.1 = to.saturating_add(1);
+            Seen::Gap(n)
         }
         b"ack" => {
             let mut text = p.to_vec();
             if let Ok(v) = simd_json::to_owned_value(&mut text) {
                 use simd_json::prelude::*;
-                if let Some(list) = v["topics"].as_array() {
-                    for e in list {
-                        let (Some(name), Some(seq)) = (e["topic"].as_str(), e["seq"].as_u64())
-                        else {
-                            continue;
-                        };
-                        if let Some(&t) = index.get(name.as_bytes()) {
-                            if let Some(sub) = subs.iter_mut().find(|(x, _)| *x == t) {
-                                sub.1 = seq + 1;
-                            }
+                let list = v.get("topics").and_then(|t| t.as_array());
+                for e in list.into_iter().flatten() {
+                    let (Some(name), Some(seq)) = (
+                        e.get("topic").and_then(|x| x.as_str()),
+                        e.get("seq").and_then(|x| x.as_u64()),
+                    ) else {
+                        continue;
+                    };
+                    let Some(&t) = index.get(name.as_bytes()) else {
+                        continue;
+                    };
+                    if let Some(sub) = subs.iter_mut().find(|(x, _)| *x == t) {
+                        if sub.1 == 0 {
+                            sub.1 = seq.saturating_add(1);
+                        } else if seq.saturating_add(1) > sub.1 {
+                            // The topic moved on past what this connection has seen.
+                            tally.unannounced += seq + 1 - sub.1;
+                            sub.1 = seq + 1;
                         }
                     }
                 }
@@ -774,5 +873,133 @@ fn on_text(
             }
         }
         _ => Seen::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct One {
+        subs: Vec<(u32, u64)>,
+        acked: bool,
+        index: HashMap<Vec<u8>, u32>,
+        tally: Tally,
+        hist: Histogram<u64>,
+    }
+
+    impl One {
+        fn new() -> One {
+            One {
+                subs: vec![(0, 0)],
+                acked: false,
+                index: [(b"t".to_vec(), 0), (b"other".to_vec(), 1)].into(),
+                tally: Tally::default(),
+                hist: latency_histogram(),
+            }
+        }
+
+        fn feed(&mut self, text: &str) -> Seen {
+            let mut interval = latency_histogram();
+            on_text(
+                &mut self.subs,
+                &mut self.acked,
+                text.as_bytes(),
+                &self.index,
+                &mut self.tally,
+                Some(&mut interval),
+                &mut self.hist,
+            )
+        }
+
+        fn msg(&mut self, seq: u64) -> Seen {
+            self.feed(&format!(
+                r#"{{"op":"msg","topic":"t","seq":{seq},"ts":1,"data":{{"t":1,"p":"x"}}}}"#
+            ))
+        }
+    }
+
+    #[test]
+    fn contiguous_after_ack_is_clean_and_holes_count() {
+        let mut c = One::new();
+        assert!(matches!(
+            c.feed(r#"{"op":"ack","id":1,"topics":[{"topic":"t","seq":10}]}"#),
+            Seen::FirstAck
+        ));
+        assert!(matches!(c.msg(11), Seen::Msg));
+        assert!(matches!(c.msg(12), Seen::Msg));
+        assert_eq!((c.tally.delivered, c.tally.unannounced), (2, 0));
+        c.msg(15);
+        assert_eq!(
+            c.tally.unannounced, 2,
+            "13 and 14 vanished without a notice"
+        );
+        assert_eq!(c.hist.len(), 3, "latency recorded per message");
+    }
+
+    #[test]
+    fn gap_notices_count_only_what_was_still_expected() {
+        let mut c = One::new();
+        c.feed(r#"{"op":"ack","id":1,"topics":[{"topic":"t","seq":0}]}"#);
+        c.msg(1);
+        c.msg(2);
+        // Overlaps 2, already delivered: only 3..=5 count.
+        assert!(matches!(
+            c.feed(r#"{"op":"gap","topic":"t","from":2,"to":5,"reason":"slow_consumer"}"#),
+            Seen::Gap(3)
+        ));
+        assert_eq!(c.tally.announced, 3);
+        c.msg(6);
+        assert_eq!(c.tally.unannounced, 0);
+        // Entirely in the past: a repeat.
+        c.feed(r#"{"op":"gap","topic":"t","from":3,"to":4,"reason":"slow_consumer"}"#);
+        assert_eq!(c.tally.duplicates, 1);
+        assert_eq!(c.tally.announced, 3);
+        // A notice that starts past the expected seq leaves a hole of its own.
+        c.feed(r#"{"op":"gap","topic":"t","from":9,"to":9,"reason":"slow_consumer"}"#);
+        assert_eq!(c.tally.unannounced, 2, "7 and 8 were never announced");
+    }
+
+    #[test]
+    fn repeats_and_foreign_topics_are_not_deliveries() {
+        let mut c = One::new();
+        c.feed(r#"{"op":"ack","id":1,"topics":[{"topic":"t","seq":0}]}"#);
+        c.msg(1);
+        c.msg(2);
+        assert!(matches!(c.msg(2), Seen::Other));
+        assert!(matches!(c.msg(1), Seen::Other));
+        assert_eq!((c.tally.delivered, c.tally.duplicates), (2, 2));
+        c.msg(3);
+        assert_eq!(
+            c.tally.unannounced, 0,
+            "a repeat does not move the expectation back"
+        );
+        c.feed(r#"{"op":"msg","topic":"other","seq":1,"ts":1,"data":{}}"#);
+        c.feed(r#"{"op":"msg","topic":"nobody","seq":1,"ts":1,"data":{}}"#);
+        assert_eq!(
+            c.tally.misrouted, 2,
+            "one known but not subscribed, one never named"
+        );
+        assert_eq!(c.tally.delivered, 3);
+    }
+
+    #[test]
+    fn a_later_ack_cannot_hide_a_hole_and_a_bad_ack_does_not_panic() {
+        let mut c = One::new();
+        c.feed(r#"{"op":"ack","id":1,"topics":[{"topic":"t","seq":0}]}"#);
+        c.msg(1);
+        c.feed(r#"{"op":"ack","id":2,"topics":[{"topic":"t","seq":5}]}"#);
+        assert_eq!(c.tally.unannounced, 4, "2..=5 skipped by the second ack");
+        c.msg(6);
+        assert_eq!(c.tally.unannounced, 4);
+        for bad in [
+            r#"{"op":"ack","id":3}"#,
+            r#"{"op":"ack","id":3,"topics":[{"seq":1}]}"#,
+            r#"{"op":"ack","id":3,"topics":"x"}"#,
+            r#"{"op":"ack"#,
+        ] {
+            c.feed(bad);
+        }
+        assert_eq!(c.tally.unannounced, 4);
     }
 }

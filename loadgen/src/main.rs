@@ -234,6 +234,11 @@ fn main() -> anyhow::Result<()> {
             p.slow_speed = s.slow_speed;
             p.report_every = Some(s.report_every);
             let r = loadgen::run(&p)?;
+            if r.slow_connections > 0 && r.slow.gap_notices == 0 {
+                eprintln!(
+                    "loadgen: note: the slow connections were never dropped from (their queues and socket buffers held up); lower --slow-speed or run longer to see gap notices"
+                );
+            }
             if let Some((base, max, growth)) = r.rss_growth(s.warmup) {
                 eprintln!(
                     "loadgen: server RSS after warm-up {} MiB, at most {} MiB later: {growth:+.1}%",
@@ -303,6 +308,12 @@ fn finish_run(c: &Common, r: &loadgen::RunReport) -> anyhow::Result<()> {
     write(&c.hgrm, r.hgrm())?;
     if r.lost > 0 || r.unexpected_disconnects > 0 || r.connect_failures > 0 {
         bail!("healthy connections lost messages or connections");
+    }
+    if r.disorder() > 0 {
+        bail!(
+            "{} messages repeated, out of order or misrouted",
+            r.disorder()
+        );
     }
     if r.slow_silent() > 0 {
         bail!(

@@ -58,6 +58,8 @@ struct Shared {
     published: Arc<AtomicU64>,
     stop: AtomicBool,
     window: Mutex<Histogram<u64>>,
+    /// Everything so far, for the progress line.
+    so_far: Mutex<Histogram<u64>>,
     samples: Mutex<Vec<Sample>>,
 }
 
@@ -82,6 +84,7 @@ impl Monitor {
             published,
             stop: AtomicBool::new(false),
             window: Mutex::new(latency_histogram()),
+            so_far: Mutex::new(latency_histogram()),
             samples: Mutex::new(Vec::new()),
         });
         let thread = {
@@ -94,9 +97,12 @@ impl Monitor {
         Monitor { shared, thread }
     }
 
-    /// Latency recorded since the previous call (lags by up to 1.2 s: call after a pause).
+    /// Latency recorded since the previous call (the clients hand theirs over every 200 ms).
     pub fn take_window(&self) -> Histogram<u64> {
         let mut w = self.shared.window.lock().expect("not poisoned");
+        let fresh = self.shared.live.take_interval();
+        let _ = w.add(&fresh);
+        let _ = self.shared.so_far.lock().expect("not poisoned").add(&fresh);
         let out = w.clone();
         w.reset();
         out
@@ -141,7 +147,6 @@ fn watch(
         None
     };
     let started = Instant::now();
-    let mut so_far = latency_histogram();
     let mut period = latency_histogram();
     let (mut last_pub, mut last_del) = (0u64, 0u64);
     let (mut rep_pub, mut rep_del) = (0u64, 0u64);
@@ -156,9 +161,13 @@ fn watch(
         let secs = tick.elapsed().as_secs_f64();
         tick = Instant::now();
         let h = s.live.take_interval();
-        let _ = so_far.add(&h);
         let _ = period.add(&h);
         let _ = s.window.lock().expect("not poisoned").add(&h);
+        let p99_so_far = {
+            let mut all = s.so_far.lock().expect("not poisoned");
+            let _ = all.add(&h);
+            all.value_at_quantile(0.99)
+        };
         let (published, delivered) = (
             s.published.load(Ordering::Relaxed),
             s.live.delivered.load(Ordering::Relaxed),
@@ -168,7 +177,7 @@ fn watch(
             s.live.connected.load(Ordering::Relaxed),
             (published - last_pub) as f64 / secs,
             (delivered - last_del) as f64 / secs,
-            so_far.value_at_quantile(0.99) as f64 / 1000.0,
+            p99_so_far as f64 / 1000.0,
             s.live.gap_notices.load(Ordering::Relaxed),
             s.live.reconnects.load(Ordering::Relaxed),
         );

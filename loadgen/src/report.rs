@@ -56,6 +56,14 @@ impl RunReport {
         self.healthy.announced + self.slow.announced
     }
 
+    /// Repeated, reordered or misrouted messages and notices, all connections (must be 0).
+    pub fn disorder(&self) -> u64 {
+        self.healthy.duplicates
+            + self.healthy.misrouted
+            + self.slow.duplicates
+            + self.slow.misrouted
+    }
+
     /// Slow connections' holes that no `gap` announced (silence, which must never happen).
     pub fn slow_silent(&self) -> u64 {
         self.slow.unannounced + self.slow.tail_missing
@@ -113,6 +121,13 @@ impl RunReport {
                 self.slow_silent()
             );
         }
+        if self.disorder() > 0 {
+            let _ = writeln!(
+                s,
+                "loadgen: {} messages or notices repeated, out of order or for a topic not subscribed",
+                self.disorder()
+            );
+        }
         if self.loadgen_saturated {
             s.push_str(
                 "loadgen: WARNING: loadgen itself is near its limit (client thread over 90% of a core, or the publisher fell behind its schedule); the figures bound the server from below\n",
@@ -126,8 +141,8 @@ impl RunReport {
         let q = |p: f64| self.latency_us.value_at_quantile(p);
         let tally = |t: &Tally| {
             format!(
-                "{{\"delivered\":{},\"gap_notices\":{},\"gaps\":{},\"unannounced\":{},\"tail_missing\":{}}}",
-                t.delivered, t.gap_notices, t.announced, t.unannounced, t.tail_missing
+                "{{\"delivered\":{},\"gap_notices\":{},\"gaps\":{},\"unannounced\":{},\"tail_missing\":{},\"duplicates\":{},\"misrouted\":{}}}",
+                t.delivered, t.gap_notices, t.announced, t.unannounced, t.tail_missing, t.duplicates, t.misrouted
             )
         };
         let samples: Vec<String> = self.samples.iter().map(Sample::json).collect();

@@ -83,8 +83,15 @@ impl ClientThread {
     }
 
     /// Waits until `target` deliveries plus announced drops have arrived since `base`, or
-    /// nothing arrived for `quiet`, or `limit` passed. Returns the time waited.
-    fn drain(&self, base: u64, target: u64, quiet: Duration, limit: Duration) -> Duration {
+    /// nothing arrived for `quiet`, or `limit` passed. Returns the time waited and when the
+    /// last of them arrived.
+    fn drain(
+        &self,
+        base: u64,
+        target: u64,
+        quiet: Duration,
+        limit: Duration,
+    ) -> (Duration, Instant) {
         let started = Instant::now();
         let accounted = || {
             self.live.delivered.load(Ordering::Relaxed)
@@ -94,18 +101,16 @@ impl ClientThread {
         let mut last_change = Instant::now();
         while started.elapsed() < limit {
             let now = accounted();
-            if now - base >= target {
-                break;
-            }
             if now != last {
                 last = now;
                 last_change = Instant::now();
-            } else if last_change.elapsed() >= quiet {
+            }
+            if now - base >= target || last_change.elapsed() >= quiet {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        started.elapsed()
+        (started.elapsed(), last_change)
     }
 
     /// Stops the clients and returns what they saw.
@@ -190,13 +195,15 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
     let (expected_all, expected_healthy) = session.clients.expected(&published);
     let churn = plan.churn_per_sec > 0.0;
     let target = if churn { u64::MAX } else { expected_all };
-    session.clients.drain(
+    let (_, last_progress) = session.clients.drain(
         0,
         target,
         Duration::from_millis(if churn { 1500 } else { 3000 }),
         Duration::from_secs(30),
     );
-    let elapsed = started.elapsed();
+    // Up to the last delivery: the quiet wait that ends the drain is not delivery time.
+    let elapsed = last_progress.max(started + publishing) - started;
+    *live.published.lock().expect("not poisoned") = Some(published.per_topic.clone());
     let slow_connections = session.clients.slow.iter().filter(|&&s| s).count() as u64;
     let Session {
         clients, monitor, ..
@@ -266,6 +273,8 @@ pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<Capaci
         let d0 = live.delivered.load(Ordering::Relaxed);
         let a0 = live.announced.load(Ordering::Relaxed);
         let g0 = live.gap_notices.load(Ordering::Relaxed);
+        let u0 = live.unannounced.load(Ordering::Relaxed);
+        let x0 = live.disconnects.load(Ordering::Relaxed);
         let server0 = plan.server_pid.and_then(process_cpu_secs);
         let thread0 = session.clients.cpu_secs();
         let _ = session.monitor.take_window();
@@ -307,15 +316,18 @@ pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<Capaci
             (session.clients.cpu_secs() - thread0) / window.as_secs_f64() * 100.0;
         let (expected, _) = session.clients.expected(&published);
         let expected_per_sec = expected as f64 / window.as_secs_f64().max(1e-9);
-        let drain = session.clients.drain(
+        let (drain, _) = session.clients.drain(
             d0 + a0,
             expected,
             Duration::from_secs(2),
             Duration::from_secs(15),
         );
-        // The monitor collects latency once a second: wait for this step's last to reach it.
-        std::thread::sleep(Duration::from_millis(1300));
+        // The clients hand their latency over every 200 ms: wait for this step's last.
+        std::thread::sleep(Duration::from_millis(300));
         let lat = session.monitor.take_window();
+        let lost = live.unannounced.load(Ordering::Relaxed) - u0;
+        let disconnects = live.disconnects.load(Ordering::Relaxed) - x0;
+        let announced = live.announced.load(Ordering::Relaxed) - a0;
         let delivered = live.delivered.load(Ordering::Relaxed) - d0;
         let gap_notices = live.gap_notices.load(Ordering::Relaxed) - g0;
         let p99 = lat.value_at_quantile(0.99);
@@ -326,6 +338,13 @@ pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<Capaci
             )
         } else if client_thread_cpu_pct > 90.0 {
             format!("loadgen limit: client thread at {client_thread_cpu_pct:.0}% of a core")
+        } else if lost > 0 || disconnects > 0 {
+            format!("{lost} messages lost without a notice, {disconnects} connections lost")
+        } else if delivered + announced < expected {
+            format!(
+                "{} of {expected} deliveries missing after the drain",
+                expected - delivered - announced
+            )
         } else if gap_notices > 0 {
             format!("{gap_notices} gap notices (drops)")
         } else if steady_per_sec < 0.97 * expected_per_sec {

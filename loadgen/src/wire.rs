@@ -49,6 +49,12 @@ fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     v
 }
 
+/// Largest frame accepted from the server, bytes.
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Opcode given to a frame whose header cannot be right (reserved opcode 0xF).
+pub const BROKEN: u8 = 0xF;
+
 /// One server frame found at the start of a buffer.
 pub struct ServerFrame<'a> {
     pub opcode: u8,
@@ -63,7 +69,7 @@ pub fn next_frame(buf: &[u8]) -> Option<ServerFrame<'_>> {
         return None;
     }
     let opcode = buf[0] & 0x0f;
-    let (header, len) = match buf[1] & 0x7f {
+    let (header, len): (usize, usize) = match buf[1] & 0x7f {
         126 => {
             if buf.len() < 4 {
                 return None;
@@ -80,7 +86,16 @@ pub fn next_frame(buf: &[u8]) -> Option<ServerFrame<'_>> {
         }
         n => (2, n as usize),
     };
-    if buf.len() < header + len {
+    // A length no server frame can have (or one that overflows) is a broken stream: report it
+    // as a frame the caller rejects (opcode 0xF is reserved) instead of waiting forever.
+    let Some(end) = header.checked_add(len).filter(|&e| e <= MAX_FRAME) else {
+        return Some(ServerFrame {
+            opcode: BROKEN,
+            payload: &[],
+            len: buf.len(),
+        });
+    };
+    if buf.len() < end {
         return None;
     }
     Some(ServerFrame {
@@ -141,6 +156,12 @@ mod tests {
         let g = next_frame(&wire[5..]).unwrap();
         assert_eq!((g.payload.len(), g.len), (200, 204));
         assert!(next_frame(&wire[5..100]).is_none());
+        let huge = [0x81, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(
+            next_frame(&huge).unwrap().opcode,
+            BROKEN,
+            "overflowing length"
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn few_hundred_connections_lose_nothing() {
         "every message delivered or announced"
     );
     assert_eq!(r.unexpected_disconnects, 0);
+    assert_eq!(r.disorder(), 0, "nothing repeated, reordered or misrouted");
     assert!(r.json().contains("\"loadgen_saturated\":"));
     assert!(r.hgrm().contains("Percentile"));
     assert!(server.shutdown(Duration::from_secs(10)));
@@ -83,6 +84,7 @@ fn soak_with_churn_and_slow_readers_announces_every_drop() {
     assert!(r.slow.gap_notices > 0, "slow readers are told of drops");
     assert!(r.slow.announced > 0);
     assert_eq!(r.slow_silent(), 0, "no drop goes unannounced");
+    assert_eq!(r.disorder(), 0, "nothing repeated, reordered or misrouted");
     assert!(!r.samples.is_empty(), "periodic reports were taken");
     // Churned connections come back while the load goes on (10 close per second; each is
     // back within the next report), not only once publishing stops.

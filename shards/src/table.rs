@@ -470,7 +470,11 @@ mod intern_tests {
             _ => unreachable!(),
         }
         let other = Interest::Topic(Arc::from("book.Y"));
-        assert_eq!(t.intern(other.clone()), other, "unknown topics pass through");
+        assert_eq!(
+            t.intern(other.clone()),
+            other,
+            "unknown topics pass through"
+        );
     }
 }
 

@@ -145,6 +145,10 @@ fn run(a: &RunArgs) -> anyhow::Result<()> {
         if let Some(p) = &server_param {
             server_cmd.args(["--set", &format!("{p}={value}")]);
         }
+        // A run that fails before writing its results must not show an earlier sweep's.
+        for ext in ["json", "hgrm", "loadgen.txt"] {
+            let _ = std::fs::remove_file(a.out.join(format!("{stem}.{ext}")));
+        }
         let log = std::fs::File::create(a.out.join(format!("{stem}.server.log")))?;
         server_cmd.stdout(Stdio::null()).stderr(log);
         let server_line = describe(&server_cmd);

@@ -153,8 +153,13 @@ fn read_row(dir: &Path, r: &RunEntry) -> anyhow::Result<Row> {
     let mut text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let v = simd_json::to_owned_value(&mut text)
         .with_context(|| format!("parsing {}", path.display()))?;
-    let f = |k: &str| v[k].cast_f64().unwrap_or(0.0);
-    let lat = |k: &str| v["latency_us"][k].cast_f64().unwrap_or(0.0);
+    let f = |k: &str| v.get(k).and_then(|x| x.cast_f64()).unwrap_or(0.0);
+    let lat = |k: &str| {
+        v.get("latency_us")
+            .and_then(|l| l.get(k))
+            .and_then(|x| x.cast_f64())
+            .unwrap_or(0.0)
+    };
     let hgrm = std::fs::read_to_string(dir.join(format!("{}.hgrm", r.stem))).unwrap_or_default();
     Ok(Row {
         value: r.value.clone(),
@@ -165,10 +170,13 @@ fn read_row(dir: &Path, r: &RunEntry) -> anyhow::Result<Row> {
         p999: lat("p999"),
         max: lat("max"),
         client_cpu: f("client_cpu_pct"),
-        server_cpu: v["server_cpu_pct"].cast_f64(),
-        lost: v["lost"].as_u64().unwrap_or(0),
-        gaps: v["gaps"].as_u64().unwrap_or(0),
-        saturated: v["loadgen_saturated"].as_bool().unwrap_or(false),
+        server_cpu: v.get("server_cpu_pct").and_then(|x| x.cast_f64()),
+        lost: v.get("lost").and_then(|x| x.as_u64()).unwrap_or(0),
+        gaps: v.get("gaps").and_then(|x| x.as_u64()).unwrap_or(0),
+        saturated: v
+            .get("loadgen_saturated")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false),
         curve: parse_hgrm(&hgrm),
     })
 }
@@ -339,6 +347,8 @@ fn percentile_chart(m: &Manifest, rows: &[Row]) -> anyhow::Result<String> {
         .fold(f64::MAX, f64::min)
         .max(1.0)
         / 1000.0;
+    // No curve at all (empty .hgrm files): a plain 0.001-1 ms range rather than an inverted one.
+    let ymin = ymin.min(ymax / 10.0);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 520)).into_drawing_area();
