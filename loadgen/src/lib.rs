@@ -10,6 +10,7 @@
 //! slow consumers, periodic reports), capacity (stepped rate until delivery falls behind),
 //! connect (handshake storm) and idle (memory per connection).
 
+pub mod check;
 pub mod client;
 pub mod monitor;
 pub mod publisher;

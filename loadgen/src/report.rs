@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::client::Tally;
+use crate::check::Tally;
 use crate::monitor::Sample;
 
 /// Everything a fanout, latency or soak run measured.
