@@ -2,9 +2,10 @@
 //! its subscription table and its metrics. Nothing here is shared with another thread except
 //! the two rings to the dispatcher.
 //!
-//! Tasks on a shard: the acceptor, one task per connection, the ring drain (in a
-//! latency-sensitive task queue, so a frame from the dispatcher wakes the shard at once), the
-//! heartbeat, the control pump (shard -> dispatcher), and the reporter.
+//! Tasks on a shard, all in glommio's default queue: the acceptor (polls the listener), one
+//! task per connection, the ring drain (polls the ring; one fan-out round at a time, then one
+//! executor pass for everyone else), the heartbeat, the idle napper, the control pump
+//! (shard -> dispatcher), and the reporter.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -60,7 +61,7 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
 /// a poll-mode server on a dedicated host does. (A year stands for "never".)
 pub const NEVER_PARK: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// State of one shard./// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
+/// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
 pub(crate) struct ShardCtx {
     pub(crate) id: usize,
     pub(crate) config: ShardConfig,
