@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use corecast::dispatcher::encode_msg;
 use corecast::publisher::parse_line;
 
-const LINE: &str = r#"{"topic":"book.BTCUSD","data":{"symbol":"BTCUSD","bids":[["43210.50","1.2000"]],"asks":[["43211.00","0.0000"]]},"ts":1700000000000000}"#;
+use corecast_benches::BOOK_LINE as LINE;
 
 fn ingest_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest_parse");

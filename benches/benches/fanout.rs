@@ -3,53 +3,13 @@
 
 use std::io;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use corecast::dispatcher::encode_msg;
+use corecast_benches::{table_with, trade_frame, BOUNDS};
 use corecast_shards::queue::{Bounds, Outbound};
 use corecast_shards::ratelimit::{Limits, TokenBucket};
-use corecast_shards::ring::{Frame, Interest};
-use corecast_shards::table::{Resolved, Table};
-
-const BOUNDS: Bounds = Bounds {
-    max_messages: 4096,
-    max_bytes: 4 << 20,
-    max_control_bytes: 256 << 10,
-    max_age: None,
-};
-
-fn frame(seq: u64) -> Frame {
-    Frame {
-        topic: Arc::from("trades.BTCUSD"),
-        seq,
-        bytes: encode_msg("trades.BTCUSD", seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
-        ingest_at: Instant::now(),
-    }
-}
-
-/// A table with `n` subscribers (each with its own queue) on one live topic.
-fn table_with(
-    n: usize,
-) -> (
-    Table<std::cell::RefCell<Outbound>>,
-    Vec<Rc<std::cell::RefCell<Outbound>>>,
-) {
-    let mut t = Table::default();
-    let topic = Interest::Topic(Arc::from("trades.BTCUSD"));
-    let mut out = Vec::new();
-    let subs: Vec<_> = (0..n)
-        .map(|_| Rc::new(std::cell::RefCell::new(Outbound::default())))
-        .collect();
-    for s in &subs {
-        t.subscribe(s.clone(), None, vec![(topic.clone(), true)], &mut out);
-    }
-    let done = t.on_subscribed(&topic, 1, Ok(0), &mut out);
-    assert!(matches!(done.first(), Some(Resolved::Ack { .. })));
-    (t, subs)
-}
 
 fn fanout_per_subscriber(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
@@ -60,7 +20,7 @@ fn fanout_per_subscriber(c: &mut Criterion) {
             let mut seq = 0u64;
             b.iter(|| {
                 seq += 1;
-                let f = Rc::new(frame(seq));
+                let f = Rc::new(trade_frame(seq));
                 table.route(&f, |s, _| {
                     s.borrow_mut().push_published(f.clone(), &BOUNDS);
                 });
@@ -88,7 +48,7 @@ fn drop_oldest_queue(c: &mut Criterion) {
         let mut seq = 0u64;
         b.iter(|| {
             seq += 1;
-            q.push_published(Rc::new(frame(seq)), &small)
+            q.push_published(Rc::new(trade_frame(seq)), &small)
         })
     });
     g.finish();

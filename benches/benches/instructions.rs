@@ -7,45 +7,20 @@
 //! `instructions ingest N`: N order-book lines parsed, sequenced and framed: instructions per
 //! published message on the dispatcher.
 
-use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use corecast::dispatcher::encode_msg;
 use corecast::publisher::parse_line;
-use corecast_shards::queue::{Bounds, Outbound};
-use corecast_shards::ring::{Frame, Interest};
-use corecast_shards::table::Table;
+use corecast_benches::{table_with, trade_frame, BOOK_LINE as LINE, BOUNDS};
 
 const SUBSCRIBERS: usize = 1000;
-const LINE: &str = r#"{"topic":"book.BTCUSD","data":{"symbol":"BTCUSD","bids":[["43210.50","1.2000"]],"asks":[["43211.00","0.0000"]]},"ts":1700000000000000}"#;
-const BOUNDS: Bounds = Bounds {
-    max_messages: 4096,
-    max_bytes: 4 << 20,
-    max_control_bytes: 256 << 10,
-    max_age: None,
-};
 
 fn fanout(n: u64) -> u64 {
-    let mut table: Table<RefCell<Outbound>> = Table::default();
-    let topic = Interest::Topic(Arc::from("trades.BTCUSD"));
-    let subs: Vec<_> = (0..SUBSCRIBERS)
-        .map(|_| Rc::new(RefCell::new(Outbound::default())))
-        .collect();
-    let mut out = Vec::new();
-    for s in &subs {
-        table.subscribe(s.clone(), None, vec![(topic.clone(), true)], &mut out);
-    }
-    table.on_subscribed(&topic, 1, Ok(0), &mut out);
+    let (mut table, subs) = table_with(SUBSCRIBERS);
     let mut written = 0u64;
     for seq in 1..=n {
-        let f = Rc::new(Frame {
-            topic: Arc::from("trades.BTCUSD"),
-            seq,
-            bytes: encode_msg("trades.BTCUSD", seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
-            ingest_at: Instant::now(),
-        });
+        let f = Rc::new(trade_frame(seq));
         table.route(&f, |s, _| {
             s.borrow_mut().push_published(f.clone(), &BOUNDS);
         });

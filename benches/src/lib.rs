@@ -1,2 +1,57 @@
-//! Benchmarks live in `benches/`: `dispatcher` (ingest parse, frame build) and `fanout`
-//! (routing a frame to N subscribers on one shard, drop-oldest queue, token bucket).
+//! Benchmarks live in `benches/`: `dispatcher` (ingest parse, frame build), `fanout` (routing
+//! a frame to N subscribers on one shard, drop-oldest queue, token bucket), `ring_hop`
+//! (dispatcher -> shard latency) and `instructions` (fixed work for callgrind). This library
+//! holds the fixtures they share.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use corecast::dispatcher::encode_msg;
+use corecast_shards::queue::{Bounds, Outbound};
+use corecast_shards::ring::{Frame, Interest};
+use corecast_shards::table::{Resolved, Table};
+
+/// One order-book delta as a publisher sends it.
+pub const BOOK_LINE: &str = r#"{"topic":"book.BTCUSD","data":{"symbol":"BTCUSD","bids":[["43210.50","1.2000"]],"asks":[["43211.00","0.0000"]]},"ts":1700000000000000}"#;
+
+/// The default queue bounds of a connection.
+pub const BOUNDS: Bounds = Bounds {
+    max_messages: 4096,
+    max_bytes: 4 << 20,
+    max_control_bytes: 256 << 10,
+    max_age: None,
+};
+
+/// Topic of [`trade_frame`] and [`table_with`].
+pub const TOPIC: &str = "trades.BTCUSD";
+
+/// A small trade frame of [`TOPIC`], sequence `seq`, as the dispatcher builds it.
+pub fn trade_frame(seq: u64) -> Frame {
+    Frame {
+        topic: Arc::from(TOPIC),
+        seq,
+        bytes: encode_msg(TOPIC, seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
+        ingest_at: Instant::now(),
+    }
+}
+
+/// One subscriber's queue.
+pub type Queue = Rc<RefCell<Outbound>>;
+
+/// A table with `n` subscribers (each with its own queue) on [`TOPIC`], live.
+pub fn table_with(n: usize) -> (Table<RefCell<Outbound>>, Vec<Queue>) {
+    let mut t = Table::default();
+    let topic = Interest::Topic(Arc::from(TOPIC));
+    let mut out = Vec::new();
+    let subs: Vec<Queue> = (0..n)
+        .map(|_| Rc::new(RefCell::new(Outbound::default())))
+        .collect();
+    for s in &subs {
+        t.subscribe(s.clone(), None, vec![(topic.clone(), true)], &mut out);
+    }
+    let done = t.on_subscribed(&topic, 1, Ok(0), &mut out);
+    assert!(matches!(done.first(), Some(Resolved::Ack { .. })));
+    (t, subs)
+}

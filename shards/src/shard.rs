@@ -361,9 +361,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         }
         drop(out);
         delivered += 1;
-        if !conn.dirty.replace(true) {
-            ctx.dirty.borrow_mut().push(conn.clone());
-        }
+        ctx.mark_dirty(conn);
     });
     let mut m = ctx.metrics.borrow_mut();
     let hop = received.saturating_duration_since(sent_at).as_nanos() as u64;
