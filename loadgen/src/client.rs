@@ -669,7 +669,7 @@ impl Clients<'_> {
     }
 
     /// Counts the tail losses of every subscription still open, and returns the report.
-    fn finish(&mut self) -> ClientReport {
+    fn finish(mut self) -> ClientReport {
         // The last sequence of each topic: the highest any connection saw, and no less than
         // the topic's sequence before the run plus what the publisher sent on it.
         let mut last = vec![0u64; self.plan.topics.len()];
@@ -710,19 +710,8 @@ impl Clients<'_> {
         // failed to connect: never opened before the deadline, stuck in its handshake, or out
         // of retries.
         let n = self.plan.connections() as u64;
-        let failures = (self.report.connect_failures + self.to_retry.len() as u64)
+        self.report.connect_failures = (self.report.connect_failures + self.to_retry.len() as u64)
             .max(n.saturating_sub(ok + self.report.unexpected_disconnects));
-        ClientReport {
-            connections_ok: ok,
-            connect_failures: failures,
-            healthy: self.report.healthy,
-            slow: self.report.slow,
-            unexpected_disconnects: self.report.unexpected_disconnects,
-            reconnects: self.report.reconnects,
-            latency_us: self.report.latency_us.clone(),
-            handshake_us: self.report.handshake_us.clone(),
-            connect_span: self.report.connect_span,
-            cpu_secs: 0.0,
-        }
+        self.report
     }
 }
