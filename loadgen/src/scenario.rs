@@ -149,18 +149,32 @@ impl Session {
         })
     }
 
-    fn publish(&self, plan: &RunPlan, rate: u64, duration: Duration) -> std::io::Result<Published> {
-        publisher::run(
-            &publisher::PublishPlan {
-                ingest: plan.ingest,
-                topics: plan.topic_names(),
-                rate,
-                payload_bytes: plan.payload_bytes,
-                duration,
-            },
-            &self.published,
-        )
+    /// Starts the paced publisher on its own thread; join it for what it published.
+    fn publish(
+        &self,
+        plan: &RunPlan,
+        rate: u64,
+        duration: Duration,
+    ) -> std::thread::JoinHandle<std::io::Result<Published>> {
+        let pub_plan = publisher::PublishPlan {
+            ingest: plan.ingest,
+            topics: plan.topic_names(),
+            rate,
+            payload_bytes: plan.payload_bytes,
+            duration,
+        };
+        let counter = self.published.clone();
+        std::thread::spawn(move || publisher::run(&pub_plan, &counter))
     }
+}
+
+/// Waits for a publisher thread.
+fn joined(
+    publisher: std::thread::JoinHandle<std::io::Result<Published>>,
+) -> anyhow::Result<Published> {
+    Ok(publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??)
 }
 
 /// A publisher this far behind its schedule means loadgen, not the server, set the pace.
@@ -175,7 +189,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
     let self_cpu0 = process_cpu_secs(std::process::id()).unwrap_or(0.0);
     let thread_cpu0 = session.clients.cpu_secs();
     let started = Instant::now();
-    let published = session.publish(plan, plan.rate, plan.duration)?;
+    let published = joined(session.publish(plan, plan.rate, plan.duration))?;
     let publishing = started.elapsed();
     let wall_cpu = |cpu1: f64, cpu0: f64| (cpu1 - cpu0) / publishing.as_secs_f64() * 100.0;
     // CPU over the publishing window: what the load cost, not the drain's idling.
@@ -282,27 +296,10 @@ pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<Capaci
         // Delivery is judged on the step's second half, when the step's traffic has reached
         // its steady state: a server that keeps up delivers at the offered rate there, however
         // long each message takes; one that falls behind delivers less.
-        let publisher = {
-            let (plan, counter) = (plan.clone(), session.published.clone());
-            let step = cap.step;
-            std::thread::spawn(move || {
-                publisher::run(
-                    &publisher::PublishPlan {
-                        ingest: plan.ingest,
-                        topics: plan.topic_names(),
-                        rate: r,
-                        payload_bytes: plan.payload_bytes,
-                        duration: step,
-                    },
-                    &counter,
-                )
-            })
-        };
+        let publisher = session.publish(plan, r, cap.step);
         std::thread::sleep(cap.step / 2);
         let (d_mid, t_mid) = (live.delivered.load(Ordering::Relaxed), Instant::now());
-        let published = publisher
-            .join()
-            .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
+        let published = joined(publisher)?;
         let window = started.elapsed();
         let (d_end, t_end) = (live.delivered.load(Ordering::Relaxed), Instant::now());
         let delivered_in_window = d_end - d0;
