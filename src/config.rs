@@ -69,21 +69,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a TOML file.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                source,
-            },
-            other => other,
-        })
-    }
-
     /// Reads configuration layers in order, each later file overriding the fields it sets
     /// (a base file, then profiles such as `tuning/profiles/low-latency.toml`), then applies
     /// `section.field=value` settings (values in TOML syntax). Each file must be valid on its
@@ -96,16 +81,13 @@ impl Config {
                 path: name.clone(),
                 source,
             })?;
-            // Alone first, so an unknown field is reported with the file it is in.
-            toml::from_str::<Config>(&text).map_err(|source| ConfigError::Parse {
+            // Checked alone first, so an unknown field is reported with the file it is in.
+            let parse = |e| ConfigError::Parse {
                 path: name.clone(),
-                source: Box::new(source),
-            })?;
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: name,
-                    source: Box::new(source),
-                })?;
+                source: Box::new(e),
+            };
+            let table: toml::Table = toml::from_str(&text).map_err(parse)?;
+            Config::deserialize(table.clone()).map_err(parse)?;
             merge(&mut merged, table);
         }
         for set in sets {
