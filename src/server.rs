@@ -66,6 +66,21 @@ fn listener(
     Ok(s.into())
 }
 
+/// Opts the process in or out of transparent huge pages ([`crate::config::ServerConfig::huge_pages`]); pages
+/// already faulted in keep their size. Without the permission to change it, nothing changes.
+fn allow_huge_pages(allow: bool) {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and touches no memory of ours.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            libc::c_ulong::from(!allow),
+            0,
+            0,
+            0,
+        );
+    }
+}
+
 /// Raises the soft limits on open files and locked memory to the hard limits (as root, locked
 /// memory to unlimited): 10k connections need descriptors, io_uring needs locked memory.
 fn raise_limits() {
@@ -97,6 +112,7 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
         raise_limits();
+        allow_huge_pages(config.server.huge_pages);
         let cores: Vec<usize> = core_affinity::get_core_ids()
             .map(|ids| ids.into_iter().map(|c| c.id).collect())
             .filter(|v: &Vec<usize>| !v.is_empty())

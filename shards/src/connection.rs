@@ -1,21 +1,23 @@
-//! One client connection: shard-local (`!Send`). Its task runs the handshake, reads and
-//! answers client frames, and writes whatever the shard's fan-out round could not write at once.
+//! One client connection: shard-local (`!Send`). A short task runs the handshake; from then on
+//! the connection has no task of its own: the shard's readiness loop ([`serve_open`]) reads and
+//! answers its frames and finishes its blocked writes, and the shard's fan-out round writes it
+//! once per round ([`Conn::flush`]). When it ends, a closing task says goodbye and lingers.
 //!
-//! Writing is shared: the shard's fan-out round writes each touched connection once per round
-//! ([`Conn::flush`]); when the socket buffer fills, the connection is marked `blocked` and its
-//! own task waits for writability and finishes the job, while new frames keep queueing
-//! (drop-oldest) behind it.
+//! Writing is shared: when the socket buffer fills, the connection is marked `blocked` and
+//! the fan-out round leaves it alone until the readiness loop sees the socket writable, while
+//! new frames keep queueing (drop-oldest) behind it.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::os::fd::{AsRawFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 
 use crate::handshake::{self, Parsed};
@@ -23,20 +25,26 @@ use crate::inbound::{Event, Fatal, Reassembler};
 use crate::protocol::{self, close, code, AckTopic, Request};
 use crate::queue::{Flushed, Outbound};
 use crate::ratelimit::{TokenBucket, Verdict};
+use crate::readiness::Ready;
 use crate::ring::{Interest, Refusal};
 use crate::shard::ShardCtx;
 use crate::table::Resolved;
 use crate::topic::{parse_selector, prefix_matches, Selector};
 
 /// A connection as the shard sees it. Shard-local (`!Send`), shared by `Rc` between the
-/// connection's task, the subscription table and the fan-out round.
+/// shard's map of connections, the subscription table and the fan-out round. While the
+/// connection is idle this is all it holds (plus its list of subscriptions).
 pub struct Conn {
     /// Shard-local id, shown to the client as `<shard>-<id>`.
     pub(crate) id: u64,
-    /// The socket, for direct writes; valid while the connection is registered.
+    /// The socket, for direct reads and writes; valid while the connection is registered.
     fd: RawFd,
+    /// Owner of `fd` while the connection is open; taken by the closing task.
+    sock: Cell<Option<OwnedFd>>,
     /// Frames waiting to be written.
     pub(crate) out: RefCell<Outbound>,
+    /// Bytes received and not yet whole messages (no heap memory while none are pending).
+    reader: RefCell<Reassembler>,
     /// Topics and patterns this connection subscribed to (including requests not yet acked).
     subs: RefCell<Vec<Interest>>,
     /// Stamp of the last frame routed here, so a frame matched twice (topic and pattern) is
@@ -44,35 +52,55 @@ pub struct Conn {
     pub(crate) last_stamp: Cell<u64>,
     /// In the shard's list of connections to write at the end of this round.
     pub(crate) dirty: Cell<bool>,
-    /// The socket buffer is full; the connection's task writes once it is writable.
-    blocked: Cell<bool>,
-    /// A write failed (peer gone): nothing more is written, the task closes the connection.
+    /// The socket buffer is full; written again once the readiness loop sees it writable.
+    pub(crate) blocked: Cell<bool>,
+    /// A write failed (peer gone), or the socket is closed: nothing more is written.
     broken: Cell<bool>,
+    /// The connection is ending: the closing task owns the socket.
+    ending: Cell<bool>,
     /// The close frame is queued: nothing else may be queued after it.
     closing: Cell<bool>,
-    /// Close requested by the shard (code, reason), acted on by the connection's task.
-    close: Cell<Option<(u16, &'static str)>>,
+    /// Close requested by the shard, acted on by the readiness loop.
+    close: Cell<Option<CloseRequest>>,
     /// Last time any frame arrived from the client.
     pub(crate) last_heard: Cell<Instant>,
     /// Inbound rate limit.
     bucket: RefCell<TokenBucket>,
-    /// Waker of the connection's task.
-    waker: RefCell<Option<Waker>>,
+}
+
+/// Why the shard closes a connection of its own accord.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseRequest {
+    /// The server is shutting down.
+    GoingAway,
+    /// Nothing heard from the client for the heartbeat timeout.
+    HeartbeatTimeout,
+    /// The client does not read the replies to its own requests.
+    ControlBacklog,
+    /// A write failed: the peer is gone (nothing more is sent).
+    WriteFailed,
+}
+
+impl CloseRequest {
+    /// The close frame's code and reason.
+    fn code_reason(self) -> (u16, &'static str) {
+        match self {
+            Self::GoingAway => (close::GOING_AWAY, "going away, reconnect"),
+            Self::HeartbeatTimeout => (close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
+            Self::ControlBacklog => (close::CONTROL_BACKLOG, "control replies not read"),
+            Self::WriteFailed => (close::NORMAL, "write failed"),
+        }
+    }
 }
 
 impl Conn {
-    fn wake(&self) {
-        if let Some(w) = self.waker.borrow().as_ref() {
-            w.wake_by_ref();
-        }
-    }
-
-    /// Asks the connection's task to close with `code`. The first request wins.
-    pub(crate) fn request_close(&self, code: u16, reason: &'static str) {
+    /// Asks for the connection to be closed; the readiness loop acts on it within a pass.
+    /// The first request wins.
+    pub(crate) fn request_close(&self, ctx: &ShardCtx, why: CloseRequest) {
         if self.close.get().is_none() {
-            self.close.set(Some((code, reason)));
+            self.close.set(Some(why));
+            ctx.readiness.ask_close(self.id);
         }
-        self.wake();
     }
 
     /// Queues a frame of this connection's own; closes the connection if the client lets
@@ -85,12 +113,12 @@ impl Conn {
         out.push_own(frame);
         if out.control_bytes() > ctx.bounds.max_control_bytes {
             drop(out);
-            self.request_close(close::CONTROL_BACKLOG, "control replies not read");
+            self.request_close(ctx, CloseRequest::ControlBacklog);
         }
     }
 
     /// Writes what is queued with one vectored system call (more only past 512 frames).
-    /// Does nothing while blocked: the connection's task owns the socket until writable.
+    /// Does nothing while blocked: the readiness loop writes again once the socket has room.
     pub(crate) fn flush(&self, ctx: &ShardCtx) {
         if self.blocked.get() || self.broken.get() {
             return;
@@ -112,15 +140,21 @@ impl Conn {
                 m.counters.gap_notices += announced as u64;
                 if state == Flushed::Blocked {
                     self.blocked.set(true);
-                    drop(out);
-                    self.wake();
                 }
             }
             Err(_) => {
                 drop(out);
+                drop(m);
                 self.broken.set(true);
-                self.request_close(close::NORMAL, "write failed");
+                self.request_close(ctx, CloseRequest::WriteFailed);
             }
+        }
+    }
+
+    /// Tries a blocked write again (the socket reported room, or a periodic retry).
+    pub(crate) fn retry_blocked(&self, ctx: &ShardCtx) {
+        if self.blocked.replace(false) {
+            self.flush(ctx);
         }
     }
 
@@ -143,7 +177,15 @@ enum Ending {
     Close(u16, String),
 }
 
-/// Serves one accepted socket until it closes. Runs as its own task on the shard.
+impl Ending {
+    fn requested(why: CloseRequest) -> Self {
+        let (code, reason) = why.code_reason();
+        Ending::Close(code, reason.into())
+    }
+}
+
+/// Takes one accepted socket through the handshake, then hands it to the readiness loop.
+/// Runs as its own short task on the shard; it ends once the connection is open.
 pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     if ctx.config.send_buffer_bytes > 0 {
@@ -154,35 +196,45 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
     let path = ctx.config.path.clone();
     let handshake = Box::pin(handshake(&mut stream, path));
-    let leftover = match handshake
+    let leftover = handshake
         .or(async {
             glommio::timer::sleep(timeout).await;
             Err(())
         })
-        .await
-    {
-        Ok(rest) => rest,
-        Err(()) => {
-            ctx.metrics.borrow_mut().counters.handshake_failed += 1;
-            return;
-        }
+        .await;
+    // The socket leaves glommio: its own fd (a duplicate) goes into the shard's epoll set.
+    let sock = leftover.and_then(|rest| match crate::socket::detach(&stream) {
+        Ok(sock) => Ok((sock, rest)),
+        Err(_) => Err(()),
+    });
+    drop(stream);
+    let Ok((sock, leftover)) = sock else {
+        ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+        return;
     };
     let now = Instant::now();
     let conn = Rc::new(Conn {
         id: ctx.next_conn_id(),
-        fd: stream.as_raw_fd(),
+        fd: sock.as_raw_fd(),
+        sock: Cell::new(Some(sock)),
         out: RefCell::default(),
+        reader: RefCell::default(),
         subs: RefCell::default(),
         last_stamp: Cell::new(0),
         dirty: Cell::new(false),
         blocked: Cell::new(false),
         broken: Cell::new(false),
+        ending: Cell::new(false),
         closing: Cell::new(false),
         close: Cell::new(None),
         last_heard: Cell::new(now),
         bucket: RefCell::new(TokenBucket::new(&ctx.limits, now)),
-        waker: RefCell::new(None),
     });
+    if ctx.readiness.add(conn.fd, conn.id).is_err() {
+        // The epoll set refused it (out of memory): the socket closes with `conn`.
+        ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+        return;
+    }
     ctx.register(&conn);
     let welcome = protocol::welcome(
         &format!("{}-{}", ctx.id, conn.id),
@@ -193,16 +245,11 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     conn.push_own(&ctx, welcome);
     conn.flush(&ctx);
 
-    let mut reader = Reassembler::default();
-    reader.feed(&leftover);
+    conn.reader.borrow_mut().feed(&leftover);
     drop(leftover);
-    let ending = match drain_events(&ctx, &conn, &mut reader) {
-        Some(end) => end,
-        None => poll_fn(|cx| poll_conn(&ctx, &conn, &mut stream, &mut reader, cx)).await,
-    };
-    // Boxed: its state (timers, buffers) exists only while closing, not in every idle task.
-    Box::pin(finish(&ctx, &conn, &mut stream, ending)).await;
-    ctx.unregister(&conn);
+    if let Some(end) = drain_events(&ctx, &conn) {
+        end_conn(&ctx, &conn, end);
+    }
 }
 
 /// Reads the HTTP upgrade request and answers it. Boxed by the caller so its buffer is freed
@@ -248,45 +295,100 @@ async fn linger(stream: &mut TcpStream) {
         .await;
 }
 
-/// Most reads served in one poll before yielding to other connections.
-const READS_PER_POLL: usize = 16;
+/// Most reads of one connection in one pass of the readiness loop, before the others' turn.
+const READS_PER_PASS: usize = 16;
 
-fn poll_conn(
-    ctx: &ShardCtx,
-    conn: &Rc<Conn>,
-    stream: &mut TcpStream,
-    reader: &mut Reassembler,
-    cx: &mut Context<'_>,
-) -> Poll<Ending> {
-    {
-        let mut w = conn.waker.borrow_mut();
-        if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *w = Some(cx.waker().clone());
+/// The shard's readiness loop: serves every open connection, for as long as the shard runs.
+/// Each pass handles close requests, then every connection the epoll set reports: readable ->
+/// read into the shard's scratch buffer and answer what arrived; writable while blocked ->
+/// write again; EOF or error -> end. Then one executor pass for everyone else.
+pub(crate) async fn serve_open(ctx: Rc<ShardCtx>) {
+    let mut ready: Vec<(u64, Ready)> = Vec::with_capacity(1024);
+    let mut closing: Vec<u64> = Vec::new();
+    loop {
+        ctx.readiness.take_closing(&mut closing);
+        for id in closing.drain(..) {
+            if let Some(conn) = ctx.conn(id) {
+                if let Some(why) = conn.close.get() {
+                    end_conn(&ctx, &conn, Ending::requested(why));
+                }
+            }
         }
+        // epoll_wait fails only for a bad set or buffer (EINTR is retried next pass): a bug.
+        ctx.readiness
+            .take_ready(&mut ready)
+            .expect("the shard's epoll set is valid");
+        if !ready.is_empty() {
+            ctx.activity.bump();
+        }
+        for (id, r) in ready.drain(..) {
+            if let Some(conn) = ctx.conn(id) {
+                on_ready(&ctx, &conn, r);
+            }
+        }
+        glommio::timer::sleep(ctx.config.ring_poll()).await;
     }
-    for _ in 0..READS_PER_POLL {
-        if let Some((code, reason)) = conn.close.get() {
-            return Poll::Ready(Ending::Close(code, reason.into()));
-        }
-        if let Poll::Ready(Err(())) = poll_blocked_write(ctx, conn, stream, cx) {
-            return Poll::Ready(Ending::Gone);
-        }
+}
+
+fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
+    if conn.ending.get() {
+        return;
+    }
+    if let Some(why) = conn.close.get() {
+        return end_conn(ctx, conn, Ending::requested(why));
+    }
+    if r.write {
+        conn.retry_blocked(ctx);
+    }
+    if !r.read {
+        return;
+    }
+    for _ in 0..READS_PER_PASS {
         let mut scratch = ctx.scratch.borrow_mut();
-        let n = match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ending::Gone),
-            Poll::Ready(Ok(n)) => n,
+        let n = match crate::socket::recv(conn.fd, &mut scratch) {
+            Ok(0) => return end_conn(ctx, conn, Ending::Gone),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return end_conn(ctx, conn, Ending::Gone),
         };
-        reader.feed(&scratch[..n]);
+        conn.reader.borrow_mut().feed(&scratch[..n]);
+        let drained = n < scratch.len();
         drop(scratch);
         conn.last_heard.set(Instant::now());
-        ctx.activity.bump();
-        if let Some(end) = drain_events(ctx, conn, reader) {
-            return Poll::Ready(end);
+        if let Some(end) = drain_events(ctx, conn) {
+            return end_conn(ctx, conn, end);
+        }
+        if drained {
+            // A short read emptied the socket; more input raises a new edge.
+            return;
         }
     }
-    cx.waker().wake_by_ref();
-    Poll::Pending
+    ctx.readiness.read_again(conn.id);
+}
+
+/// Ends an open connection: out of the epoll set, and a closing task takes its socket.
+/// Does nothing if it is already ending.
+fn end_conn(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, ending: Ending) {
+    if conn.ending.replace(true) {
+        return;
+    }
+    ctx.readiness.remove(conn.fd);
+    conn.reader.take();
+    let Some(sock) = conn.sock.take() else {
+        return;
+    };
+    let ctx = ctx.clone();
+    let conn = conn.clone();
+    glommio::spawn_local(async move {
+        // SAFETY: the fd is the connection's own, handed over whole.
+        let mut stream = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
+        finish(&ctx, &conn, &mut stream, ending).await;
+        // The fd closes with `stream`: nothing may write to it afterwards.
+        conn.broken.set(true);
+        ctx.unregister(&conn);
+    })
+    .detach();
 }
 
 /// While blocked, writes the head of the queue when the socket takes it, then the rest with
@@ -320,9 +422,13 @@ fn poll_blocked_write(
 }
 
 /// Handles every complete event in the buffer; `Some` when the connection must end.
-fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>, reader: &mut Reassembler) -> Option<Ending> {
+fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>) -> Option<Ending> {
     let end = loop {
-        let event = match reader.next_event(ctx.config.max_message_bytes) {
+        let next = conn
+            .reader
+            .borrow_mut()
+            .next_event(ctx.config.max_message_bytes);
+        let event = match next {
             Ok(Some(e)) => e,
             Ok(None) => break None,
             Err(Fatal { code, reason }) => {
@@ -572,5 +678,16 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
         });
         flushed.or(glommio::timer::sleep(grace)).await;
         linger(stream).await;
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// An idle connection's memory is mostly its `Conn` (see docs/architecture.md, "Memory of
+    /// an idle connection"): with the `Rc` counts it must fit the allocator's 256-byte size
+    /// class; one byte more and every connection takes the next class, 320 bytes.
+    #[test]
+    fn conn_fits_a_256_byte_allocation() {
+        let rc_box = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<super::Conn>();
+        assert!(rc_box <= 256, "Rc<Conn> allocates {rc_box} bytes");
     }
 }

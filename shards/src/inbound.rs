@@ -50,7 +50,10 @@ pub struct Reassembler {
     /// Start of the unparsed bytes in `buf`.
     start: usize,
     /// A fragmented text message in progress.
-    fragment: Option<Vec<u8>>,
+    // Boxed: one pointer instead of a `Vec`'s three words in every connection; the extra
+    // allocation happens only while the state is in use.
+    #[allow(clippy::box_collection)]
+    fragment: Option<Box<Vec<u8>>>,
 }
 
 impl Reassembler {
@@ -94,7 +97,7 @@ impl Reassembler {
                 }
                 Kind::Text if h.fin => Some(Event::Text(utf8(payload)?)),
                 Kind::Text => {
-                    self.fragment = Some(payload);
+                    self.fragment = Some(Box::new(payload));
                     None
                 }
                 Kind::Continuation => {
@@ -111,7 +114,7 @@ impl Reassembler {
                     }
                     so_far.extend_from_slice(&payload);
                     if h.fin {
-                        Some(Event::Text(utf8(so_far)?))
+                        Some(Event::Text(utf8(*so_far)?))
                     } else {
                         self.fragment = Some(so_far);
                         None

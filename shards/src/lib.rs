@@ -9,16 +9,17 @@
 //! A frame's life on a shard: the ring drain receives a batch of [`ring::ShardMsg`]s, routes
 //! each frame through the [`table`] into the bounded drop-oldest [`queue`] of every subscriber
 //! (an `Rc` clone, no copy), then writes each touched connection once with one vectored
-//! system call ([`socket`]). A connection whose socket buffer is full is written by its own
-//! task when it becomes writable; meanwhile its queue drops the oldest frames and remembers
-//! the gaps, announced to the client before its next frames.
+//! system call ([`socket`]). A connection whose socket buffer is full is written again when the
+//! shard's readiness loop sees it writable; meanwhile its queue drops the oldest frames and
+//! remembers the gaps, announced to the client before its next frames.
 //!
 //! # Layout
 //! In data-path order:
 //! - [`ring`]: the messages crossing between the dispatcher and a shard.
 //! - [`shard`]: the executor, acceptor, ring drain (fan-out round), heartbeat, reporter.
 //! - [`table`]: the shard-local subscription table and frame routing.
-//! - [`connection`]: one client: handshake, inbound requests, blocked writes, close.
+//! - [`connection`]: one client: handshake, inbound requests, blocked writes, close; the
+//!   readiness loop that serves every open connection from one epoll set (`readiness`).
 //! - [`queue`]: a connection's bounded outbound queue with drop-oldest and gap tracking.
 //! - [`socket`]: the vectored non-blocking write.
 //!
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod ratelimit;
+mod readiness;
 pub mod ring;
 pub mod shard;
 pub mod socket;

@@ -2,9 +2,10 @@
 //! its subscription table and its metrics. Nothing here is shared with another thread except
 //! the two rings to the dispatcher.
 //!
-//! Tasks on a shard, all in glommio's default queue: the acceptor (polls the listener), one
-//! task per connection, the ring drain (polls the ring; one fan-out round at a time, then one
-//! executor pass for everyone else), the heartbeat, the idle napper, the control pump
+//! Tasks on a shard, all in glommio's default queue: the acceptor (polls the listener), a
+//! short task per handshake and per closing connection, the readiness loop (serves every open
+//! connection from one epoll set), the ring drain (polls the ring; one fan-out round at a time,
+//! then one executor pass for everyone else), the heartbeat, the idle napper, the control pump
 //! (shard -> dispatcher), and the reporter.
 
 use std::cell::{Cell, RefCell};
@@ -16,9 +17,8 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::ShardConfig;
-use crate::connection::{self, Conn};
+use crate::connection::{self, CloseRequest, Conn};
 use crate::metrics::ShardMetrics;
-use crate::protocol::close;
 use crate::queue::Bounds;
 use crate::ratelimit::Limits;
 use crate::ring::{ControlMsg, RingReceiver, RingSender, ShardMsg};
@@ -69,7 +69,9 @@ pub(crate) struct ShardCtx {
     pub(crate) limits: Limits,
     pub(crate) table: RefCell<Table<Conn>>,
     pub(crate) metrics: RefCell<ShardMetrics>,
-    /// Open connections by id, for the heartbeat and shutdown.
+    /// The epoll set of open connections, with their pending close requests.
+    pub(crate) readiness: crate::readiness::Readiness,
+    /// Open connections by id, for the readiness loop, the heartbeat and shutdown.
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Connections touched in this fan-out round, written once at its end.
     dirty: RefCell<Vec<Rc<Conn>>>,
@@ -98,8 +100,13 @@ impl ShardCtx {
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         self.metrics.borrow_mut().counters.open += 1;
         if self.shutting_down.get() {
-            conn.request_close(close::GOING_AWAY, "going away, reconnect");
+            conn.request_close(self, CloseRequest::GoingAway);
         }
+    }
+
+    /// The open connection `id`, if it is still registered.
+    pub(crate) fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id).cloned()
     }
 
     pub(crate) fn unregister(&self, conn: &Rc<Conn>) {
@@ -135,6 +142,10 @@ impl ShardCtx {
 }
 
 async fn run(spec: ShardSpec) {
+    let readiness = match crate::readiness::Readiness::new() {
+        Ok(r) => r,
+        Err(e) => panic!("shard {}: cannot create its epoll set: {e}", spec.id),
+    };
     let ShardSpec {
         id,
         listener,
@@ -151,6 +162,7 @@ async fn run(spec: ShardSpec) {
         config,
         table: RefCell::default(),
         metrics: RefCell::default(),
+        readiness,
         conns: RefCell::default(),
         dirty: RefCell::default(),
         scratch: RefCell::new(vec![0u8; 64 * 1024]),
@@ -180,6 +192,7 @@ async fn run(spec: ShardSpec) {
         })
     });
 
+    glommio::spawn_local(connection::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     let (nap, nap_max) = ctx.config.idle_naps();
     glommio::spawn_local(crate::idle::nap_when_idle(
@@ -200,7 +213,7 @@ async fn run(spec: ShardSpec) {
     drop(acceptor);
     let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
     for c in &conns {
-        c.request_close(close::GOING_AWAY, "going away, reconnect");
+        c.request_close(&ctx, CloseRequest::GoingAway);
     }
     drop(conns);
     let deadline = Instant::now() + Duration::from_millis(ctx.config.shutdown_grace_ms + 1100);
@@ -387,8 +400,11 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
         for conn in conns {
             if now.saturating_duration_since(conn.last_heard.get()) > timeout {
                 ctx.metrics.borrow_mut().counters.heartbeat_timeouts += 1;
-                conn.request_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                conn.request_close(&ctx, CloseRequest::HeartbeatTimeout);
             } else {
+                // Writability is reported by an edge; should one ever be missed, a blocked
+                // connection waits at most one interval.
+                conn.retry_blocked(&ctx);
                 conn.push_own(&ctx, ping.clone());
                 conn.flush(&ctx);
             }

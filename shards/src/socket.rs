@@ -1,8 +1,8 @@
-//! The ends of the data path: accepting sockets, and non-blocking vectored writes straight to
-//! a client socket. Called by the executor that owns the socket.
+//! The ends of the data path: accepting sockets, and non-blocking reads and vectored writes
+//! straight to a client socket. Called by the executor that owns the socket.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -14,6 +14,26 @@ pub fn send_vectored(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
     // shard only writes to connections still registered, and unregisters before dropping.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     SockRef::from(&fd).send_vectored_with_flags(iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+/// One `recv` into `buf` without blocking. `Ok(0)` is the peer's EOF; `WouldBlock` when
+/// nothing is waiting. Cost: one system call.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is an open socket owned by the caller's connection (as in `send_vectored`);
+    // `buf` is valid for `buf.len()` writable bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Takes a socket out of a glommio stream: a duplicate of its fd, so that dropping the stream
+/// (which closes its own fd and cancels its pending poll) leaves the connection open.
+pub fn detach(stream: &glommio::net::TcpStream) -> io::Result<OwnedFd> {
+    // SAFETY: the fd belongs to `stream`, alive for this call.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()
 }
 
 /// Half-closes the write side so the peer reads our close frame, then EOF.

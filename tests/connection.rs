@@ -1,0 +1,135 @@
+//! The connection layer over real sockets: how a client's bytes arrive must not matter. A
+//! request in the same write as the upgrade, a request a byte at a time, and a message larger
+//! than one pass of the shard's readiness loop reads are all answered, and the connection goes
+//! on. Frames are built and read by tungstenite (an independent codec), not by corecast's.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use simd_json::prelude::*;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::Role;
+use tungstenite::{Message, WebSocket};
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client text frame, as a browser would send it.
+fn client_frame(text: &str) -> Vec<u8> {
+    let mut f = Frame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true);
+    f.header_mut().mask = Some([0x5a, 0x13, 0xc4, 0x7e]);
+    let mut out = Vec::new();
+    f.format(&mut out).unwrap();
+    out
+}
+
+/// Reads the server's 101 answer and returns a tungstenite client on the same socket.
+fn after_upgrade(mut s: TcpStream) -> WebSocket<TcpStream> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    WebSocket::from_raw_socket(s, Role::Client, None)
+}
+
+/// The next JSON text message whose `op` is `op`, skipping others (welcome, pings).
+fn next_of(ws: &mut WebSocket<TcpStream>, op: &str) -> simd_json::OwnedValue {
+    loop {
+        match ws.read().expect("the server answers") {
+            Message::Text(t) => {
+                let mut bytes = t.as_bytes().to_vec();
+                let v = simd_json::to_owned_value(&mut bytes).unwrap();
+                if v["op"].as_str() == Some(op) {
+                    return v;
+                }
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_request_in_the_same_write_as_the_upgrade_is_answered() {
+    let server = start(|_| {});
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let mut bytes = UPGRADE.to_vec();
+    bytes.extend(client_frame(
+        r#"{"op":"subscribe","id":1,"topics":["early.t"]}"#,
+    ));
+    bytes.extend(client_frame(r#"{"op":"ping","id":2}"#));
+    s.write_all(&bytes).unwrap();
+    let mut ws = after_upgrade(s);
+    // The pong is the shard's own answer; the ack waits for the dispatcher: either may be first.
+    let (mut acked, mut ponged) = (false, false);
+    while !(acked && ponged) {
+        let Message::Text(t) = ws.read().expect("the server answers") else {
+            continue;
+        };
+        let mut bytes = t.as_bytes().to_vec();
+        let v = simd_json::to_owned_value(&mut bytes).unwrap();
+        match v["op"].as_str() {
+            Some("ack") => acked = v["id"].as_u64() == Some(1),
+            Some("pong") => ponged = v["id"].as_u64() == Some(2),
+            _ => {}
+        }
+    }
+    server.publish_settled("early.t", 3);
+    for seq in 1..=3 {
+        assert_eq!(next_of(&mut ws, "msg")["seq"].as_u64(), Some(seq));
+    }
+}
+
+#[test]
+fn a_request_arriving_a_byte_at_a_time_is_answered() {
+    let server = start(|_| {});
+    let mut peer = Bystander::new(&server, "by.stander");
+    let s = TcpStream::connect(server.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(UPGRADE).unwrap();
+    let mut ws = after_upgrade(s);
+    next_of(&mut ws, "welcome");
+    let frame = client_frame(r#"{"op":"subscribe","id":9,"topics":["slow.t","slow.u"]}"#);
+    for b in &frame {
+        w.write_all(std::slice::from_ref(b)).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ack = next_of(&mut ws, "ack");
+    assert_eq!(ack["id"].as_u64(), Some(9));
+    assert_eq!(ack["topics"].as_array().map(|a| a.len()), Some(2));
+    server.publish_settled("slow.u", 5);
+    for seq in 1..=5 {
+        assert_eq!(next_of(&mut ws, "msg")["seq"].as_u64(), Some(seq));
+    }
+    peer.check(&server, 50);
+}
+
+#[test]
+fn a_message_longer_than_one_pass_reads_is_answered_and_the_connection_goes_on() {
+    // One pass reads at most 16 x 64 KiB from a connection; this message is three times that.
+    let big = 3 << 20;
+    let server = start(|c| c.shard.max_message_bytes = 4 << 20);
+    let mut peer = Bystander::new(&server, "by.stander");
+    let mut ws = connect(&server.url);
+    let pad = "x".repeat(big);
+    send(
+        &mut ws,
+        &format!(r#"{{"op":"subscribe","id":4,"topics":["big.t"],"pad":"{pad}"}}"#),
+    );
+    let ack = next_op(&mut ws, "ack");
+    assert_eq!(ack["id"].as_u64(), Some(4));
+    send(&mut ws, r#"{"op":"ping","id":5}"#);
+    assert_eq!(next_op(&mut ws, "pong")["id"].as_u64(), Some(5));
+    server.publish_settled("big.t", 10);
+    expect_contiguous(&mut ws, "big.t", 1, 10);
+    peer.check(&server, 50);
+}
