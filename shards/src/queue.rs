@@ -261,6 +261,7 @@ impl Outbound {
         mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<(Flushed, usize)> {
         let announced = self.announce_gaps();
+        let streaming = self.published > 0;
         while !self.chunks.is_empty() {
             let mut iov = Vec::with_capacity(self.chunks.len().min(MAX_IOV));
             let mut want = 0usize;
@@ -287,7 +288,9 @@ impl Outbound {
                 return Ok((Flushed::Blocked, announced));
             }
         }
-        self.release_if_idle();
+        if !streaming {
+            self.release();
+        }
         Ok((Flushed::Drained, announced))
     }
 
@@ -324,9 +327,12 @@ impl Outbound {
         }
     }
 
-    /// An empty queue holds no memory: most connections are idle between rounds, and the
-    /// allocation this saves them costs a busy one a few nanoseconds per write.
-    fn release_if_idle(&mut self) {
+    /// Frees the buffer of a drained queue. Called after a write that carried only the
+    /// connection's own frames (welcome, replies, pings): a connection that is not receiving a
+    /// stream holds no queue memory (its next heartbeat ping releases it once a stream stops),
+    /// while one that is keeps its buffer from write to write (an allocation and a free per
+    /// write would cost the fan-out ~60% more instructions per delivered message).
+    fn release(&mut self) {
         if self.chunks.is_empty() && self.chunks.capacity() > 0 {
             self.chunks = VecDeque::new();
         }
@@ -408,6 +414,29 @@ mod tests {
             "the notice precedes the frames left"
         );
         assert_eq!(wire.len(), 3 + gap.len() + 20);
+    }
+
+    #[test]
+    fn a_queue_drained_of_its_own_frames_frees_its_buffer_a_streaming_one_keeps_it() {
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        q.push_own(b"welcome".to_vec());
+        assert!(q.chunks.capacity() > 0);
+        assert_eq!(drain(&mut q), b"welcome");
+        assert_eq!(q.chunks.capacity(), 0, "idle: no queue memory");
+
+        q.push_published(frame(&t, 1, 10), &B);
+        q.push_own(b"pong".to_vec());
+        assert_eq!(drain(&mut q).len(), 14);
+        assert!(q.is_empty());
+        assert!(
+            q.chunks.capacity() > 0,
+            "streaming: buffer kept for the next write"
+        );
+
+        q.push_own(b"ping".to_vec());
+        drain(&mut q);
+        assert_eq!(q.chunks.capacity(), 0, "the stream stopped: released");
     }
 
     #[test]
