@@ -54,8 +54,9 @@ pub struct ShardConfig {
     pub shutdown_grace_ms: u64,
     /// How often the shard sends its metrics to the reporter, ms; 0 never. Default 1000.
     pub report_interval_ms: u64,
-    /// How often an idle shard looks at its ring, µs (the dispatcher uses the same value for
-    /// its inputs): the bound on the ring hop added while idle. Default 5.
+    /// How often an idle shard looks at its ring and at its connections' readiness, µs (the
+    /// dispatcher uses the same value for its inputs): the bound on the ring hop, and on the
+    /// wait of a client's request, added while idle. Default 5.
     pub ring_poll_us: u64,
     /// How long an idle shard (and the dispatcher) sleeps at a time once nothing happened for
     /// one pass, µs; bounds the latency it adds to the first message after a quiet spell.
