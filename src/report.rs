@@ -57,7 +57,7 @@ pub fn summary_line(t: &Totals, d: &DispatcherStats, per_sec: Option<(f64, f64)>
             d.published,
             c.deliveries,
             c.writes,
-            c.dropped + d.backlog_dropped,
+            c.dropped + c.late_frames + d.backlog_dropped,
             c.gap_notices,
             us(t.ring_hop_ns.value_at_quantile(0.5)),
             us(t.ring_hop_ns.value_at_quantile(0.99)),

@@ -1,7 +1,8 @@
 //! The connection layer over real sockets: how a client's bytes arrive must not matter. A
 //! request in the same write as the upgrade, a request a byte at a time, and a message larger
 //! than one pass of the shard's readiness loop reads are all answered, and the connection goes
-//! on. Frames are built and read by tungstenite (an independent codec), not by corecast's.
+//! on. And when the shard itself falls behind, what it skips is announced in order.
+//! Frames are built and read by tungstenite (an independent codec), not by corecast's.
 
 mod common;
 
@@ -132,4 +133,71 @@ fn a_message_longer_than_one_pass_reads_is_answered_and_the_connection_goes_on()
     server.publish_settled("big.t", 10);
     expect_contiguous(&mut ws, "big.t", 1, 10);
     peer.check(&server, 50);
+}
+
+/// A subscribed connection that never reads: it makes every fan-out round write one more socket.
+fn ballast(server: &TestServer, topic: &str) -> TcpStream {
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let mut bytes = UPGRADE.to_vec();
+    bytes.extend(client_frame(&format!(
+        r#"{{"op":"subscribe","id":1,"topics":["{topic}"]}}"#
+    )));
+    s.write_all(&bytes).unwrap();
+    s
+}
+
+#[test]
+fn frames_reaching_a_lagging_shard_past_the_age_bound_are_skipped_and_announced_in_order() {
+    let mut server = start(|c| {
+        c.shard.queue_max_age_ms = 1;
+        c.shard.report_interval_ms = 50;
+    });
+    let topic = "late.t";
+    // 200 more sockets to write each round: a round takes longer than the 1 ms bound, so
+    // frames published in a burst wait in the ring past it.
+    let _ballast: Vec<TcpStream> = (0..200).map(|_| ballast(&server, topic)).collect();
+    let mut ws = connect(&server.url);
+    let ack = subscribe(&mut ws, 1, &[topic]);
+    let mut next = ack_seq(&ack, topic) + 1;
+    let end = next + 3000 - 1;
+    server.publish(topic, 3000);
+    let mut skipped = 0;
+    while next <= end {
+        let v = next_json(&mut ws);
+        match v["op"].as_str() {
+            Some("msg") => {
+                assert_eq!(v["seq"].as_u64(), Some(next), "{v:?}");
+                next += 1;
+            }
+            Some("gap") => {
+                assert_eq!(v["topic"].as_str(), Some(topic), "{v:?}");
+                assert_eq!(
+                    v["from"].as_u64(),
+                    Some(next),
+                    "a gap starts where delivery stopped"
+                );
+                let to = v["to"].as_u64().unwrap();
+                assert!(to >= next && to <= end, "{v:?}");
+                match v["reason"].as_str() {
+                    Some("shard_overflow") => skipped += to - next + 1,
+                    // The connection's own queue may also drop by age (same bound).
+                    Some("slow_consumer") => {}
+                    _ => panic!("unexpected reason: {v:?}"),
+                }
+                next = to + 1;
+            }
+            _ => {}
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let late = server.totals().counters.late_frames;
+    assert!(
+        skipped > 0,
+        "the burst outran the shard: some frames arrived late and were skipped by the shard"
+    );
+    assert!(
+        late >= skipped,
+        "late frames counted ({late}) cover the {skipped} announced to this client"
+    );
+    assert!(server.shutdown());
 }

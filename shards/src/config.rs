@@ -23,8 +23,10 @@ pub struct ShardConfig {
     /// Default 4 MiB.
     pub queue_max_bytes: usize,
     /// Published frames queued longer than this behind the newest one are dropped (and
-    /// announced), ms: bounds the staleness of what a lagging connection receives, however
-    /// deep the queue. 0 = no age bound. Default 0.
+    /// announced as `slow_consumer`), ms: bounds the staleness of what a lagging connection
+    /// receives, however deep the queue. The shard applies it to itself too: a frame that
+    /// reaches it already older than this (the shard fell behind) is skipped and announced as
+    /// `shard_overflow`. 0 = no age bound. Default 0.
     pub queue_max_age_ms: u64,
     /// Bytes of unread control replies (acks, errors, pongs) before the connection is closed
     /// with 4001. Default 256 KiB.

@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalSender};
@@ -245,6 +246,8 @@ const ROUND_LIMIT: usize = 4096;
 async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
     let mut batch: Vec<ShardMsg> = Vec::with_capacity(256);
     let mut ingest_times: Vec<Instant> = Vec::with_capacity(256);
+    // Frames that arrived older than the age bound, per topic, not yet announced.
+    let mut late: HashMap<Arc<str>, Late> = HashMap::new();
     let window = ctx.config.batch_window();
     // When the oldest frame not yet written arrived (only with a window).
     let mut pending_since: Option<Instant> = None;
@@ -273,6 +276,13 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
         for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Frame { frame, sent_at } => {
+                    if is_late(&ctx, &frame, received) {
+                        skip_late(&ctx, &mut late, frame);
+                        continue;
+                    }
+                    if let Some(skipped) = late.remove(&frame.topic) {
+                        announce_late(&ctx, skipped);
+                    }
                     ingest_times.push(frame.ingest_at);
                     route_frame(&ctx, frame, sent_at, received);
                 }
@@ -293,6 +303,9 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
                 }
                 ShardMsg::Shutdown => shutdown = true,
             }
+        }
+        for (_, skipped) in late.drain() {
+            announce_late(&ctx, skipped);
         }
         let hold = !window.is_zero() && !shutdown && open && !ctx.dirty.borrow().is_empty() && {
             let since = *pending_since.get_or_insert(received);
@@ -342,6 +355,60 @@ fn write_dirty(ctx: &ShardCtx) {
     if ctx.dirty.borrow().is_empty() {
         *ctx.dirty.borrow_mut() = reuse;
     }
+}
+
+/// Frames of one topic skipped for arriving late: `from..=last.seq`.
+struct Late {
+    from: u64,
+    last: crate::ring::Frame,
+}
+
+/// True when `frame` reached the shard already older than `queue_max_age_ms`: the shard
+/// itself is behind (its ring backlog), and no connection queue could make it fresh again.
+fn is_late(ctx: &ShardCtx, frame: &crate::ring::Frame, received: Instant) -> bool {
+    ctx.bounds
+        .max_age
+        .is_some_and(|age| received.saturating_duration_since(frame.ingest_at) > age)
+}
+
+/// Skips a late frame: not routed, remembered to be announced as a gap. Costs a map update
+/// instead of a queue push per subscriber, so a shard that fell behind catches up instead of
+/// writing ever staler frames.
+fn skip_late(ctx: &ShardCtx, late: &mut HashMap<Arc<str>, Late>, frame: crate::ring::Frame) {
+    ctx.metrics.borrow_mut().counters.late_frames += 1;
+    match late.get_mut(&frame.topic) {
+        Some(skipped) => skipped.last = frame,
+        None => {
+            let from = frame.seq;
+            late.insert(frame.topic.clone(), Late { from, last: frame });
+        }
+    }
+}
+
+/// Tells every subscriber of the topic that the skipped frames (and any hole before them)
+/// will never arrive: one `gap` notice at the tail of its queue, after the frames it already
+/// has and before the topic's next frame. Advances the table's sequence past them.
+fn announce_late(ctx: &ShardCtx, skipped: Late) {
+    let stamp = ctx.stamp.get() + 1;
+    ctx.stamp.set(stamp);
+    let Late { from, last } = skipped;
+    let mut notified = false;
+    ctx.table.borrow_mut().route(&last, |conn, missed| {
+        if conn.last_stamp.replace(stamp) == stamp {
+            return;
+        }
+        // A hole before the skipped frames joins the same notice (the table saw neither).
+        let start = missed.map_or(from, |(hole, _)| hole.min(from));
+        conn.out.borrow_mut().push_notice(
+            &last.topic,
+            start,
+            last.seq,
+            crate::protocol::reason::SHARD_OVERFLOW,
+        );
+        notified = true;
+        ctx.mark_dirty(conn);
+    });
+    ctx.metrics.borrow_mut().counters.shard_gaps += u64::from(notified);
 }
 
 /// Fans one frame out to the shard's subscribers. Cost: one `Rc` allocation, then an `Rc`
