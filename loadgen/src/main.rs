@@ -240,10 +240,16 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             if let Some((base, max, growth)) = r.rss_growth(s.warmup) {
+                let trend = r.rss_trend(s.warmup).map_or(String::new(), |kib_per_min| {
+                    format!(
+                        "; trend {:+.2} MiB per 10 min (least squares over the samples)",
+                        kib_per_min * 10.0 / 1024.0
+                    )
+                });
                 eprintln!(
-                    "loadgen: server RSS after warm-up {} MiB, at most {} MiB later: {growth:+.1}%",
-                    base / 1024,
-                    max / 1024
+                    "loadgen: server RSS after warm-up {:.1} MiB, at most {:.1} MiB later: {growth:+.1}%{trend}",
+                    base as f64 / 1024.0,
+                    max as f64 / 1024.0
                 );
             }
             finish_run(&s.common, &r)

@@ -79,6 +79,20 @@ impl RunReport {
         Some((base, max, (max as f64 / base as f64 - 1.0) * 100.0))
     }
 
+    /// Server RSS trend after warm-up, KiB per minute: the least-squares slope through the
+    /// periodic samples. Tells a leak (a steady climb) from a working set that swings (a
+    /// slope near zero however far the peak is from the first sample). Needs 3 samples.
+    pub fn rss_trend(&self, warmup: Duration) -> Option<f64> {
+        let w = warmup.as_secs_f64();
+        let points: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter(|s| s.at_secs >= w)
+            .filter_map(|s| Some((s.at_secs / 60.0, s.server_rss_kib? as f64)))
+            .collect();
+        slope(&points)
+    }
+
     /// The human summary, a few lines.
     pub fn summary(&self) -> String {
         let q = |p: f64| self.latency_us.value_at_quantile(p);
@@ -190,6 +204,19 @@ impl RunReport {
     pub fn hgrm(&self) -> String {
         hgrm(&self.latency_us)
     }
+}
+
+/// Least-squares slope of `y` over `x`; `None` for fewer than 3 points or a single `x`.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
 }
 
 fn opt_f(v: Option<f64>) -> String {
@@ -476,5 +503,25 @@ impl IdleReport {
             self.kernel_per_conn().map_or("null".to_string(), |v| format!("{v:.0}")),
             self.kernel_slab_per_conn().map_or("null".to_string(), |v| format!("{v:.0}")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slope;
+
+    #[test]
+    fn slope_tells_a_climb_from_a_swing() {
+        let climb: Vec<(f64, f64)> = (0..10)
+            .map(|i| (i as f64, 100.0 + 5.0 * i as f64))
+            .collect();
+        assert!((slope(&climb).unwrap() - 5.0).abs() < 1e-9);
+        // Up and down by 20 around 100 with no drift: a peak 20% over the start, slope ~0.
+        let swing: Vec<(f64, f64)> = (0..10)
+            .map(|i| (i as f64, if i % 2 == 0 { 100.0 } else { 120.0 }))
+            .collect();
+        assert!(slope(&swing).unwrap().abs() < 2.5);
+        assert_eq!(slope(&climb[..2]), None);
+        assert_eq!(slope(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]), None);
     }
 }
