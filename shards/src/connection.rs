@@ -193,6 +193,13 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
         let _ = socket2::SockRef::from(&fd).set_send_buffer_size(ctx.config.send_buffer_bytes);
     }
+    // Once upgraded, the socket leaves glommio: its own fd (a duplicate, taken before the
+    // upgrade so that running out of descriptors refuses the client before it sees a 101)
+    // goes into the shard's epoll set.
+    let Ok(sock) = crate::socket::detach(&stream) else {
+        ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+        return;
+    };
     let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
     let path = ctx.config.path.clone();
     let handshake = Box::pin(handshake(&mut stream, path));
@@ -202,13 +209,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
             Err(())
         })
         .await;
-    // The socket leaves glommio: its own fd (a duplicate) goes into the shard's epoll set.
-    let sock = leftover.and_then(|rest| match crate::socket::detach(&stream) {
-        Ok(sock) => Ok((sock, rest)),
-        Err(_) => Err(()),
-    });
     drop(stream);
-    let Ok((sock, leftover)) = sock else {
+    let Ok(leftover) = leftover else {
         ctx.metrics.borrow_mut().counters.handshake_failed += 1;
         return;
     };
