@@ -105,6 +105,14 @@ impl ShardCtx {
         }
     }
 
+    /// A new routing stamp: a connection marked with it during one routing pass is skipped if
+    /// the pass meets it again (a topic and a pattern naming the same connection).
+    fn next_stamp(&self) -> u64 {
+        let stamp = self.stamp.get() + 1;
+        self.stamp.set(stamp);
+        stamp
+    }
+
     /// The open connection `id`, if it is still registered.
     pub(crate) fn conn(&self, id: u64) -> Option<Rc<Conn>> {
         self.conns.borrow().get(&id).cloned()
@@ -389,8 +397,7 @@ fn skip_late(ctx: &ShardCtx, late: &mut HashMap<Arc<str>, Late>, frame: crate::r
 /// will never arrive: one `gap` notice at the tail of its queue, after the frames it already
 /// has and before the topic's next frame. Advances the table's sequence past them.
 fn announce_late(ctx: &ShardCtx, skipped: Late) {
-    let stamp = ctx.stamp.get() + 1;
-    ctx.stamp.set(stamp);
+    let stamp = ctx.next_stamp();
     let Late { from, last } = skipped;
     let mut notified = false;
     ctx.table.borrow_mut().route(&last, |conn, missed| {
@@ -414,8 +421,7 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
 /// Fans one frame out to the shard's subscribers. Cost: one `Rc` allocation, then an `Rc`
 /// clone and a queue push per subscriber.
 fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, received: Instant) {
-    let stamp = ctx.stamp.get() + 1;
-    ctx.stamp.set(stamp);
+    let stamp = ctx.next_stamp();
     let frame = Rc::new(frame);
     let mut dropped = 0u64;
     let mut delivered = 0u64;
