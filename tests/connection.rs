@@ -1,7 +1,7 @@
 //! The connection layer over real sockets: how a client's bytes arrive must not matter. A
-//! request in the same write as the upgrade, a request a byte at a time, and a message larger
-//! than one pass of the shard's readiness loop reads are all answered, and the connection goes
-//! on. And when the shard itself falls behind, what it skips is announced in order.
+//! request in the same write as the upgrade, a request a byte at a time, a message spanning
+//! many reads, and a last request arriving with the client's FIN are all answered. And when
+//! the shard itself falls behind, what it skips is announced in order.
 //! Frames are built and read by tungstenite (an independent codec), not by corecast's.
 
 mod common;
@@ -115,8 +115,9 @@ fn a_request_arriving_a_byte_at_a_time_is_answered() {
 }
 
 #[test]
-fn a_message_longer_than_one_pass_reads_is_answered_and_the_connection_goes_on() {
-    // One pass reads at most 16 x 64 KiB from a connection; this message is three times that.
+fn a_message_spanning_many_reads_is_answered_and_the_connection_goes_on() {
+    // 3 MiB: dozens of reads of the shard's 64 KiB buffer, over several passes of the
+    // readiness loop (16 reads per connection per pass at most), reassembled into one message.
     let big = 3 << 20;
     let server = start(|c| c.shard.max_message_bytes = 4 << 20);
     let mut peer = Bystander::new(&server, "by.stander");
@@ -200,4 +201,39 @@ fn frames_reaching_a_lagging_shard_past_the_age_bound_are_skipped_and_announced_
         "late frames counted ({late}) cover the {skipped} announced to this client"
     );
     assert!(server.shutdown());
+}
+
+#[test]
+fn a_last_request_sent_with_the_fin_is_answered_and_the_connection_ends_at_once() {
+    let server = start(|c| {
+        c.shard.heartbeat_interval_ms = 60_000;
+        c.shard.heartbeat_timeout_ms = 180_000;
+    });
+    let s = TcpStream::connect(server.addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(UPGRADE).unwrap();
+    let mut ws = after_upgrade(s);
+    next_of(&mut ws, "welcome");
+    // Let the shard go quiet (it naps), so the request and the FIN arrive in one readiness edge.
+    std::thread::sleep(Duration::from_millis(50));
+    w.write_all(&client_frame(r#"{"op":"ping","id":3}"#))
+        .unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(next_of(&mut ws, "pong")["id"].as_u64(), Some(3));
+    // Then the server closes its side without waiting for a heartbeat to find the peer gone.
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("the server kept the half-closed connection open: {e}")
+        }
+        Err(_) => {}
+        Ok(m) => panic!("nothing more was expected, got {m:?}"),
+    }
 }

@@ -361,8 +361,9 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
         if let Some(end) = drain_events(ctx, conn) {
             return end_conn(ctx, conn, end);
         }
-        if drained {
-            // A short read emptied the socket; more input raises a new edge.
+        if drained && !r.closed {
+            // A short read emptied the socket; more input raises a new edge. (After the peer's
+            // FIN no edge comes: read on to the EOF.)
             return;
         }
     }

@@ -21,6 +21,9 @@ pub(crate) struct Ready {
     pub read: bool,
     /// Room in the socket buffer (or an error a write will report).
     pub write: bool,
+    /// The peer closed (or the socket failed): after the bytes still waiting, a read returns
+    /// EOF, and no further edge will say so.
+    pub closed: bool,
 }
 
 /// Most readiness events taken from the kernel in one pass; the rest wait for the next.
@@ -85,6 +88,7 @@ impl Readiness {
             let ready = Ready {
                 read: true,
                 write: false,
+                closed: false,
             };
             (id, ready)
         }));
@@ -100,9 +104,11 @@ impl Readiness {
         }
         into.extend(events.iter().map(|e| {
             let error = e.is_error();
+            let closed = e.is_read_closed() || error;
             let ready = Ready {
-                read: e.is_readable() || e.is_read_closed() || error,
+                read: e.is_readable() || closed,
                 write: e.is_writable() || e.is_write_closed() || error,
+                closed,
             };
             (e.token().0 as u64, ready)
         }));
@@ -161,7 +167,8 @@ mod tests {
             7,
             Ready {
                 read: true,
-                write: true
+                write: true,
+                closed: false
             }
         )));
         // Edge-triggered: unread input is not reported again by the kernel...
@@ -177,7 +184,8 @@ mod tests {
                 7,
                 Ready {
                     read: true,
-                    write: false
+                    write: false,
+                    closed: false
                 }
             )]
         );
@@ -199,7 +207,10 @@ mod tests {
         r.take_ready(&mut out).unwrap();
         drop(client);
         let seen = ready_now(&r);
-        assert!(seen.iter().any(|(id, x)| *id == 3 && x.read), "{seen:?}");
+        assert!(
+            seen.iter().any(|(id, x)| *id == 3 && x.read && x.closed),
+            "{seen:?}"
+        );
     }
 
     #[test]

@@ -400,12 +400,17 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
     let stamp = ctx.next_stamp();
     let Late { from, last } = skipped;
     let mut notified = false;
-    ctx.table.borrow_mut().route(&last, |conn, missed| {
+    let mut table = ctx.table.borrow_mut();
+    // From the first sequence the subscribers have not had: a hole before the skipped frames
+    // joins the same notice, and skipped frames the table already passed are left out.
+    let start = match table.last_seq(&last.topic) {
+        Some(seen) if seen > 0 => seen + 1,
+        _ => from,
+    };
+    table.route(&last, |conn, _| {
         if conn.last_stamp.replace(stamp) == stamp {
             return;
         }
-        // A hole before the skipped frames joins the same notice (the table saw neither).
-        let start = missed.map_or(from, |(hole, _)| hole.min(from));
         conn.out.borrow_mut().push_notice(
             &last.topic,
             start,
