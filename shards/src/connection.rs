@@ -53,7 +53,7 @@ pub struct Conn {
     /// In the shard's list of connections to write at the end of this round.
     pub(crate) dirty: Cell<bool>,
     /// The socket buffer is full; written again once the readiness loop sees it writable.
-    pub(crate) blocked: Cell<bool>,
+    blocked: Cell<bool>,
     /// A write failed (peer gone), or the socket is closed: nothing more is written.
     broken: Cell<bool>,
     /// The connection is ending: the closing task owns the socket.
