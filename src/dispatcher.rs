@@ -18,10 +18,8 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use serde::Deserialize;
 
 use corecast_shards::frame::{encode_header, MAX_SERVER_HEADER, OP_TEXT};
-use corecast_shards::ring::{
-    ControlMsg, Frame, Interest, PushError, Refusal, RingSender, ShardMsg,
-};
-use corecast_shards::topic::prefix_matches;
+use corecast_shards::ring::{ControlMsg, Frame, Interest, PushError, RingSender, ShardMsg};
+use corecast_shards::topic::{covering_prefixes, prefix_matches};
 
 use crate::publisher::{Event, PublishError};
 
@@ -37,7 +35,9 @@ pub struct DispatcherConfig {
     /// Messages held for a shard whose ring is full before the oldest frames are dropped
     /// (the shard announces the hole as a `gap`). Default 262144.
     pub backlog_limit: usize,
-    /// Topics tracked at most; publishing or subscribing past it is refused. Default 100000.
+    /// Published topics tracked at most; publishing a new topic past it is refused
+    /// (`topic_limit`). Only publishing adds topics: a subscription to a topic nobody published
+    /// takes no slot. Default 100000.
     pub max_topics: usize,
     /// Longest ingest line, bytes. Default 1048576.
     pub max_line_bytes: usize,
@@ -116,11 +116,6 @@ struct TopicState {
     routes: u64,
 }
 
-struct PrefixRoute {
-    prefix: Arc<str>,
-    shards: u64,
-}
-
 /// The dispatcher's side of one shard's ring. Messages go straight into the ring while it has
 /// room; otherwise they wait, in order, in `backlog`, which a pump task drains.
 struct RingOut {
@@ -157,8 +152,14 @@ pub struct DispatcherStats {
 
 /// Sequencing, framing and routing state. Dispatcher thread only.
 pub struct Dispatcher {
+    /// Published topics; grows only by publishing, up to `max_topics`.
     topics: HashMap<Arc<str>, TopicState>,
-    prefixes: Vec<PrefixRoute>,
+    /// Shards subscribed to topics nobody has published yet (bitmask per name). Bounded by
+    /// the clients' own budgets (`max_subscriptions` per connection); moved into `topics` by
+    /// the first publish.
+    unpublished: HashMap<Arc<str>, u64>,
+    /// Shards subscribed to each pattern, by prefix (without `.*`).
+    prefixes: HashMap<Arc<str>, u64>,
     rings: Vec<RingOut>,
     config: DispatcherConfig,
     pub stats: DispatcherStats,
@@ -187,7 +188,8 @@ impl Dispatcher {
         }
         let d = Dispatcher {
             topics: HashMap::new(),
-            prefixes: Vec::new(),
+            unpublished: HashMap::new(),
+            prefixes: HashMap::new(),
             rings: outs,
             config,
             stats: DispatcherStats::default(),
@@ -212,12 +214,15 @@ impl Dispatcher {
                 if self.topics.len() >= max {
                     return Err(PublishError::TopicLimit(max));
                 }
-                let name: Arc<str> = Arc::from(event.topic.as_str());
-                let routes = pattern_routes(&self.prefixes, &name);
+                let (name, exact) = match self.unpublished.remove_entry(event.topic.as_str()) {
+                    Some((name, shards)) => (name, shards),
+                    None => (Arc::from(event.topic.as_str()), 0),
+                };
+                let routes = exact | pattern_routes(&self.prefixes, &name);
                 self.topics.entry(name.clone()).or_insert(TopicState {
                     name,
                     seq: 0,
-                    exact: 0,
+                    exact,
                     routes,
                 })
             }
@@ -263,11 +268,11 @@ impl Dispatcher {
                 nonce,
             } => {
                 let bit = 1u64 << shard;
-                let result = match &interest {
+                let seq = match &interest {
                     Interest::Topic(t) => self.subscribe_topic(t, bit),
                     Interest::Prefix(p) => {
                         self.subscribe_prefix(p, bit);
-                        Ok(0)
+                        0
                     }
                 };
                 self.push(
@@ -275,7 +280,7 @@ impl Dispatcher {
                     ShardMsg::Subscribed {
                         interest,
                         nonce,
-                        result,
+                        seq,
                     },
                 );
             }
@@ -287,16 +292,20 @@ impl Dispatcher {
                         if let Some(s) = self.topics.get_mut(&**t) {
                             s.exact &= !bit;
                             s.routes = s.exact | pattern_routes(prefixes, &s.name);
-                            if s.seq == 0 && s.routes == 0 {
-                                self.topics.remove(&**t);
+                        } else if let Some(shards) = self.unpublished.get_mut(&**t) {
+                            *shards &= !bit;
+                            if *shards == 0 {
+                                self.unpublished.remove(&**t);
                             }
                         }
                     }
                     Interest::Prefix(p) => {
-                        if let Some(r) = self.prefixes.iter_mut().find(|r| r.prefix == *p) {
-                            r.shards &= !bit;
+                        if let Some(shards) = self.prefixes.get_mut(p) {
+                            *shards &= !bit;
+                            if *shards == 0 {
+                                self.prefixes.remove(p);
+                            }
                         }
-                        self.prefixes.retain(|r| r.shards != 0);
                         let prefixes = &self.prefixes;
                         for s in self.topics.values_mut() {
                             if prefix_matches(p, &s.name) {
@@ -310,36 +319,21 @@ impl Dispatcher {
         }
     }
 
-    fn subscribe_topic(&mut self, topic: &Arc<str>, bit: u64) -> Result<u64, Refusal> {
+    /// Routes `topic` to the shard `bit`; returns its current sequence (0 when unpublished).
+    /// Never refused, and never takes a topic slot: an unpublished topic waits in
+    /// `unpublished` until its first publish.
+    fn subscribe_topic(&mut self, topic: &Arc<str>, bit: u64) -> u64 {
         if let Some(s) = self.topics.get_mut(&**topic) {
             s.exact |= bit;
             s.routes |= bit;
-            return Ok(s.seq);
+            return s.seq;
         }
-        if self.topics.len() >= self.config.max_topics {
-            return Err(Refusal::TopicLimit);
-        }
-        let routes = bit | pattern_routes(&self.prefixes, topic);
-        self.topics.insert(
-            topic.clone(),
-            TopicState {
-                name: topic.clone(),
-                seq: 0,
-                exact: bit,
-                routes,
-            },
-        );
-        Ok(0)
+        *self.unpublished.entry(topic.clone()).or_insert(0) |= bit;
+        0
     }
 
     fn subscribe_prefix(&mut self, prefix: &Arc<str>, bit: u64) {
-        match self.prefixes.iter_mut().find(|r| r.prefix == *prefix) {
-            Some(r) => r.shards |= bit,
-            None => self.prefixes.push(PrefixRoute {
-                prefix: prefix.clone(),
-                shards: bit,
-            }),
-        }
+        *self.prefixes.entry(prefix.clone()).or_insert(0) |= bit;
         for s in self.topics.values_mut() {
             if prefix_matches(prefix, &s.name) {
                 s.routes |= bit;
@@ -392,11 +386,15 @@ impl Dispatcher {
     }
 }
 
-fn pattern_routes(prefixes: &[PrefixRoute], topic: &str) -> u64 {
-    prefixes
-        .iter()
-        .filter(|r| prefix_matches(&r.prefix, topic))
-        .fold(0, |acc, r| acc | r.shards)
+/// Shards with a pattern covering `topic`: one lookup per dot in the topic, whatever the
+/// number of patterns.
+fn pattern_routes(prefixes: &HashMap<Arc<str>, u64>, topic: &str) -> u64 {
+    if prefixes.is_empty() {
+        return 0;
+    }
+    covering_prefixes(topic)
+        .filter_map(|p| prefixes.get(p))
+        .fold(0, |acc, shards| acc | shards)
 }
 
 /// Drains one shard's backlog into its ring, waiting for room. Dispatcher thread.

@@ -133,65 +133,166 @@ impl Publisher {
     }
 }
 
+/// One line of a publisher's stream, as [`Lines`] hands it out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A line to parse: its bytes without the `\n` or `\r\n` that ended it. Scratch: the
+    /// parser may modify it in place.
+    Text(&'a mut [u8]),
+    /// A line longer than `max_line_bytes` (its bytes were not kept).
+    TooLong,
+}
+
+/// Splits a publisher's byte stream into lines: shared by the TCP ingest, its fuzz target and
+/// tests. Pure, any thread. The outcome of every line is the same however TCP splits the
+/// stream, and whether the last line ends with a newline or with the publisher closing.
+///
+/// Rules (docs/protocol.md, "Publishing"): a line ends at `\n`; one `\r` right before it is
+/// dropped. A line's length is its bytes without that terminator; a line longer than
+/// `max_line_bytes` is [`Line::TooLong`], reported as soon as that is certain, and its bytes
+/// are discarded up to its end. Lines of nothing but whitespace are skipped (they still count
+/// in the line numbers, which start at 1). At the end of the stream an unterminated last line
+/// is complete like any other.
+pub struct Lines {
+    /// Bytes of the current, unterminated line (at most `max + 1`: a CR may wait for its LF).
+    buf: Vec<u8>,
+    /// Number of the current line, from 1.
+    line_no: u64,
+    /// The current line was already reported too long; its bytes are skipped up to its end.
+    skipping: bool,
+    max: usize,
+}
+
+impl Lines {
+    /// A splitter for lines of at most `max_line_bytes`.
+    pub fn new(max_line_bytes: usize) -> Self {
+        Lines {
+            buf: Vec::new(),
+            line_no: 1,
+            skipping: false,
+            max: max_line_bytes,
+        }
+    }
+
+    /// Takes the next bytes of the stream and calls `each(line_number, line)` for every line
+    /// they complete (or show to be too long), in order. Linear in `bytes`.
+    pub fn feed(&mut self, mut bytes: &[u8], mut each: impl FnMut(u64, Line<'_>)) {
+        while !bytes.is_empty() {
+            let (part, ended) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[part.len() + usize::from(ended)..];
+            if !self.skipping {
+                self.buf.extend_from_slice(part);
+                // Over the limit even if a CR we hold turns out to end the line.
+                let held = self.buf.len() - usize::from(!ended && self.buf.last() == Some(&b'\r'));
+                if !ended && held > self.max {
+                    self.buf = Vec::new();
+                    self.skipping = true;
+                    each(self.line_no, Line::TooLong);
+                }
+            }
+            if ended {
+                self.end_line(&mut each);
+            }
+        }
+    }
+
+    /// The publisher closed its side: an unterminated last line is complete.
+    pub fn finish(&mut self, mut each: impl FnMut(u64, Line<'_>)) {
+        if !self.skipping && !self.buf.is_empty() {
+            self.end_line(&mut each);
+        }
+    }
+
+    fn end_line(&mut self, each: &mut impl FnMut(u64, Line<'_>)) {
+        let no = self.line_no;
+        self.line_no += 1;
+        if std::mem::take(&mut self.skipping) {
+            return;
+        }
+        let mut line = &mut self.buf[..];
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        if line.len() > self.max {
+            each(no, Line::TooLong);
+        } else if !line.iter().all(u8::is_ascii_whitespace) {
+            each(no, Line::Text(line));
+        }
+        self.buf.clear();
+        if self.buf.capacity() > 64 * 1024 {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+/// Feeds `chunks` through [`Lines`] and [`parse_line`], then ends the stream: every line's
+/// number and outcome, in order. What the TCP ingest does, minus the dispatcher; the fuzz
+/// target and the tests use it.
+pub fn parse_stream(
+    chunks: &[&[u8]],
+    max_line_bytes: usize,
+) -> Vec<(u64, Result<Event, PublishError>)> {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut each = |no: u64, line: Line<'_>| {
+        out.push((
+            no,
+            match line {
+                Line::Text(text) => parse_line(text, now),
+                Line::TooLong => Err(PublishError::LineTooLong(max_line_bytes)),
+            },
+        ))
+    };
+    let mut lines = Lines::new(max_line_bytes);
+    for chunk in chunks {
+        lines.feed(chunk, &mut each);
+    }
+    lines.finish(&mut each);
+    out
+}
+
 /// Serves one TCP publisher on the dispatcher core until it disconnects. Every line is one
 /// event; a bad line gets an error line back (`{"op":"error","line":N,"code":..,"message":..}`)
-/// and the stream goes on.
+/// and the stream goes on. When the publisher closes its side, a last line without a newline
+/// is published like any other, and its error (if any) is still written back. A connection
+/// that ends in an error (reset) loses only its unterminated last line.
 pub(crate) async fn serve_ingest(dispatcher: Rc<RefCell<Dispatcher>>, mut stream: TcpStream) {
     let max_line = dispatcher.borrow().config().max_line_bytes;
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut lines = Lines::new(max_line);
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut line_no: u64 = 0;
-    let mut skipping = false; // inside a line already reported as too long
     let mut replies: Vec<u8> = Vec::new();
     loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let (n, ingest_at) = match stream.read(&mut chunk).await {
+            Ok(n) => (n, Instant::now()),
+            Err(_) => break,
         };
-        let ingest_at = Instant::now();
-        buf.extend_from_slice(&chunk[..n]);
-        let mut start = 0;
-        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
-            let end = start + pos;
-            line_no += 1;
-            if skipping {
-                skipping = false;
-            } else {
-                let mut line = &mut buf[start..end];
-                if let [rest @ .., b'\r'] = line {
-                    line = rest;
-                }
-                if line.len() > max_line {
-                    error_line(&mut replies, line_no, &PublishError::LineTooLong(max_line));
-                } else if !line.iter().all(u8::is_ascii_whitespace) {
-                    let result = parse_line(line, ingest_at)
-                        .and_then(|event| dispatcher.borrow_mut().publish(event).map(|_| ()));
-                    if let Err(e) = result {
-                        dispatcher.borrow_mut().stats.rejected_lines += 1;
-                        error_line(&mut replies, line_no, &e);
-                    }
-                }
-            }
-            start = end + 1;
-        }
-        buf.drain(..start);
-        if buf.len() > max_line {
-            if !skipping {
-                error_line(
-                    &mut replies,
-                    line_no + 1,
-                    &PublishError::LineTooLong(max_line),
-                );
+        let mut each = |no: u64, line: Line<'_>| {
+            let result = match line {
+                Line::Text(text) => parse_line(text, ingest_at)
+                    .and_then(|event| dispatcher.borrow_mut().publish(event).map(|_| ())),
+                Line::TooLong => Err(PublishError::LineTooLong(max_line)),
+            };
+            if let Err(e) = result {
                 dispatcher.borrow_mut().stats.rejected_lines += 1;
+                error_line(&mut replies, no, &e);
             }
-            skipping = true;
-            buf.clear();
+        };
+        if n == 0 {
+            lines.finish(&mut each);
+        } else {
+            lines.feed(&chunk[..n], &mut each);
         }
         if !replies.is_empty() {
             if stream.write_all(&replies).await.is_err() {
                 break;
             }
             replies.clear();
+        }
+        if n == 0 {
+            break;
         }
         // A publisher that never pauses would otherwise keep the dispatcher to itself (reads
         // complete at once while data waits): the pumps, the shards' requests and the other
@@ -252,6 +353,62 @@ mod tests {
                 .code(),
             "bad_ts"
         );
+    }
+
+    fn outcomes(chunks: &[&[u8]], max: usize) -> Vec<(u64, Result<String, &'static str>)> {
+        parse_stream(chunks, max)
+            .into_iter()
+            .map(|(no, r)| (no, r.map(|e| e.topic).map_err(|e| e.code())))
+            .collect()
+    }
+
+    #[test]
+    fn the_last_line_at_eof_is_published() {
+        let got = outcomes(
+            &[b"{\"topic\":\"a\",\"data\":1}\n{\"topic\":\"b\",\"data\":2}"],
+            100,
+        );
+        assert_eq!(got, vec![(1, Ok("a".into())), (2, Ok("b".into()))]);
+        let bad_last = outcomes(&[b"\n\n{\"topic\":\"b\"}"], 100);
+        assert_eq!(bad_last, vec![(3, Err("missing_data"))]);
+    }
+
+    #[test]
+    fn splits_never_change_the_outcome() {
+        let line = b"{\"topic\":\"abc\",\"data\":[1,2]}";
+        let max = line.len();
+        let mut stream = Vec::new();
+        for ending in [&b"\r\n"[..], b"\n", b"\r\n", b""] {
+            stream.extend_from_slice(line);
+            stream.extend_from_slice(ending);
+        }
+        let whole = outcomes(&[&stream], max);
+        assert_eq!(whole.len(), 4);
+        assert!(whole.iter().all(|(_, r)| r.is_ok()), "{whole:?}");
+        for cut in 0..stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(outcomes(&[a, b], max), whole, "split at {cut}");
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(outcomes(&bytes, max), whole);
+    }
+
+    #[test]
+    fn lines_over_the_limit_are_refused_once_and_skipped() {
+        let long = format!("{{\"topic\":\"a\",\"data\":\"{}\"}}", "x".repeat(50));
+        let ok = "{\"topic\":\"b\",\"data\":1}";
+        let stream = format!("{long}\r\n{ok}\n{long}");
+        let whole = outcomes(&[stream.as_bytes()], 30);
+        assert_eq!(
+            whole,
+            vec![
+                (1, Err("line_too_long")),
+                (2, Ok("b".into())),
+                (3, Err("line_too_long"))
+            ]
+        );
+        let bytes: Vec<&[u8]> = stream.as_bytes().chunks(7).collect();
+        assert_eq!(outcomes(&bytes, 30), whole);
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl Server {
                 ring: ring_rx,
                 control: control_tx,
                 config: config.shard.clone(),
+                handler: corecast_shards::shard::Handler::Protocol,
             });
         }
 

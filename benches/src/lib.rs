@@ -11,7 +11,7 @@ use std::time::Instant;
 use corecast::dispatcher::encode_msg;
 use corecast_shards::queue::{Bounds, Outbound};
 use corecast_shards::ring::{Frame, Interest};
-use corecast_shards::table::{Resolved, Table};
+use corecast_shards::table::Table;
 
 /// One order-book delta as a publisher sends it.
 pub const BOOK_LINE: &str = r#"{"topic":"book.BTCUSD","data":{"symbol":"BTCUSD","bids":[["43210.50","1.2000"]],"asks":[["43211.00","0.0000"]]},"ts":1700000000000000}"#;
@@ -51,7 +51,7 @@ pub fn table_with(n: usize) -> (Table<RefCell<Outbound>>, Vec<Queue>) {
     for s in &subs {
         t.subscribe(s.clone(), None, vec![(topic.clone(), true)], &mut out);
     }
-    let done = t.on_subscribed(&topic, 1, Ok(0), &mut out);
-    assert!(matches!(done.first(), Some(Resolved::Ack { .. })));
+    let done = t.on_subscribed(&topic, 1, 0);
+    assert_eq!(done.len(), n);
     (t, subs)
 }

@@ -50,8 +50,12 @@ pub struct ShardConfig {
     pub rate_limit_max_strikes: u32,
     /// Topics in one subscribe or unsubscribe request. Default 100.
     pub max_topics_per_request: usize,
-    /// Subscriptions (topics and patterns) per connection. Default 1000.
+    /// Subscriptions (topics and patterns) per connection. A subscription costs only its own
+    /// connection's budget, even to a topic nobody has published. Default 1000.
     pub max_subscriptions: usize,
+    /// Pattern subscriptions (`prefix.*`) per connection, counted within
+    /// `max_subscriptions`. Default 16.
+    pub max_patterns: usize,
     /// How long shutdown waits for close frames to flush, ms. Default 2000.
     pub shutdown_grace_ms: u64,
     /// How often the shard sends its metrics to the reporter, ms; 0 never. Default 1000.
@@ -94,6 +98,7 @@ impl Default for ShardConfig {
             rate_limit_max_strikes: 20,
             max_topics_per_request: 100,
             max_subscriptions: 1000,
+            max_patterns: 16,
             shutdown_grace_ms: 2000,
             report_interval_ms: 1000,
             ring_poll_us: 5,

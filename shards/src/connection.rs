@@ -21,13 +21,13 @@ use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 
 use crate::handshake::{self, Parsed};
-use crate::inbound::{Event, Fatal, Reassembler};
+use crate::inbound::{Event, Fatal, MessageKind, Reassembler};
 use crate::protocol::{self, close, code, AckTopic, Request};
 use crate::queue::{Flushed, Outbound};
 use crate::ratelimit::{TokenBucket, Verdict};
 use crate::readiness::Ready;
-use crate::ring::{Interest, Refusal};
-use crate::shard::ShardCtx;
+use crate::ring::Interest;
+use crate::shard::{Handler, ShardCtx};
 use crate::table::Resolved;
 use crate::topic::{parse_selector, prefix_matches, Selector};
 
@@ -62,7 +62,15 @@ pub struct Conn {
     closing: Cell<bool>,
     /// Close requested by the shard, acted on by the readiness loop.
     close: Cell<Option<CloseRequest>>,
-    /// Last time any frame arrived from the client.
+    /// A subscribe request of this connection waits for the dispatcher: the requests behind
+    /// it stay unread (in the reassembler and the socket) until it is acked, so replies come
+    /// in request order and each describes the state after the requests before it.
+    awaiting: Cell<bool>,
+    /// A frame of the message being reassembled was refused by the rate limit: the whole
+    /// message is dropped when it completes (the refusal was already announced).
+    refused_message: Cell<bool>,
+    /// Last time the client finished something: a whole message or a control frame (bytes
+    /// of an unfinished frame, or fragments of an unfinished message, do not count).
     pub(crate) last_heard: Cell<Instant>,
     /// Inbound rate limit.
     bucket: RefCell<TokenBucket>,
@@ -229,6 +237,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         ending: Cell::new(false),
         closing: Cell::new(false),
         close: Cell::new(None),
+        awaiting: Cell::new(false),
+        refused_message: Cell::new(false),
         last_heard: Cell::new(now),
         bucket: RefCell::new(TokenBucket::new(&ctx.limits, now)),
     });
@@ -345,6 +355,15 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
     if !r.read {
         return;
     }
+    // Requests left unread while a subscribe of this connection waited come first.
+    if conn.reader.borrow().pending() > 0 {
+        if let Some(end) = drain_events(ctx, conn) {
+            return end_conn(ctx, conn, end);
+        }
+    }
+    if conn.awaiting.get() {
+        return; // read again once the subscribe is acked (`deliver_resolved`)
+    }
     for _ in 0..READS_PER_PASS {
         let mut scratch = ctx.scratch.borrow_mut();
         let n = match crate::socket::recv(conn.fd, &mut scratch) {
@@ -357,9 +376,11 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
         conn.reader.borrow_mut().feed(&scratch[..n]);
         let drained = n < scratch.len();
         drop(scratch);
-        conn.last_heard.set(Instant::now());
         if let Some(end) = drain_events(ctx, conn) {
             return end_conn(ctx, conn, end);
+        }
+        if conn.awaiting.get() {
+            return;
         }
         if drained && !r.closed {
             // A short read emptied the socket; more input raises a new edge. (After the peer's
@@ -424,9 +445,13 @@ fn poll_blocked_write(
     Poll::Ready(Ok(()))
 }
 
-/// Handles every complete event in the buffer; `Some` when the connection must end.
+/// Handles every complete event in the buffer, stopping early while a subscribe waits for
+/// the dispatcher; `Some` when the connection must end.
 fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>) -> Option<Ending> {
     let end = loop {
+        if conn.awaiting.get() {
+            break None;
+        }
         let next = conn
             .reader
             .borrow_mut()
@@ -447,20 +472,27 @@ fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>) -> Option<Ending> {
     end
 }
 
+/// Acts on one inbound frame. Every frame but a close takes a token from the rate limit,
+/// continuation frames included; a refused fragment drops its whole message.
 fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending> {
     if let Event::Close(code) = event {
         return Some(Ending::ClientClosed(code));
     }
-    let verdict = conn.bucket.borrow_mut().take(&ctx.limits, Instant::now());
+    let now = Instant::now();
+    let verdict = conn.bucket.borrow_mut().take(&ctx.limits, now);
     match verdict {
         Verdict::Allow => {}
         Verdict::Refuse(strikes) => {
             ctx.metrics.borrow_mut().counters.rate_limited += 1;
             let msg = format!(
-                "over {} messages/s (burst {}); refused {strikes} in a row, closing at {}",
+                "over {} frames/s (burst {}); refused {strikes} in a row, closing at {}",
                 ctx.limits.rate, ctx.limits.burst, ctx.limits.max_strikes
             );
             conn.push_own(ctx, protocol::error(None, code::RATE_LIMITED, &msg));
+            // A refused frame of an unfinished message refuses the message; a refused last
+            // frame ends the message too.
+            conn.refused_message
+                .set(matches!(event, Event::Fragment(_)));
             return None;
         }
         Verdict::Close => {
@@ -471,15 +503,40 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
             ));
         }
     }
+    if !matches!(event, Event::Fragment(_)) {
+        conn.last_heard.set(now);
+    }
     match event {
         Event::Text(mut text) => {
-            match protocol::parse_request(&mut text, ctx.config.max_topics_per_request) {
-                Ok(req) => handle_request(ctx, conn, req),
-                Err(r) => reject(ctx, conn, r.id, r.code, &r.message),
+            if conn.refused_message.replace(false) {
+                return None;
+            }
+            match ctx.handler {
+                Handler::Protocol => {
+                    match protocol::parse_request(&mut text, ctx.config.max_topics_per_request) {
+                        Ok(req) => handle_request(ctx, conn, req),
+                        Err(r) => reject(ctx, conn, r.id, r.code, &r.message),
+                    }
+                }
+                Handler::Echo => conn.push_own(
+                    ctx,
+                    crate::frame::server_frame(crate::frame::OP_TEXT, &text),
+                ),
             }
             None
         }
-        Event::Binary => Some(Ending::Close(
+        Event::Fragment(MessageKind::Text) => None,
+        Event::Binary(bytes) if ctx.handler == Handler::Echo => {
+            if !conn.refused_message.replace(false) {
+                conn.push_own(
+                    ctx,
+                    crate::frame::server_frame(crate::frame::OP_BINARY, &bytes),
+                );
+            }
+            None
+        }
+        Event::Fragment(MessageKind::Binary) if ctx.handler == Handler::Echo => None,
+        Event::Binary(_) | Event::Fragment(MessageKind::Binary) => Some(Ending::Close(
             close::UNSUPPORTED_DATA,
             "binary messages are not supported; send JSON text".into(),
         )),
@@ -551,6 +608,16 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 );
                 return reject(ctx, conn, id, code::TOO_MANY_SUBSCRIPTIONS, &msg);
             }
+            let is_pattern = |i: &Interest| matches!(i, Interest::Prefix(_));
+            let new_patterns = items.iter().filter(|(i, n)| *n && is_pattern(i)).count();
+            let have_patterns = conn.subs.borrow().iter().filter(|i| is_pattern(i)).count();
+            if have_patterns + new_patterns > ctx.config.max_patterns {
+                let msg = format!(
+                    "{have_patterns} patterns + {new_patterns} new is over the limit of {}",
+                    ctx.config.max_patterns
+                );
+                return reject(ctx, conn, id, code::TOO_MANY_PATTERNS, &msg);
+            }
             {
                 // Exactly as long as needed: this list lives as long as the connection.
                 let mut subs = conn.subs.borrow_mut();
@@ -567,8 +634,10 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 .borrow_mut()
                 .subscribe(me, id, items, &mut to_dispatcher);
             ctx.tell_dispatcher(to_dispatcher);
-            if let Some(r) = done {
-                deliver_resolved(ctx, r);
+            match done {
+                Some(r) => deliver_resolved(ctx, r),
+                // Later requests wait until the dispatcher's reply completes this one.
+                None => conn.awaiting.set(true),
             }
         }
         Request::Unsubscribe { id, topics } => {
@@ -611,38 +680,16 @@ fn ack_frame(id: Option<u64>, named: &[(String, Option<u64>)]) -> Vec<u8> {
     protocol::ack(id, &topics)
 }
 
-/// Sends the ack or error of a finished subscribe request to its connection.
+/// Sends the ack of a finished subscribe request to its connection, and lets the requests
+/// that waited behind it be read (on the readiness loop's next pass).
 pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
-    match r {
-        Resolved::Ack { sub, id, topics } => {
-            let named: Vec<(String, Option<u64>)> =
-                topics.iter().map(|(i, s)| (interest_name(i), *s)).collect();
-            sub.push_own(ctx, ack_frame(id, &named));
-            ctx.mark_dirty(&sub);
-        }
-        Resolved::Refused {
-            sub,
-            id,
-            interest,
-            refusal,
-            items,
-        } => {
-            // Keep what the connection still has or still waits for through another request.
-            let table = ctx.table.borrow();
-            sub.subs
-                .borrow_mut()
-                .retain(|i| !items.iter().any(|(x, _)| x == i) || table.wants(&sub, i));
-            drop(table);
-            let msg = match refusal {
-                Refusal::TopicLimit => format!(
-                    "cannot subscribe to {:?}: the server tracks its maximum number of topics",
-                    interest_name(&interest)
-                ),
-            };
-            ctx.metrics.borrow_mut().counters.rejected_requests += 1;
-            sub.push_own(ctx, protocol::error(id, code::TOPIC_LIMIT, &msg));
-            ctx.mark_dirty(&sub);
-        }
+    let Resolved { sub, id, topics } = r;
+    let named: Vec<(String, Option<u64>)> =
+        topics.iter().map(|(i, s)| (interest_name(i), *s)).collect();
+    sub.push_own(ctx, ack_frame(id, &named));
+    ctx.mark_dirty(&sub);
+    if sub.awaiting.replace(false) {
+        ctx.readiness.read_again(sub.id);
     }
 }
 
@@ -663,13 +710,13 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
     let closing = match ending {
         Ending::Gone => None,
         _ if conn.broken.get() => None,
-        Ending::ClientClosed(code) => Some((code.unwrap_or(close::NORMAL), String::new())),
-        Ending::Close(code, reason) => Some((code, reason)),
+        // RFC 6455 5.5.1: echo the client's code; an empty close is answered with an empty one.
+        Ending::ClientClosed(Some(code)) => Some(crate::frame::close_frame(code, "")),
+        Ending::ClientClosed(None) => Some(crate::frame::server_frame(crate::frame::OP_CLOSE, b"")),
+        Ending::Close(code, reason) => Some(crate::frame::close_frame(code, &reason)),
     };
-    if let Some((code, reason)) = closing {
-        conn.out
-            .borrow_mut()
-            .push_own(crate::frame::close_frame(code, &reason));
+    if let Some(frame) = closing {
+        conn.out.borrow_mut().push_own(frame);
         let grace = Duration::from_millis(ctx.config.shutdown_grace_ms.max(100));
         let flushed = poll_fn(|cx| {
             conn.flush(ctx);

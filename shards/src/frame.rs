@@ -1,11 +1,6 @@
 //! WebSocket framing (RFC 6455 section 5): the server-side encoder used once per published
 //! message, and the inbound frame reader's checks. Pure functions, any thread.
 
-use std::io::Cursor;
-
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tungstenite::protocol::frame::FrameHeader;
-
 /// Longest header a server frame can have: 2 bytes + 8-byte extended length (RFC 6455 5.2).
 pub const MAX_SERVER_HEADER: usize = 10;
 
@@ -30,6 +25,8 @@ pub fn encode_header(opcode: u8, len: usize, out: &mut [u8; MAX_SERVER_HEADER]) 
 
 /// Opcode of a text frame (RFC 6455 5.2).
 pub const OP_TEXT: u8 = 0x1;
+/// Opcode of a binary frame.
+pub const OP_BINARY: u8 = 0x2;
 /// Opcode of a close frame.
 pub const OP_CLOSE: u8 = 0x8;
 /// Opcode of a ping frame.
@@ -76,10 +73,10 @@ pub struct Inbound {
     pub kind: Kind,
     pub fin: bool,
     pub mask: [u8; 4],
-    /// Header length in bytes.
+    /// Header length in bytes (2 to 14).
     pub header_len: usize,
-    /// Payload length in bytes.
-    pub payload_len: usize,
+    /// Payload length in bytes, as the header declares it (not yet checked against any limit).
+    pub payload_len: u64,
 }
 
 /// Why an inbound frame ends the connection, with the close code to send.
@@ -97,16 +94,18 @@ pub enum FrameError {
     /// RFC 6455 5.5: control frames carry at most 125 bytes and are never fragmented.
     #[error("control frame fragmented or longer than 125 bytes")]
     BadControl,
+    /// RFC 6455 5.2: "the minimal number of bytes MUST be used to encode the length", and
+    /// the most significant bit of a 64-bit length MUST be 0.
+    #[error("payload length not in its minimal encoding, or over 2^63-1")]
+    BadLength,
     /// The frame (or message so far) is longer than the configured limit.
     #[error("message of {0} bytes is over the limit of {1} bytes")]
     TooBig(u64, usize),
-    /// The header could not be parsed at all.
-    #[error("malformed frame header")]
-    Malformed,
 }
 
 impl FrameError {
-    /// The close code for this error (RFC 6455 7.4.1).
+    /// The close code for this error (RFC 6455 7.4.1): 1009 for a message over the limit,
+    /// 1002 for every violation of the framing rules.
     pub fn close_code(&self) -> u16 {
         match self {
             FrameError::TooBig(..) => crate::protocol::close::TOO_BIG,
@@ -115,49 +114,75 @@ impl FrameError {
     }
 }
 
-/// Parses and checks the header at the start of `buf`. `Ok(None)` means more bytes are needed.
-/// Uses tungstenite's header parser; the policy (masking, limits) is ours.
-pub fn parse_inbound(buf: &[u8], max_payload: usize) -> Result<Option<Inbound>, FrameError> {
-    if let Some(&first) = buf.first() {
-        let op = first & 0x0F;
-        if matches!(op, 0x3..=0x7 | 0xB..=0xF) {
-            return Err(FrameError::ReservedOpcode(op));
-        }
-    }
-    let mut cursor = Cursor::new(buf);
-    let (header, len) = match FrameHeader::parse(&mut cursor) {
-        Ok(Some(h)) => h,
-        Ok(None) => return Ok(None),
-        Err(_) => return Err(FrameError::Malformed),
+/// Parses and checks the client frame header at the start of `buf` (RFC 6455 5.2): reserved
+/// bits and opcodes, the length's encoding, masking, and the control-frame rules of 5.5.
+/// `Ok(None)` means more bytes are needed; every violation is found as soon as the bytes that
+/// show it are in. Size limits are the caller's (they depend on the message so far), applied
+/// after these checks, so a frame that breaks the rules is refused as such (1002) even when
+/// it is also too big.
+pub fn parse_inbound(buf: &[u8]) -> Result<Option<Inbound>, FrameError> {
+    let Some(&b0) = buf.first() else {
+        return Ok(None);
     };
-    if header.rsv1 || header.rsv2 || header.rsv3 {
+    if b0 & 0x70 != 0 {
         return Err(FrameError::ReservedBits);
     }
-    let kind = match header.opcode {
-        OpCode::Data(Data::Text) => Kind::Text,
-        OpCode::Data(Data::Binary) => Kind::Binary,
-        OpCode::Data(Data::Continue) => Kind::Continuation,
-        OpCode::Control(Control::Close) => Kind::Close,
-        OpCode::Control(Control::Ping) => Kind::Ping,
-        OpCode::Control(Control::Pong) => Kind::Pong,
-        OpCode::Data(Data::Reserved(op)) | OpCode::Control(Control::Reserved(op)) => {
-            return Err(FrameError::ReservedOpcode(op))
-        }
+    let fin = b0 & 0x80 != 0;
+    let kind = match b0 & 0x0F {
+        0x0 => Kind::Continuation,
+        0x1 => Kind::Text,
+        0x2 => Kind::Binary,
+        0x8 => Kind::Close,
+        0x9 => Kind::Ping,
+        0xA => Kind::Pong,
+        op => return Err(FrameError::ReservedOpcode(op)),
     };
     let control = matches!(kind, Kind::Close | Kind::Ping | Kind::Pong);
-    if control && (!header.is_final || len > 125) {
+    if control && !fin {
         return Err(FrameError::BadControl);
     }
-    let mask = header.mask.ok_or(FrameError::Unmasked)?;
-    if len > max_payload as u64 {
-        return Err(FrameError::TooBig(len, max_payload));
+    let Some(&b1) = buf.get(1) else {
+        return Ok(None);
+    };
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Unmasked);
     }
+    let (len, len_bytes) = match b1 & 0x7F {
+        126 => {
+            let Some(ext) = buf.get(2..4) else {
+                return Ok(None);
+            };
+            let len = u64::from(u16::from_be_bytes([ext[0], ext[1]]));
+            if len < 126 {
+                return Err(FrameError::BadLength);
+            }
+            (len, 2)
+        }
+        127 => {
+            let Some(ext) = buf.get(2..10) else {
+                return Ok(None);
+            };
+            let len = u64::from_be_bytes(ext.try_into().expect("8 bytes"));
+            if len >> 63 != 0 || len <= u64::from(u16::MAX) {
+                return Err(FrameError::BadLength);
+            }
+            (len, 8)
+        }
+        n => (u64::from(n), 0),
+    };
+    if control && len > 125 {
+        return Err(FrameError::BadControl);
+    }
+    let header_len = 2 + len_bytes + 4;
+    let Some(mask) = buf.get(header_len - 4..header_len) else {
+        return Ok(None);
+    };
     Ok(Some(Inbound {
         kind,
-        fin: header.is_final,
-        mask,
-        header_len: cursor.position() as usize,
-        payload_len: len as usize,
+        fin,
+        mask: mask.try_into().expect("4 bytes"),
+        header_len,
+        payload_len: len,
     }))
 }
 
@@ -171,6 +196,8 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::FrameHeader;
 
     fn tungstenite_header(len: usize) -> Vec<u8> {
         let h = FrameHeader {
@@ -204,7 +231,7 @@ mod tests {
     #[test]
     fn parses_masked_text_and_unmasks() {
         let wire = masked(0x81, b"hello");
-        let f = parse_inbound(&wire, 100).unwrap().unwrap();
+        let f = parse_inbound(&wire).unwrap().unwrap();
         assert_eq!(
             (f.kind, f.fin, f.header_len, f.payload_len),
             (Kind::Text, true, 6, 5)
@@ -215,32 +242,70 @@ mod tests {
     }
 
     #[test]
-    fn needs_more_bytes_for_partial_header() {
-        assert!(parse_inbound(&[0x81], 100).unwrap().is_none());
-        assert!(parse_inbound(&[0x81, 0xFE, 0x01], 100).unwrap().is_none());
+    fn parses_what_a_real_client_masks_at_every_length_class() {
+        for len in [0usize, 125, 126, 65_535, 65_536] {
+            let mut wire = Vec::new();
+            let frame = tungstenite::protocol::frame::Frame::message(
+                vec![b'x'; len],
+                OpCode::Data(Data::Text),
+                true,
+            );
+            let mut frame = frame;
+            frame.header_mut().mask = Some([5, 6, 7, 8]);
+            frame.format(&mut wire).unwrap();
+            let f = parse_inbound(&wire).unwrap().unwrap();
+            assert_eq!(
+                (f.payload_len, f.header_len + len),
+                (len as u64, wire.len())
+            );
+        }
     }
 
     #[test]
-    fn refuses_protocol_violations() {
+    fn needs_more_bytes_for_partial_header() {
+        assert!(parse_inbound(&[]).unwrap().is_none());
+        assert!(parse_inbound(&[0x81]).unwrap().is_none());
+        assert!(parse_inbound(&[0x81, 0xFE, 0x01]).unwrap().is_none());
+        assert!(parse_inbound(&[0x81, 0x85, 1, 2, 3]).unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_protocol_violations_as_soon_as_they_show() {
         assert_eq!(
-            parse_inbound(&[0x81, 0x05, b'h'], 100).unwrap_err(),
+            parse_inbound(&[0x81, 0x05, b'h']).unwrap_err(),
             FrameError::Unmasked
         );
         assert_eq!(
-            parse_inbound(&masked(0xC1, b"x"), 100).unwrap_err(),
+            parse_inbound(&[0xC1]).unwrap_err(),
             FrameError::ReservedBits
         );
         assert_eq!(
-            parse_inbound(&masked(0x83, b"x"), 100).unwrap_err(),
+            parse_inbound(&[0x83]).unwrap_err(),
             FrameError::ReservedOpcode(3)
         );
         assert_eq!(
-            parse_inbound(&masked(0x09, b"x"), 100).unwrap_err(),
+            parse_inbound(&[0x8B]).unwrap_err(),
+            FrameError::ReservedOpcode(0xB)
+        );
+        assert_eq!(parse_inbound(&[0x09]).unwrap_err(), FrameError::BadControl);
+        assert_eq!(
+            parse_inbound(&[0x89, 0xFE, 0, 126]).unwrap_err(),
             FrameError::BadControl
         );
-        let e = parse_inbound(&masked(0x81, &[b'a'; 50]), 10).unwrap_err();
-        assert_eq!(e, FrameError::TooBig(50, 10));
-        assert_eq!(e.close_code(), 1009);
+        // Length not in its shortest form, and a 64-bit length with the top bit set.
+        assert_eq!(
+            parse_inbound(&[0x81, 0xFE, 0, 5]).unwrap_err(),
+            FrameError::BadLength
+        );
+        assert_eq!(
+            parse_inbound(&[0x81, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]).unwrap_err(),
+            FrameError::BadLength
+        );
+        let mut huge = vec![0x82, 0xFF];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(parse_inbound(&huge).unwrap_err(), FrameError::BadLength);
+        assert_eq!(FrameError::BadLength.close_code(), 1002);
+        assert_eq!(FrameError::TooBig(50, 10).close_code(), 1009);
     }
 
     #[test]

@@ -1,8 +1,27 @@
 //! The opening handshake (RFC 6455 section 4.2): parse the HTTP upgrade request, answer
 //! `101 Switching Protocols` or a plain HTTP error. Pure functions, any thread.
+//!
+//! Header rules (docs/protocol.md, "The upgrade request"), checked in this order:
+//! 1. Request framing (RFC 9112): a parse error, an obsolete line fold or a space before the
+//!    colon is 400; a head over [`MAX_REQUEST_HEAD`] bytes or [`MAX_HEADERS`] fields is 431.
+//! 2. Singleton fields (`Host`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version`, `Content-Length`):
+//!    a second field line is 400 before any value is looked at. `Host` must be present and a
+//!    valid `uri-host [":" port]` (RFC 9112 §3.2). An upgrade request carries no body: a
+//!    `Transfer-Encoding` or a non-zero `Content-Length` is 400.
+//! 3. Method (`GET`, else 405), version (HTTP/1.1, else 400), request target (origin form
+//!    `/ws?query` or absolute form `http://host/ws`, RFC 9112 §3.2.1-3.2.2; else 400; another
+//!    path is 404).
+//! 4. List fields (`Connection`, `Upgrade`, `Sec-WebSocket-Protocol`, `Sec-WebSocket-Extensions`):
+//!    every field line is combined into one comma-separated list (RFC 9110 §5.3) before its
+//!    tokens are looked at.
+//! 5. The WebSocket fields (RFC 6455 §4.2.1): `Upgrade` names `websocket` (else 426),
+//!    `Connection` names `Upgrade` (else 400), version 13 (else 426), a valid key (else 400).
 
 /// Most bytes of request head accepted before answering 431.
 pub const MAX_REQUEST_HEAD: usize = 8192;
+
+/// Most header fields in a request head before answering 431.
+pub const MAX_HEADERS: usize = 64;
 
 /// Result of looking at the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
@@ -15,7 +34,8 @@ pub enum Parsed {
     Reject(Rejection),
 }
 
-/// An HTTP refusal of the handshake.
+/// An HTTP refusal of the handshake: status code, reason phrase and a one-line explanation
+/// sent as the `text/plain` body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub status: u16,
@@ -30,6 +50,10 @@ impl Rejection {
             reason,
             message: message.into(),
         }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Rejection::new(400, "Bad Request", message)
     }
 
     /// The full HTTP/1.1 response. 426 names the protocol and version to upgrade to (RFC 6455 4.4).
@@ -50,22 +74,82 @@ impl Rejection {
     }
 }
 
-fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
+/// How the upgrade treats each header field it reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// At most one field line; a second is 400.
+    Singleton,
+    /// Field lines are combined into one comma-separated list (RFC 9110 §5.3).
+    List,
 }
 
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+/// Every header field the upgrade reads; any other field is ignored.
+const FIELDS: [(&str, Field); 9] = [
+    ("host", Field::Singleton),
+    ("sec-websocket-key", Field::Singleton),
+    ("sec-websocket-version", Field::Singleton),
+    ("content-length", Field::Singleton),
+    ("transfer-encoding", Field::List),
+    ("connection", Field::List),
+    ("upgrade", Field::List),
+    ("sec-websocket-protocol", Field::List),
+    ("sec-websocket-extensions", Field::List),
+];
+
+/// The fields of [`FIELDS`] present in a request: singletons as their one value, lists as
+/// the combined value of every line (in order, joined with `,`).
+struct Fields<'a> {
+    values: [Option<std::borrow::Cow<'a, [u8]>>; FIELDS.len()],
+}
+
+impl<'a> Fields<'a> {
+    /// Collects the fields; a second line of a singleton is an error naming it.
+    fn collect(headers: &[httparse::Header<'a>]) -> Result<Self, Rejection> {
+        let mut values: [Option<std::borrow::Cow<'a, [u8]>>; FIELDS.len()] = Default::default();
+        for h in headers {
+            let Some(i) = FIELDS
+                .iter()
+                .position(|(name, _)| h.name.eq_ignore_ascii_case(name))
+            else {
+                continue;
+            };
+            let value = h.value.trim_ascii();
+            values[i] = Some(match (values[i].take(), FIELDS[i].1) {
+                (None, _) => std::borrow::Cow::Borrowed(value),
+                (Some(_), Field::Singleton) => {
+                    return Err(Rejection::bad(format!(
+                        "more than one {} header field",
+                        h.name
+                    )))
+                }
+                (Some(so_far), Field::List) => {
+                    let mut joined = so_far.into_owned();
+                    joined.push(b',');
+                    joined.extend_from_slice(value);
+                    std::borrow::Cow::Owned(joined)
+                }
+            });
+        }
+        Ok(Fields { values })
+    }
+
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        let i = FIELDS.iter().position(|(n, _)| *n == name)?;
+        self.values[i].as_deref()
+    }
+
+    /// True when the list field `name` holds `token` (case-insensitive, RFC 9110 §5.6.1:
+    /// empty list elements are ignored).
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.get(name).is_some_and(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
 }
 
 /// RFC 6455 4.1: the key is a base64-encoded 16-byte value: 22 base64 characters and `==`.
 fn valid_key(key: &[u8]) -> bool {
-    let key = key.trim_ascii();
     key.len() == 24
         && key.ends_with(b"==")
         && key[..22]
@@ -73,9 +157,165 @@ fn valid_key(key: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-/// Looks at the request head received so far; `path` is the WebSocket endpoint (`/ws`).
+/// RFC 3986 §2.3 unreserved characters.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 §2.2 sub-delims.
+fn sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
+/// RFC 9112 §3.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]`, where `uri-host` is an IP literal
+/// in brackets or a reg-name (which covers IPv4 addresses), not empty.
+fn valid_authority(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        if literal.is_empty()
+            || !literal.iter().all(|&b| {
+                b.is_ascii_hexdigit() || matches!(b, b':' | b'.') || unreserved(b) || sub_delim(b)
+            })
+        {
+            return false;
+        }
+        (&v[..end + 2], &rest[end + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let host_ok = !host.is_empty()
+        && (host.starts_with(b"[") || pct_encoded_ok(host, |b| unreserved(b) || sub_delim(b)));
+    host_ok && port_ok
+}
+
+/// True when every byte of `s` passes `allowed` or is part of a valid `%HH` escape.
+fn pct_encoded_ok(s: &[u8], allowed: impl Fn(u8) -> bool) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            if i + 2 >= s.len() || !(s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+        } else if allowed(s[i]) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+fn hex(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+/// The path of a request target, normalised for comparison: origin form (`/path?query`) or
+/// absolute form (`http://authority/path?query`, also `https`, `ws`, `wss`; RFC 9112 §3.2.2,
+/// an empty path is `/`). The query is ignored. Percent-encoded unreserved characters are
+/// decoded (RFC 3986 §6.2.2.2: `/w%73` is `/ws`); other escapes stay as they are (`%2F` is not
+/// `/`). Dot segments are not removed. Errors name what is wrong with the target.
+pub fn target_path(target: &str) -> Result<String, String> {
+    let bytes = target.as_bytes();
+    let path_and_query: &[u8] = if bytes.starts_with(b"/") {
+        bytes
+    } else {
+        let Some(sep) = target.find("://") else {
+            return Err(format!(
+                "request target {target:?} is neither a path (/ws) nor an absolute URI"
+            ));
+        };
+        let scheme = &target[..sep];
+        if !["http", "https", "ws", "wss"]
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(scheme))
+        {
+            return Err(format!(
+                "request target scheme {scheme:?} is not http(s) or ws(s)"
+            ));
+        }
+        let rest = &bytes[sep + 3..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
+        let authority = &rest[..end];
+        if authority.contains(&b'@') || !valid_authority(authority) {
+            return Err(format!(
+                "request target {target:?} has no valid host (userinfo is not allowed)"
+            ));
+        }
+        match &rest[end..] {
+            [] => b"/",
+            [b'?', ..] => b"/",
+            p => p,
+        }
+    };
+    let path = match path_and_query.iter().position(|&b| b == b'?') {
+        Some(q) => &path_and_query[..q],
+        None => path_and_query,
+    };
+    if path.contains(&b'#') || bytes.contains(&b'#') {
+        return Err("a request target has no fragment ('#')".into());
+    }
+    let pchar = |b: u8| unreserved(b) || sub_delim(b) || matches!(b, b':' | b'@' | b'/');
+    if !pct_encoded_ok(path, pchar) {
+        return Err(format!(
+            "request target path {:?} has an invalid character or escape",
+            String::from_utf8_lossy(path)
+        ));
+    }
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' {
+            let b = hex(path[i + 1]) << 4 | hex(path[i + 2]);
+            if unreserved(b) {
+                out.push(b);
+            } else {
+                out.push(b'%');
+                out.push(path[i + 1].to_ascii_uppercase());
+                out.push(path[i + 2].to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            out.push(path[i]);
+            i += 1;
+        }
+    }
+    // Only ASCII was pushed.
+    Ok(String::from_utf8(out).expect("ASCII path"))
+}
+
+impl Parsed {
+    /// True for [`Parsed::Upgrade`].
+    pub fn is_upgrade(&self) -> bool {
+        matches!(self, Parsed::Upgrade { .. })
+    }
+}
+
+/// Looks at the request head received so far. `path` is the WebSocket endpoint (`/ws`);
+/// `"*"` upgrades any path. The rules are listed in the module documentation.
 pub fn parse(buf: &[u8], path: &str) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -91,20 +331,21 @@ pub fn parse(buf: &[u8], path: &str) -> Parsed {
             return Parsed::Reject(Rejection::new(
                 431,
                 "Request Header Fields Too Large",
-                "more than 32 request headers",
+                format!("more than {MAX_HEADERS} request header fields"),
             ))
         }
-        Err(e) => {
-            return Parsed::Reject(Rejection::new(
-                400,
-                "Bad Request",
-                format!("malformed HTTP request: {e}"),
-            ))
-        }
+        Err(e) => return Parsed::Reject(Rejection::bad(format!("malformed HTTP request: {e}"))),
     };
+    if consumed > MAX_REQUEST_HEAD {
+        return Parsed::Reject(Rejection::new(
+            431,
+            "Request Header Fields Too Large",
+            format!("request head is over {MAX_REQUEST_HEAD} bytes"),
+        ));
+    }
     match check(&req, path) {
         Ok(key) => {
-            let accept = tungstenite::handshake::derive_accept_key(key);
+            let accept = tungstenite::handshake::derive_accept_key(&key);
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             )
@@ -115,7 +356,28 @@ pub fn parse(buf: &[u8], path: &str) -> Parsed {
     }
 }
 
-fn check<'a>(req: &'a httparse::Request<'_, '_>, path: &str) -> Result<&'a [u8], Rejection> {
+/// Applies the rules to a complete head; `Ok` carries the key.
+fn check(req: &httparse::Request<'_, '_>, path: &str) -> Result<Vec<u8>, Rejection> {
+    let fields = Fields::collect(req.headers)?;
+    match fields.get("host") {
+        None => {
+            return Err(Rejection::bad(
+                "the Host header field is required (RFC 9112 3.2)",
+            ))
+        }
+        Some(h) if !valid_authority(h) => {
+            return Err(Rejection::bad(format!(
+                "Host {:?} is not a valid host[:port]",
+                String::from_utf8_lossy(h)
+            )))
+        }
+        Some(_) => {}
+    }
+    if fields.get("transfer-encoding").is_some()
+        || fields.get("content-length").is_some_and(|v| v != b"0")
+    {
+        return Err(Rejection::bad("an upgrade request has no body"));
+    }
     if req.method != Some("GET") {
         return Err(Rejection::new(
             405,
@@ -124,46 +386,36 @@ fn check<'a>(req: &'a httparse::Request<'_, '_>, path: &str) -> Result<&'a [u8],
         ));
     }
     if req.version != Some(1) {
-        return Err(Rejection::new(400, "Bad Request", "HTTP/1.1 is required"));
+        return Err(Rejection::bad("HTTP/1.1 is required"));
     }
-    let target = req.path.unwrap_or("");
-    let request_path = target.split('?').next().unwrap_or("");
-    if request_path != path {
+    let request_path = target_path(req.path.unwrap_or("")).map_err(Rejection::bad)?;
+    if path != "*" && request_path != path {
         return Err(Rejection::new(
             404,
             "Not Found",
             format!("the WebSocket endpoint is {path}"),
         ));
     }
-    match header(req, "upgrade") {
-        Some(v) if has_token(v, "websocket") => {}
-        _ => {
-            return Err(Rejection::new(
-                426,
-                "Upgrade Required",
-                "this endpoint speaks WebSocket only: send an Upgrade: websocket request",
-            ))
-        }
-    }
-    if !header(req, "connection").is_some_and(|v| has_token(v, "upgrade")) {
+    if !fields.has_token("upgrade", "websocket") {
         return Err(Rejection::new(
-            400,
-            "Bad Request",
-            "Connection header must include Upgrade",
+            426,
+            "Upgrade Required",
+            "this endpoint speaks WebSocket only: send an Upgrade: websocket request",
         ));
     }
-    if header(req, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+    if !fields.has_token("connection", "upgrade") {
+        return Err(Rejection::bad("Connection header must include Upgrade"));
+    }
+    if fields.get("sec-websocket-version") != Some(b"13") {
         return Err(Rejection::new(
             426,
             "Upgrade Required",
             "Sec-WebSocket-Version must be 13",
         ));
     }
-    match header(req, "sec-websocket-key") {
-        Some(k) if valid_key(k) => Ok(k.trim_ascii()),
-        _ => Err(Rejection::new(
-            400,
-            "Bad Request",
+    match fields.get("sec-websocket-key") {
+        Some(k) if valid_key(k) => Ok(k.to_vec()),
+        _ => Err(Rejection::bad(
             "Sec-WebSocket-Key must be a base64-encoded 16-byte value",
         )),
     }
@@ -212,6 +464,115 @@ mod tests {
             "a".repeat(MAX_REQUEST_HEAD)
         );
         assert_eq!(status(&long), 431);
+    }
+
+    #[test]
+    fn list_fields_combine_across_lines() {
+        let split = GOOD.replace(
+            "Connection: keep-alive, Upgrade\r\n",
+            "Connection: keep-alive\r\nConnection: Upgrade\r\n",
+        );
+        assert_eq!(status(&split), 101);
+        let split = GOOD.replace(
+            "Upgrade: websocket\r\n",
+            "Upgrade: h2c\r\nUpgrade: websocket\r\n",
+        );
+        assert_eq!(status(&split), 101);
+        let empty_elements = GOOD.replace("keep-alive, Upgrade", " , ,Upgrade,");
+        assert_eq!(status(&empty_elements), 101);
+    }
+
+    #[test]
+    fn singleton_fields_twice_are_refused_before_their_values() {
+        for (line, twice) in [
+            ("Host: a\r\n", "Host: a\r\nHost: a\r\n"),
+            (
+                "Sec-WebSocket-Version: 13\r\n",
+                "Sec-WebSocket-Version: 13\r\nsec-websocket-version: 8\r\n",
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            ),
+        ] {
+            let req = GOOD.replace(line, twice);
+            let Parsed::Reject(r) = parse(req.as_bytes(), "/ws") else {
+                panic!("{twice:?} upgraded")
+            };
+            assert_eq!(r.status, 400, "{twice:?}");
+            assert!(r.message.starts_with("more than one"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn host_is_required_and_valid() {
+        assert_eq!(status(&GOOD.replace("Host: a\r\n", "")), 400);
+        for bad in ["", "a b", "a:b", "[::1", "a/b", "a@b", "%zz"] {
+            assert_eq!(
+                status(&GOOD.replace("Host: a", &format!("Host: {bad}"))),
+                400,
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "example.com",
+            "a-b.c_d~",
+            "%41",
+        ] {
+            assert_eq!(
+                status(&GOOD.replace("Host: a", &format!("Host: {good}"))),
+                101,
+                "{good:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_upgrade_has_no_body() {
+        let with = |h: &str| GOOD.replace("Host: a\r\n", &format!("Host: a\r\n{h}\r\n"));
+        assert_eq!(status(&with("Content-Length: 5")), 400);
+        assert_eq!(status(&with("Transfer-Encoding: chunked")), 400);
+        assert_eq!(status(&with("Content-Length: 0")), 101);
+    }
+
+    #[test]
+    fn target_forms() {
+        assert_eq!(target_path("/ws").unwrap(), "/ws");
+        assert_eq!(target_path("/ws?a=b/c").unwrap(), "/ws");
+        assert_eq!(target_path("http://127.0.0.1:8080/ws").unwrap(), "/ws");
+        assert_eq!(target_path("WSS://h/ws?q").unwrap(), "/ws");
+        assert_eq!(target_path("http://h").unwrap(), "/");
+        assert_eq!(target_path("http://h?x").unwrap(), "/");
+        assert_eq!(target_path("/w%73").unwrap(), "/ws");
+        assert_eq!(target_path("/ws%2fx").unwrap(), "/ws%2Fx");
+        for bad in [
+            "ws",
+            "*",
+            "h:80",
+            "ftp://h/ws",
+            "http:///ws",
+            "http://u@h/ws",
+            "/w%s",
+            "/ws#f",
+            "/w s",
+            "/ws%",
+        ] {
+            assert!(target_path(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            status(&GOOD.replace("GET /ws", "GET http://127.0.0.1:8080/ws")),
+            101
+        );
+        assert_eq!(status(&GOOD.replace("GET /ws", "GET /w%73")), 101);
+        assert_eq!(status(&GOOD.replace("GET /ws", "GET /WS")), 404);
+        assert_eq!(status(&GOOD.replace("GET /ws", "GET h:80")), 400);
+        assert_eq!(status(&GOOD.replace("GET /ws", "GET /other")), 404);
+        assert_eq!(
+            parse(GOOD.replace("GET /ws", "GET /any").as_bytes(), "*").is_upgrade(),
+            true
+        );
     }
 
     #[test]

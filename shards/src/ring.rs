@@ -46,13 +46,6 @@ pub enum Interest {
     Prefix(Arc<str>),
 }
 
-/// Why the dispatcher refused a subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The dispatcher already tracks `max_topics` topics.
-    TopicLimit,
-}
-
 /// Dispatcher -> shard, in order.
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -68,7 +61,9 @@ pub enum ShardMsg {
         /// Echo of the request's nonce, so a stale reply is never taken for a newer request.
         nonce: u64,
         /// The topic's current sequence (0 if nothing was published yet; 0 for a prefix).
-        result: Result<u64, Refusal>,
+        /// A subscription is never refused: one to a topic nobody published costs the
+        /// dispatcher no topic slot (docs/protocol.md, "Per-client budgets").
+        seq: u64,
     },
     /// Stop accepting, close every connection with "going away", flush, and exit.
     Shutdown,

@@ -38,6 +38,20 @@ pub struct ShardSpec {
     /// Shard -> dispatcher ring.
     pub control: RingSender<ControlMsg>,
     pub config: ShardConfig,
+    /// What the shard does with clients' messages; [`Handler::Protocol`] for a server.
+    pub handler: Handler,
+}
+
+/// What a shard does with each whole message a client sends. Everything else (upgrade,
+/// framing, reassembly, limits, queues, socket writes) is the same code for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// The corecast protocol (docs/protocol.md): text messages are requests, binary messages
+    /// close the connection with 1003.
+    Protocol,
+    /// Every text and binary message is sent back as it came: the endpoint the Autobahn
+    /// conformance suite drives (`examples/echo.rs`, docs/conformance.md).
+    Echo,
 }
 
 /// Starts the shard's executor thread. The handle joins when the shard has shut down.
@@ -65,6 +79,7 @@ pub const NEVER_PARK: Duration = Duration::from_secs(365 * 24 * 3600);
 /// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
 pub(crate) struct ShardCtx {
     pub(crate) id: usize,
+    pub(crate) handler: Handler,
     pub(crate) config: ShardConfig,
     pub(crate) bounds: Bounds,
     pub(crate) limits: Limits,
@@ -161,11 +176,13 @@ async fn run(spec: ShardSpec) {
         ring,
         control,
         config,
+        handler,
         ..
     } = spec;
     let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
     let ctx = Rc::new(ShardCtx {
         id,
+        handler,
         bounds: config.bounds(),
         limits: config.limits(),
         config,
@@ -297,14 +314,9 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
                 ShardMsg::Subscribed {
                     interest,
                     nonce,
-                    result,
+                    seq,
                 } => {
-                    let mut out = Vec::new();
-                    let done = ctx
-                        .table
-                        .borrow_mut()
-                        .on_subscribed(&interest, nonce, result, &mut out);
-                    ctx.tell_dispatcher(out);
+                    let done = ctx.table.borrow_mut().on_subscribed(&interest, nonce, seq);
                     for r in done {
                         connection::deliver_resolved(&ctx, r);
                     }

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::ring::{Frame, Interest, Refusal};
-use crate::topic::prefix_matches;
+use crate::ring::{Frame, Interest};
+use crate::topic::{covering_prefixes, prefix_matches};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -49,11 +49,6 @@ struct TopicEntry<T> {
     last_seq: u64,
 }
 
-struct PrefixEntry<T> {
-    prefix: Arc<str>,
-    entry: Entry<T>,
-}
-
 /// A message for the dispatcher that a table change calls for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToDispatcher {
@@ -61,23 +56,12 @@ pub enum ToDispatcher {
     Unsubscribe { interest: Interest },
 }
 
-/// A subscribe request that finished.
-pub enum Resolved<T> {
-    /// Every interest is live: ack with each one's current sequence (`None` for patterns).
-    Ack {
-        sub: Rc<T>,
-        id: Option<u64>,
-        topics: Vec<(Interest, Option<u64>)>,
-    },
-    /// The dispatcher refused one interest; nothing of the request was subscribed.
-    Refused {
-        sub: Rc<T>,
-        id: Option<u64>,
-        interest: Interest,
-        refusal: Refusal,
-        /// The request's interests, and whether `sub` was to be added to each.
-        items: Vec<(Interest, bool)>,
-    },
+/// A subscribe request that finished: every interest is live; ack with each one's current
+/// sequence (`None` for patterns).
+pub struct Resolved<T> {
+    pub sub: Rc<T>,
+    pub id: Option<u64>,
+    pub topics: Vec<(Interest, Option<u64>)>,
 }
 
 struct Request<T> {
@@ -102,7 +86,8 @@ pub enum Routed {
 /// `Rc` identity.
 pub struct Table<T> {
     topics: HashMap<Arc<str>, TopicEntry<T>>,
-    prefixes: Vec<PrefixEntry<T>>,
+    /// Patterns by prefix (without `.*`); a frame looks up each prefix covering its topic.
+    prefixes: HashMap<Arc<str>, Entry<T>>,
     requests: Vec<Request<T>>,
     next_nonce: u64,
 }
@@ -111,7 +96,7 @@ impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
             topics: HashMap::new(),
-            prefixes: Vec::new(),
+            prefixes: HashMap::new(),
             requests: Vec::new(),
             next_nonce: 1,
         }
@@ -143,30 +128,14 @@ impl<T> Table<T> {
                     })
                     .exact
             }
-            Interest::Prefix(p) => {
-                let pos = match self.prefixes.iter().position(|e| e.prefix == *p) {
-                    Some(pos) => pos,
-                    None => {
-                        self.prefixes.push(PrefixEntry {
-                            prefix: p.clone(),
-                            entry: Entry::new(),
-                        });
-                        self.prefixes.len() - 1
-                    }
-                };
-                &mut self.prefixes[pos].entry
-            }
+            Interest::Prefix(p) => self.prefixes.entry(p.clone()).or_insert_with(Entry::new),
         }
     }
 
     fn state(&self, interest: &Interest) -> State {
         match interest {
             Interest::Topic(t) => self.topics.get(t).map_or(State::Idle, |e| e.exact.state),
-            Interest::Prefix(p) => self
-                .prefixes
-                .iter()
-                .find(|e| e.prefix == *p)
-                .map_or(State::Idle, |e| e.entry.state),
+            Interest::Prefix(p) => self.prefixes.get(p).map_or(State::Idle, |e| e.state),
         }
     }
 
@@ -226,79 +195,46 @@ impl<T> Table<T> {
             }
             topics.push((interest, seq));
         }
-        Resolved::Ack {
+        Resolved {
             sub: req.sub,
             id: req.id,
             topics,
         }
     }
 
-    /// Applies the dispatcher's reply. Returns the requests it completed or refused.
-    pub fn on_subscribed(
-        &mut self,
-        interest: &Interest,
-        nonce: u64,
-        result: Result<u64, Refusal>,
-        out: &mut Vec<ToDispatcher>,
-    ) -> Vec<Resolved<T>> {
+    /// Applies the dispatcher's reply (the interest is live from `seq` on). Returns the
+    /// requests it completed.
+    pub fn on_subscribed(&mut self, interest: &Interest, nonce: u64, seq: u64) -> Vec<Resolved<T>> {
         if self.state(interest) != State::Pending(nonce) {
             return Vec::new(); // a reply to a request already abandoned
         }
-        match result {
-            Ok(seq) => {
-                match interest {
-                    Interest::Topic(t) => {
-                        let e = self.topics.get_mut(t).expect("pending topic has an entry");
-                        e.exact.state = State::Live;
-                        e.last_seq = seq;
-                    }
-                    Interest::Prefix(p) => {
-                        self.entry_mut(interest).state = State::Live;
-                        // Topics seen only through this pattern restart their baseline.
-                        for (name, e) in self.topics.iter_mut() {
-                            if e.exact.state != State::Live && prefix_matches(p, name) {
-                                e.last_seq = 0;
-                            }
-                        }
-                    }
-                }
-                let mut done = Vec::new();
-                let mut i = 0;
-                while i < self.requests.len() {
-                    if self.request_ready(&self.requests[i]) {
-                        let req = self.requests.swap_remove(i);
-                        done.push(self.finish(req));
-                    } else {
-                        i += 1;
-                    }
-                }
-                done
+        match interest {
+            Interest::Topic(t) => {
+                let e = self.topics.get_mut(t).expect("pending topic has an entry");
+                e.exact.state = State::Live;
+                e.last_seq = seq;
             }
-            Err(refusal) => {
-                self.entry_mut(interest).state = State::Idle;
-                let mut done = Vec::new();
-                let mut i = 0;
-                while i < self.requests.len() {
-                    if self.requests[i].items.iter().any(|(x, _)| x == interest) {
-                        let req = self.requests.swap_remove(i);
-                        for (x, _) in &req.items {
-                            self.entry_mut(x).waiting -= 1;
-                            self.release_if_unused(x, out);
-                        }
-                        done.push(Resolved::Refused {
-                            sub: req.sub,
-                            id: req.id,
-                            interest: interest.clone(),
-                            refusal,
-                            items: req.items,
-                        });
-                    } else {
-                        i += 1;
+            Interest::Prefix(p) => {
+                self.entry_mut(interest).state = State::Live;
+                // Topics seen only through this pattern restart their baseline.
+                for (name, e) in self.topics.iter_mut() {
+                    if e.exact.state != State::Live && prefix_matches(p, name) {
+                        e.last_seq = 0;
                     }
                 }
-                done
             }
         }
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.requests.len() {
+            if self.request_ready(&self.requests[i]) {
+                let req = self.requests.remove(i);
+                done.push(self.finish(req));
+            } else {
+                i += 1;
+            }
+        }
+        done
     }
 
     /// True when `sub` is a subscriber of `interest` or a request of its still wants it.
@@ -310,8 +246,8 @@ impl<T> Table<T> {
                 .is_some_and(|e| e.exact.subscribers.iter().any(|s| Rc::ptr_eq(s, sub))),
             Interest::Prefix(p) => self
                 .prefixes
-                .iter()
-                .any(|e| e.prefix == *p && e.entry.subscribers.iter().any(|s| Rc::ptr_eq(s, sub))),
+                .get(p)
+                .is_some_and(|e| e.subscribers.iter().any(|s| Rc::ptr_eq(s, sub))),
         };
         subscribed
             || self.requests.iter().any(|r| {
@@ -371,23 +307,17 @@ impl<T> Table<T> {
         }
         match interest {
             Interest::Topic(t) => {
-                let covered = self
-                    .prefixes
-                    .iter()
-                    .any(|p| p.entry.state == State::Live && prefix_matches(&p.prefix, t));
-                if !covered {
+                if !live_pattern_covers(&self.prefixes, t) {
                     self.topics.remove(t);
                 }
             }
             Interest::Prefix(p) => {
-                self.prefixes.retain(|e| e.prefix != *p);
+                self.prefixes.remove(p);
                 let prefixes = &self.prefixes;
                 self.topics.retain(|name, e| {
                     e.exact.state != State::Idle
                         || !e.exact.unused()
-                        || prefixes.iter().any(|q| {
-                            q.entry.state == State::Live && prefix_matches(&q.prefix, name)
-                        })
+                        || live_pattern_covers(prefixes, name)
                 });
             }
         }
@@ -396,7 +326,8 @@ impl<T> Table<T> {
     /// Routes one frame: calls `deliver(subscriber, missed)` once per subscriber (a connection
     /// subscribed both exactly and by pattern is called twice; `deliver` deduplicates), where
     /// `missed` is a range of sequences the shard itself never received, to announce first.
-    /// Cost: one hash lookup, a scan of the live patterns, and O(1) per subscriber.
+    /// Cost: one hash lookup, one more per dot in the topic while any pattern is subscribed
+    /// (never a scan of the patterns), and O(1) per subscriber.
     /// `deliver` must not touch the table.
     pub fn route(
         &mut self,
@@ -407,10 +338,7 @@ impl<T> Table<T> {
             .topics
             .get(&*frame.topic)
             .is_some_and(|e| e.exact.state == State::Live);
-        let by_pattern = self
-            .prefixes
-            .iter()
-            .any(|p| p.entry.state == State::Live && prefix_matches(&p.prefix, &frame.topic));
+        let by_pattern = live_pattern_covers(&self.prefixes, &frame.topic);
         if !exact_live && !by_pattern {
             return Routed::Unrouted;
         }
@@ -435,12 +363,15 @@ impl<T> Table<T> {
             }
         }
         if by_pattern {
-            for p in &self.prefixes {
-                if p.entry.state == State::Live && prefix_matches(&p.prefix, &frame.topic) {
-                    for s in &p.entry.subscribers {
-                        deliver(s, missed);
-                        n += 1;
+            for p in covering_prefixes(&frame.topic) {
+                match self.prefixes.get(p) {
+                    Some(e) if e.state == State::Live => {
+                        for s in &e.subscribers {
+                            deliver(s, missed);
+                            n += 1;
+                        }
                     }
+                    _ => {}
                 }
             }
         }
@@ -450,8 +381,15 @@ impl<T> Table<T> {
     /// Topics and patterns with at least one subscriber or waiting request.
     pub fn interest_count(&self) -> usize {
         self.topics.values().filter(|e| !e.exact.unused()).count()
-            + self.prefixes.iter().filter(|p| !p.entry.unused()).count()
+            + self.prefixes.values().filter(|p| !p.unused()).count()
     }
+}
+
+/// True when a live pattern covers `topic`. Free when no pattern exists; otherwise one hash
+/// lookup per dot in the topic.
+fn live_pattern_covers<T>(prefixes: &HashMap<Arc<str>, Entry<T>>, topic: &str) -> bool {
+    !prefixes.is_empty()
+        && covering_prefixes(topic).any(|p| prefixes.get(p).is_some_and(|e| e.state == State::Live))
 }
 
 #[cfg(test)]
@@ -516,9 +454,9 @@ mod tests {
         };
         // Frames before the reply are not routed.
         assert_eq!(t.route(&frame("x", 3), |_, _| {}), Routed::Unrouted);
-        let done = t.on_subscribed(&topic("x"), nonce, Ok(41), &mut out);
+        let done = t.on_subscribed(&topic("x"), nonce, 41);
         match &done[..] {
-            [Resolved::Ack { id, topics, .. }] => {
+            [Resolved { id, topics, .. }] => {
                 assert_eq!(*id, Some(7));
                 assert_eq!(topics, &vec![(topic("x"), Some(41))]);
             }
@@ -529,7 +467,7 @@ mod tests {
         let b = Rc::new(2u32);
         let mut out2 = Vec::new();
         match t.subscribe(b, None, vec![(topic("x"), true)], &mut out2) {
-            Some(Resolved::Ack { topics, .. }) => assert_eq!(topics[0].1, Some(42)),
+            Some(Resolved { topics, .. }) => assert_eq!(topics[0].1, Some(42)),
             _ => panic!("expected an immediate ack"),
         }
         assert!(out2.is_empty());
@@ -540,7 +478,7 @@ mod tests {
         let mut t = Table::default();
         let mut out = Vec::new();
         t.subscribe(Rc::new(1u32), None, vec![(topic("x"), true)], &mut out);
-        t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
+        t.on_subscribed(&topic("x"), 1, 0);
         assert_eq!(delivered(&mut t, &frame("x", 1)), vec![(1, None)]);
         assert_eq!(delivered(&mut t, &frame("x", 5)), vec![(1, Some((2, 4)))]);
         assert_eq!(t.route(&frame("x", 5), |_, _| {}), Routed::Stale);
@@ -552,7 +490,7 @@ mod tests {
         let mut out = Vec::new();
         let a = Rc::new(1u32);
         t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
-        t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
+        t.on_subscribed(&topic("x"), 1, 0);
         out.clear();
         t.unsubscribe(&a, &topic("x"), &mut out);
         assert_eq!(
@@ -565,8 +503,8 @@ mod tests {
         // Resubscribe: a new nonce; the old nonce's reply changes nothing.
         out.clear();
         t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
-        assert!(t.on_subscribed(&topic("x"), 1, Ok(9), &mut out).is_empty());
-        assert_eq!(t.on_subscribed(&topic("x"), 2, Ok(9), &mut out).len(), 1);
+        assert!(t.on_subscribed(&topic("x"), 1, 9).is_empty());
+        assert_eq!(t.on_subscribed(&topic("x"), 2, 9).len(), 1);
     }
 
     #[test]
@@ -575,8 +513,8 @@ mod tests {
         let mut out = Vec::new();
         let p = Interest::Prefix("trades".into());
         t.subscribe(Rc::new(1u32), None, vec![(p.clone(), true)], &mut out);
-        match &t.on_subscribed(&p, 1, Ok(0), &mut out)[..] {
-            [Resolved::Ack { topics, .. }] => assert_eq!(topics[0].1, None),
+        match &t.on_subscribed(&p, 1, 0)[..] {
+            [Resolved { topics, .. }] => assert_eq!(topics[0].1, None),
             _ => panic!(),
         }
         assert_eq!(delivered(&mut t, &frame("trades.A", 10)), vec![(1, None)]);
@@ -589,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_requests_add_once_and_refusal_keeps_what_another_wants() {
+    fn overlapping_requests_add_once_and_complete_in_order() {
         let mut t = Table::default();
         let mut out = Vec::new();
         let a = Rc::new(1u32);
@@ -601,17 +539,16 @@ mod tests {
             &mut out,
         );
         t.subscribe(a.clone(), Some(2), vec![(topic("y"), true)], &mut out);
-        let done = t.on_subscribed(&topic("y"), 2, Ok(0), &mut out);
-        assert!(matches!(&done[..], [Resolved::Ack { id: Some(2), .. }]));
+        let done = t.on_subscribed(&topic("y"), 2, 0);
+        assert!(matches!(&done[..], [Resolved { id: Some(2), .. }]));
         assert_eq!(
             delivered(&mut t, &frame("y", 1)),
             vec![(1, None)],
             "y flows at once"
         );
-        let done = t.on_subscribed(&topic("x"), 1, Err(Refusal::TopicLimit), &mut out);
-        assert!(matches!(&done[..], [Resolved::Refused { id: Some(1), .. }]));
-        assert!(t.wants(&a, &topic("y")), "id 2's y survives id 1's refusal");
-        assert!(!t.wants(&a, &topic("x")));
+        let done = t.on_subscribed(&topic("x"), 1, 0);
+        assert!(matches!(&done[..], [Resolved { id: Some(1), .. }]));
+        assert!(t.wants(&a, &topic("y")) && t.wants(&a, &topic("x")));
         assert_eq!(
             delivered(&mut t, &frame("y", 2)),
             vec![(1, None)],
@@ -620,27 +557,45 @@ mod tests {
     }
 
     #[test]
-    fn refusal_fails_the_whole_request() {
+    fn requests_completed_by_one_reply_resolve_in_request_order() {
         let mut t = Table::default();
         let mut out = Vec::new();
-        let a = Rc::new(1u32);
-        t.subscribe(
-            a,
-            Some(3),
-            vec![(topic("x"), true), (topic("y"), true)],
-            &mut out,
-        );
-        assert_eq!(out.len(), 2);
-        t.on_subscribed(&topic("x"), 1, Ok(0), &mut out);
+        for id in 1..=4u64 {
+            t.subscribe(
+                Rc::new(id as u32),
+                Some(id),
+                vec![(topic("x"), true)],
+                &mut out,
+            );
+        }
+        let ids: Vec<Option<u64>> = t
+            .on_subscribed(&topic("x"), 1, 0)
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [Some(1), Some(2), Some(3), Some(4)]);
+    }
+
+    #[test]
+    fn many_patterns_route_by_lookup() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let sub = Rc::new(7u32);
+        for i in 0..1000 {
+            let p = Interest::Prefix(format!("p{i}").into());
+            t.subscribe(sub.clone(), None, vec![(p.clone(), true)], &mut out);
+            let nonce = match out.last() {
+                Some(ToDispatcher::Subscribe { nonce, .. }) => *nonce,
+                other => panic!("{other:?}"),
+            };
+            t.on_subscribed(&p, nonce, 0);
+        }
+        assert_eq!(delivered(&mut t, &frame("p999.x", 1)), vec![(7, None)]);
+        assert_eq!(delivered(&mut t, &frame("p5.a.b", 1)), vec![(7, None)]);
+        assert_eq!(t.route(&frame("q.x", 1), |_, _| {}), Routed::Unrouted);
         out.clear();
-        let done = t.on_subscribed(&topic("y"), 2, Err(Refusal::TopicLimit), &mut out);
-        assert!(matches!(&done[..], [Resolved::Refused { id: Some(3), .. }]));
-        assert_eq!(
-            out,
-            vec![ToDispatcher::Unsubscribe {
-                interest: topic("x")
-            }]
-        );
-        assert_eq!(t.interest_count(), 0);
+        t.unsubscribe(&sub, &Interest::Prefix("p5".into()), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(t.route(&frame("p5.a.b", 2), |_, _| {}), Routed::Unrouted);
     }
 }

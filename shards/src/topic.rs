@@ -72,6 +72,17 @@ pub fn prefix_matches(prefix: &str, topic: &str) -> bool {
         && topic.starts_with(prefix)
 }
 
+/// Every prefix a pattern could name that covers `topic`: the topic up to each of its dots
+/// (`a.b.c` -> `a`, `a.b`). Routing looks each one up instead of scanning every pattern, so a
+/// frame costs O(segments of its topic) whatever the number of patterns subscribed.
+pub fn covering_prefixes(topic: &str) -> impl Iterator<Item = &str> {
+    topic
+        .bytes()
+        .enumerate()
+        .filter(|&(_, b)| b == b'.')
+        .map(move |(i, _)| &topic[..i])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +125,11 @@ mod tests {
         assert!(!prefix_matches("trades", "tradesX.BTC"));
         assert!(!prefix_matches("trades", "trades."));
         assert!(!prefix_matches("trades", "book.BTCUSD"));
+        let covering: Vec<&str> = covering_prefixes("a.b.c").collect();
+        assert_eq!(covering, ["a", "a.b"]);
+        assert_eq!(covering_prefixes("a").count(), 0);
+        for p in covering {
+            assert!(prefix_matches(p, "a.b.c"));
+        }
     }
 }
