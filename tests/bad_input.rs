@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Write;
 
 use common::*;
 use simd_json::prelude::*;
@@ -12,24 +10,6 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::Role;
 use tungstenite::Message;
-
-/// Sends raw bytes, returns everything the server answers until it closes.
-fn raw_exchange(server: &TestServer, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
-}
-
-fn status_line(answer: &[u8]) -> String {
-    String::from_utf8_lossy(answer)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
 
 #[test]
 fn plain_http_gets_426_and_bystander_unaffected() {
@@ -129,41 +109,6 @@ fn binary_message_closes_with_1003() {
     ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
     assert_eq!(expect_close(&mut ws).0, 1003);
     peer.check(&server, 100);
-}
-
-/// Does the client side of the handshake by hand and returns the upgraded socket.
-fn upgraded(server: &TestServer) -> TcpStream {
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
-/// Reads server frames (unmasked, RFC 6455 5.2) until the close frame; returns its code.
-fn close_code_on_wire(s: &mut TcpStream) -> u16 {
-    let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    let mut i = 0;
-    while i + 2 <= all.len() {
-        let (op, len) = (all[i] & 0x0f, (all[i + 1] & 0x7f) as usize);
-        let (hdr, len) = match len {
-            126 => (4, u16::from_be_bytes([all[i + 2], all[i + 3]]) as usize),
-            127 => panic!("no frame this long here"),
-            n => (2, n),
-        };
-        if op == 0x8 {
-            return u16::from_be_bytes([all[i + hdr], all[i + hdr + 1]]);
-        }
-        i += hdr + len;
-    }
-    panic!("no close frame in {all:?}");
 }
 
 #[test]

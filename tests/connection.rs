@@ -6,57 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
 use simd_json::prelude::*;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::Role;
-use tungstenite::{Message, WebSocket};
-
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// A masked client text frame, as a browser would send it.
-fn client_frame(text: &str) -> Vec<u8> {
-    let mut f = Frame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true);
-    f.header_mut().mask = Some([0x5a, 0x13, 0xc4, 0x7e]);
-    let mut out = Vec::new();
-    f.format(&mut out).unwrap();
-    out
-}
-
-/// Reads the server's 101 answer and returns a tungstenite client on the same socket.
-fn after_upgrade(mut s: TcpStream) -> WebSocket<TcpStream> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    WebSocket::from_raw_socket(s, Role::Client, None)
-}
-
-/// The next JSON text message whose `op` is `op`, skipping others (welcome, pings).
-fn next_of(ws: &mut WebSocket<TcpStream>, op: &str) -> simd_json::OwnedValue {
-    loop {
-        match ws.read().expect("the server answers") {
-            Message::Text(t) => {
-                let mut bytes = t.as_bytes().to_vec();
-                let v = simd_json::to_owned_value(&mut bytes).unwrap();
-                if v["op"].as_str() == Some(op) {
-                    return v;
-                }
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
+use tungstenite::Message;
 
 #[test]
 fn a_request_in_the_same_write_as_the_upgrade_is_answered() {

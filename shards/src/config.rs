@@ -12,7 +12,9 @@ use crate::ratelimit::Limits;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShardConfig {
-    /// HTTP path of the WebSocket endpoint. Default `/ws`.
+    /// HTTP path of the WebSocket endpoint (compared after the query is cut off and
+    /// percent-encoded unreserved characters are decoded); `"*"` upgrades any path.
+    /// Default `/ws`.
     pub path: String,
     /// Largest client message (after reassembly), bytes; past it the connection is closed
     /// with 1009. Default 65536.
@@ -156,6 +158,15 @@ impl ShardConfig {
 
     /// Checks values that would make the server misbehave.
     pub fn validate(&self) -> Result<(), String> {
+        if self.path != "*"
+            && crate::handshake::target_path(&self.path).as_deref() != Ok(self.path.as_str())
+        {
+            return Err(format!(
+                "shard.path must be \"*\" or an absolute path without query, fragment or \
+                 needless percent-encoding (like /ws), got {:?}",
+                self.path
+            ));
+        }
         let positive = [
             ("max_message_bytes", self.max_message_bytes as u64),
             ("queue_max_messages", self.queue_max_messages as u64),

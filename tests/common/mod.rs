@@ -2,6 +2,7 @@
 //! Servers poll their cores, so tests that start one take a process-wide lock and run one at a time.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -9,6 +10,9 @@ use std::time::{Duration, Instant};
 use corecast::{Config, Publisher, Server};
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::Role;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -205,4 +209,118 @@ impl Bystander {
         expect_contiguous(&mut self.ws, &self.topic.clone(), self.next, n);
         self.next += n;
     }
+}
+
+/// A valid upgrade request for `/ws`, as a client writes it by hand.
+pub const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client text frame, as a browser would send it (tungstenite's encoder).
+pub fn client_frame(text: &str) -> Vec<u8> {
+    masked_frame(OpCode::Data(Data::Text), true, text.as_bytes())
+}
+
+/// Any masked client frame, encoded by tungstenite: `opcode`, FIN bit and payload as given,
+/// whether or not the protocol allows them.
+pub fn masked_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = Frame::message(payload.to_vec(), opcode, fin);
+    f.header_mut().mask = Some([0x5a, 0x13, 0xc4, 0x7e]);
+    let mut out = Vec::new();
+    f.format(&mut out).unwrap();
+    out
+}
+
+/// Reads the server's 101 answer and returns a tungstenite client on the same socket.
+pub fn after_upgrade(mut s: TcpStream) -> WebSocket<TcpStream> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    WebSocket::from_raw_socket(s, Role::Client, None)
+}
+
+/// Does the client side of the handshake by hand and returns the upgraded socket.
+pub fn upgraded(server: &TestServer) -> TcpStream {
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(UPGRADE).unwrap();
+    after_upgrade(s).into_inner()
+}
+
+/// The next JSON text message whose `op` is `op`, skipping others (welcome, pings).
+pub fn next_of(ws: &mut WebSocket<TcpStream>, op: &str) -> OwnedValue {
+    loop {
+        match ws.read().expect("the server answers") {
+            Message::Text(t) => {
+                let mut bytes = t.as_bytes().to_vec();
+                let v = simd_json::to_owned_value(&mut bytes).unwrap();
+                if v["op"].as_str() == Some(op) {
+                    return v;
+                }
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Reads a raw tungstenite client until the server's close frame: its code, or `None` for
+/// an empty close. Panics if the connection ends without one.
+pub fn close_of(ws: &mut WebSocket<TcpStream>) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    }
+}
+
+/// Sends raw bytes, returns everything the server answers until it closes.
+pub fn raw_exchange(server: &TestServer, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// The first line of an HTTP answer.
+pub fn status_line(answer: &[u8]) -> String {
+    String::from_utf8_lossy(answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Reads server frames (unmasked, RFC 6455 5.2) until the server ends the connection and
+/// returns the close frame's payload (code and reason). Parsed here, by the test, so that
+/// codes a client library does not know yet (1014) are seen as sent.
+pub fn close_payload_on_wire(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let mut i = 0;
+    while i + 2 <= all.len() {
+        let (op, len) = (all[i] & 0x0f, (all[i + 1] & 0x7f) as usize);
+        let (hdr, len) = match len {
+            126 => (4, u16::from_be_bytes([all[i + 2], all[i + 3]]) as usize),
+            127 => (10, u64::from_be_bytes(all[i + 2..i + 10].try_into().unwrap()) as usize),
+            n => (2, n),
+        };
+        if op == 0x8 {
+            return all[i + hdr..i + hdr + len].to_vec();
+        }
+        i += hdr + len;
+    }
+    panic!("no close frame in {all:?}");
+}
+
+/// The close code the server sent (see [`close_payload_on_wire`]).
+pub fn close_code_on_wire(s: &mut TcpStream) -> u16 {
+    let p = close_payload_on_wire(s);
+    u16::from_be_bytes([p[0], p[1]])
 }
