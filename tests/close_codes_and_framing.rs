@@ -31,7 +31,11 @@ fn registered_close_codes_are_accepted_and_echoed() {
         1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000,
         4999,
     ] {
-        assert_eq!(close_after(&server, &close_frame_with(code)), Some(code), "{code}");
+        assert_eq!(
+            close_after(&server, &close_frame_with(code)),
+            Some(code),
+            "{code}"
+        );
     }
     // With a reason: the code is echoed.
     let mut body = 1012u16.to_be_bytes().to_vec();
@@ -48,8 +52,14 @@ fn registered_close_codes_are_accepted_and_echoed() {
 fn codes_no_peer_may_send_are_answered_1002() {
     let server = start(|_| {});
     let mut peer = Bystander::new(&server, "by.stander");
-    for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
-        assert_eq!(close_after(&server, &close_frame_with(code)), Some(1002), "{code}");
+    for code in [
+        0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+    ] {
+        assert_eq!(
+            close_after(&server, &close_frame_with(code)),
+            Some(1002),
+            "{code}"
+        );
     }
     let one_byte = masked_frame(OpCode::Control(Control::Close), true, &[3]);
     assert_eq!(close_after(&server, &one_byte), Some(1002));
@@ -75,7 +85,10 @@ fn framing_violations_are_1002_even_when_too_big_or_of_an_unused_kind() {
     let mut peer = Bystander::new(&server, "by.stander");
     let big = vec![b'a'; 4096];
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("continuation without a message, too big", masked_frame(OpCode::Data(Data::Continue), true, &big)),
+        (
+            "continuation without a message, too big",
+            masked_frame(OpCode::Data(Data::Continue), true, &big),
+        ),
         ("text inside a fragmented message, too big", {
             let mut v = masked_frame(OpCode::Data(Data::Text), false, b"{");
             v.extend(masked_frame(OpCode::Data(Data::Text), true, &big));
@@ -96,12 +109,27 @@ fn framing_violations_are_1002_even_when_too_big_or_of_an_unused_kind() {
             v[0] |= 0x10;
             v
         }),
-        ("reserved opcode 0x3 with a huge length", header(0x83, 127, &(1u64 << 40).to_be_bytes())),
-        ("reserved control opcode 0xB", masked_frame(OpCode::Control(Control::Reserved(0xB)), true, b"")),
+        (
+            "reserved opcode 0x3 with a huge length",
+            header(0x83, 127, &(1u64 << 40).to_be_bytes()),
+        ),
+        (
+            "reserved control opcode 0xB",
+            masked_frame(OpCode::Control(Control::Reserved(0xB)), true, b""),
+        ),
         ("length 5 in the 16-bit form", header(0x81, 126, &[0, 5])),
-        ("length 200 in the 64-bit form", header(0x82, 127, &200u64.to_be_bytes())),
-        ("64-bit length with the top bit set", header(0x82, 127, &u64::MAX.to_be_bytes())),
-        ("fragmented ping", masked_frame(OpCode::Control(Control::Ping), false, b"")),
+        (
+            "length 200 in the 64-bit form",
+            header(0x82, 127, &200u64.to_be_bytes()),
+        ),
+        (
+            "64-bit length with the top bit set",
+            header(0x82, 127, &u64::MAX.to_be_bytes()),
+        ),
+        (
+            "fragmented ping",
+            masked_frame(OpCode::Control(Control::Ping), false, b""),
+        ),
         ("ping of 126 bytes", header(0x89, 126, &[0, 126])),
         ("unmasked, too big", {
             let mut v = vec![0x81, 126, 0x10, 0x00];
@@ -113,8 +141,23 @@ fn framing_violations_are_1002_even_when_too_big_or_of_an_unused_kind() {
         assert_eq!(close_after(&server, &bytes), Some(1002), "{what}");
     }
     // Without a framing fault, size and kind decide.
-    assert_eq!(close_after(&server, &masked_frame(OpCode::Data(Data::Text), true, &big)), Some(1009));
-    assert_eq!(close_after(&server, &masked_frame(OpCode::Data(Data::Binary), true, &big)), Some(1009));
-    assert_eq!(close_after(&server, &masked_frame(OpCode::Data(Data::Binary), false, b"x")), Some(1003));
+    assert_eq!(
+        close_after(&server, &masked_frame(OpCode::Data(Data::Text), true, &big)),
+        Some(1009)
+    );
+    assert_eq!(
+        close_after(
+            &server,
+            &masked_frame(OpCode::Data(Data::Binary), true, &big)
+        ),
+        Some(1009)
+    );
+    assert_eq!(
+        close_after(
+            &server,
+            &masked_frame(OpCode::Data(Data::Binary), false, b"x")
+        ),
+        Some(1003)
+    );
     peer.check(&server, 100);
 }

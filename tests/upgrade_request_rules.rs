@@ -63,7 +63,10 @@ const BAD: &str = "HTTP/1.1 400 Bad Request";
 fn list_fields_split_over_several_lines_are_combined() {
     let server = start(|_| {});
     let mut peer = Bystander::new(&server, "by.stander");
-    let split_connection = all_but(CONNECTION, "Connection: keep-alive\r\nConnection: Upgrade\r\n");
+    let split_connection = all_but(
+        CONNECTION,
+        "Connection: keep-alive\r\nConnection: Upgrade\r\n",
+    );
     assert_eq!(answer(&server, &request("/ws", &split_connection)), OK);
     let split_upgrade = all_but(UPGRADE_WS, "Upgrade: h2c\r\nupgrade: WebSocket\r\n");
     assert_eq!(answer(&server, &request("/ws", &split_upgrade)), OK);
@@ -82,12 +85,34 @@ fn list_fields_split_over_several_lines_are_combined() {
 fn host_must_be_present_once_and_valid() {
     let server = start(|_| {});
     let mut peer = Bystander::new(&server, "by.stander");
-    assert_eq!(answer(&server, &request("/ws", &all_but(HOST, ""))), BAD, "no Host");
-    for host in ["Host: a\r\nHost: a\r\n", "Host:\r\n", "Host: a b\r\n", "Host: a:port\r\n", "Host: [::1\r\n"] {
-        assert_eq!(answer(&server, &request("/ws", &all_but(HOST, host))), BAD, "{host:?}");
+    assert_eq!(
+        answer(&server, &request("/ws", &all_but(HOST, ""))),
+        BAD,
+        "no Host"
+    );
+    for host in [
+        "Host: a\r\nHost: a\r\n",
+        "Host:\r\n",
+        "Host: a b\r\n",
+        "Host: a:port\r\n",
+        "Host: [::1\r\n",
+    ] {
+        assert_eq!(
+            answer(&server, &request("/ws", &all_but(HOST, host))),
+            BAD,
+            "{host:?}"
+        );
     }
-    for host in ["Host: [::1]:8080\r\n", "Host: localhost:80\r\n", "Host: example.com\r\n"] {
-        assert_eq!(answer(&server, &request("/ws", &all_but(HOST, host))), OK, "{host:?}");
+    for host in [
+        "Host: [::1]:8080\r\n",
+        "Host: localhost:80\r\n",
+        "Host: example.com\r\n",
+    ] {
+        assert_eq!(
+            answer(&server, &request("/ws", &all_but(HOST, host))),
+            OK,
+            "{host:?}"
+        );
     }
     peer.check(&server, 100);
 }
@@ -108,7 +133,10 @@ fn a_second_singleton_field_is_400_before_its_value_is_looked_at() {
         let headers = all_but("", twice);
         let raw = raw_exchange(&server, &request("/ws", &headers));
         assert_eq!(status_line(&raw), BAD, "{twice:?}");
-        assert!(String::from_utf8_lossy(&raw).contains("more than one"), "{twice:?}");
+        assert!(
+            String::from_utf8_lossy(&raw).contains("more than one"),
+            "{twice:?}"
+        );
     }
     peer.check(&server, 100);
 }
@@ -119,7 +147,10 @@ fn request_framing_faults_are_400() {
     let mut peer = Bystander::new(&server, "by.stander");
     for (what, headers) in [
         ("a body", all_but("", "Content-Length: 5\r\n")),
-        ("chunked body", all_but("", "Transfer-Encoding: chunked\r\n")),
+        (
+            "chunked body",
+            all_but("", "Transfer-Encoding: chunked\r\n"),
+        ),
         ("space before colon", all_but(HOST, "Host : a\r\n")),
         ("obsolete line folding", all_but("", "X-A: b\r\n c\r\n")),
     ] {

@@ -21,7 +21,10 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:9001".into())
         .parse()
         .expect("usage: echo ADDR (for example 127.0.0.1:9001)");
-    assert!(addr.ip().is_loopback(), "the echo endpoint listens on loopback only");
+    assert!(
+        addr.ip().is_loopback(),
+        "the echo endpoint listens on loopback only"
+    );
     let listener = std::net::TcpListener::bind(addr).expect("bind the echo address");
     let config = ShardConfig {
         path: "*".into(),

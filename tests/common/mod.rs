@@ -308,7 +308,10 @@ pub fn close_payload_on_wire(s: &mut TcpStream) -> Vec<u8> {
         let (op, len) = (all[i] & 0x0f, (all[i + 1] & 0x7f) as usize);
         let (hdr, len) = match len {
             126 => (4, u16::from_be_bytes([all[i + 2], all[i + 3]]) as usize),
-            127 => (10, u64::from_be_bytes(all[i + 2..i + 10].try_into().unwrap()) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(all[i + 2..i + 10].try_into().unwrap()) as usize,
+            ),
             n => (2, n),
         };
         if op == 0x8 {
