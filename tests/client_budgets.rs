@@ -39,7 +39,7 @@ fn made_up_subscriptions_never_fill_the_topic_table() {
     });
     let mut peer = Bystander::new(&server, "by.stander");
     peer.check(&server, 10); // the bystander's topic is one of the 20
-    // Ten clients, 400 made-up names each: 4000 names, two hundred times the topic table.
+                             // Ten clients, 400 made-up names each: 4000 names, two hundred times the topic table.
     let mut hogs: Vec<Client> = (0..10).map(|_| connect(&server.url)).collect();
     for (i, hog) in hogs.iter_mut().enumerate() {
         subscribe_made_up(hog, &i.to_string(), 400);

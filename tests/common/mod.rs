@@ -203,6 +203,28 @@ impl Bystander {
         }
     }
 
+    /// Reads what is waiting without blocking, so tungstenite answers the server's pings (for
+    /// tests with a short heartbeat). Nothing else may be waiting.
+    pub fn answer_pings(&mut self) {
+        set_timeout(&self.ws, Duration::from_millis(1));
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("bystander got {other:?} while idle"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => panic!("bystander lost its connection: {e}"),
+            }
+        }
+        set_timeout(&self.ws, Duration::from_secs(10));
+    }
+
     /// Publishes `n` messages and checks this client receives every one, in order.
     pub fn check(&mut self, server: &TestServer, n: u64) {
         server.publish(&self.topic, n);
