@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use corecast_shards::frame::{encode_header, MAX_SERVER_HEADER, OP_TEXT};
 use corecast_shards::ring::{ControlMsg, Frame, Interest, PushError, RingSender, ShardMsg};
-use corecast_shards::topic::{covering_prefixes, prefix_matches};
+use corecast_shards::topic::{covering_prefixes, NameIndex};
 
 use crate::publisher::{Event, PublishError};
 
@@ -154,6 +154,9 @@ pub struct DispatcherStats {
 pub struct Dispatcher {
     /// Published topics; grows only by publishing, up to `max_topics`.
     topics: HashMap<Arc<str>, TopicState>,
+    /// The published topics' names in order: a pattern's subscribe or unsubscribe visits the
+    /// topics under it, not every topic.
+    names: NameIndex,
     /// Shards subscribed to topics nobody has published yet (bitmask per name). Bounded by
     /// the clients' own budgets (`max_subscriptions` per connection); moved into `topics` by
     /// the first publish.
@@ -188,6 +191,7 @@ impl Dispatcher {
         }
         let d = Dispatcher {
             topics: HashMap::new(),
+            names: NameIndex::default(),
             unpublished: HashMap::new(),
             prefixes: HashMap::new(),
             rings: outs,
@@ -219,6 +223,7 @@ impl Dispatcher {
                     None => (Arc::from(event.topic.as_str()), 0),
                 };
                 let routes = exact | pattern_routes(&self.prefixes, &name);
+                self.names.insert(name.clone());
                 self.topics.entry(name.clone()).or_insert(TopicState {
                     name,
                     seq: 0,
@@ -307,8 +312,8 @@ impl Dispatcher {
                             }
                         }
                         let prefixes = &self.prefixes;
-                        for s in self.topics.values_mut() {
-                            if prefix_matches(p, &s.name) {
+                        for name in self.names.under(p) {
+                            if let Some(s) = self.topics.get_mut(&name) {
                                 s.routes = s.exact | pattern_routes(prefixes, &s.name);
                             }
                         }
@@ -334,8 +339,8 @@ impl Dispatcher {
 
     fn subscribe_prefix(&mut self, prefix: &Arc<str>, bit: u64) {
         *self.prefixes.entry(prefix.clone()).or_insert(0) |= bit;
-        for s in self.topics.values_mut() {
-            if prefix_matches(prefix, &s.name) {
+        for name in self.names.under(prefix) {
+            if let Some(s) = self.topics.get_mut(&name) {
                 s.routes |= bit;
             }
         }

@@ -35,15 +35,17 @@ pub struct ShardConfig {
     pub max_control_bytes: usize,
     /// Server ping interval, ms. Default 15000.
     pub heartbeat_interval_ms: u64,
-    /// A connection silent (no frame of any kind) this long is closed with 4000, ms.
-    /// Default 45000.
+    /// A connection that finishes nothing this long (no whole message, ping or pong; bytes
+    /// of an unfinished frame or fragments of an unfinished message do not count) is closed
+    /// with 4000, ms. Default 45000.
     pub heartbeat_timeout_ms: u64,
     /// Kernel send buffer of each client socket (SO_SNDBUF), bytes; 0 keeps the kernel's
     /// autotuning. Smaller makes slow readers hit drop-oldest sooner. Default 0.
     pub send_buffer_bytes: usize,
     /// Time allowed for the HTTP upgrade, ms. Default 10000.
     pub handshake_timeout_ms: u64,
-    /// Sustained inbound frames per second per connection (control frames count). Default 50.
+    /// Sustained inbound frames per second per connection: every frame but a close counts,
+    /// control and continuation frames included. Default 50.
     pub rate_limit_per_sec: u32,
     /// Inbound frames allowed in a burst. Default 100.
     pub rate_limit_burst: u32,

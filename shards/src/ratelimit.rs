@@ -1,7 +1,8 @@
 //! Inbound rate limiting: a token bucket per connection, shard-local.
 //!
-//! Every inbound frame takes one token (text messages and control frames alike, so a ping
-//! flood is limited too). Tokens refill continuously at `rate` per second up to `burst`.
+//! Every inbound frame but a close takes one token (whole messages, each fragment of a
+//! fragmented one, and control frames alike, so a ping flood and a continuation flood are
+//! limited the same way). Tokens refill continuously at `rate` per second up to `burst`.
 //! A frame that finds the bucket empty is refused and counted as a strike; an allowed frame
 //! resets the count, and `max_strikes` refusals in a row close the connection.
 

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::ring::{Frame, Interest};
-use crate::topic::{covering_prefixes, prefix_matches};
+use crate::topic::{covering_prefixes, NameIndex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -86,6 +86,9 @@ pub enum Routed {
 /// `Rc` identity.
 pub struct Table<T> {
     topics: HashMap<Arc<str>, TopicEntry<T>>,
+    /// The names of `topics` in order: a pattern's subscribe or release visits the topics
+    /// under it, not every topic.
+    names: NameIndex,
     /// Patterns by prefix (without `.*`); a frame looks up each prefix covering its topic.
     prefixes: HashMap<Arc<str>, Entry<T>>,
     requests: Vec<Request<T>>,
@@ -96,6 +99,7 @@ impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
             topics: HashMap::new(),
+            names: NameIndex::default(),
             prefixes: HashMap::new(),
             requests: Vec::new(),
             next_nonce: 1,
@@ -119,6 +123,9 @@ impl<T> Table<T> {
     fn entry_mut(&mut self, interest: &Interest) -> &mut Entry<T> {
         match interest {
             Interest::Topic(t) => {
+                if !self.topics.contains_key(t) {
+                    self.names.insert(t.clone());
+                }
                 &mut self
                     .topics
                     .entry(t.clone())
@@ -217,9 +224,11 @@ impl<T> Table<T> {
             Interest::Prefix(p) => {
                 self.entry_mut(interest).state = State::Live;
                 // Topics seen only through this pattern restart their baseline.
-                for (name, e) in self.topics.iter_mut() {
-                    if e.exact.state != State::Live && prefix_matches(p, name) {
-                        e.last_seq = 0;
+                for name in self.names.under(p) {
+                    if let Some(e) = self.topics.get_mut(&name) {
+                        if e.exact.state != State::Live {
+                            e.last_seq = 0;
+                        }
                     }
                 }
             }
@@ -309,16 +318,23 @@ impl<T> Table<T> {
             Interest::Topic(t) => {
                 if !live_pattern_covers(&self.prefixes, t) {
                     self.topics.remove(t);
+                    self.names.remove(t);
                 }
             }
             Interest::Prefix(p) => {
                 self.prefixes.remove(p);
-                let prefixes = &self.prefixes;
-                self.topics.retain(|name, e| {
-                    e.exact.state != State::Idle
-                        || !e.exact.unused()
-                        || live_pattern_covers(prefixes, name)
-                });
+                // Only topics under this pattern were kept for it.
+                for name in self.names.under(p) {
+                    let keep = self
+                        .topics
+                        .get(&name)
+                        .is_some_and(|e| e.exact.state != State::Idle || !e.exact.unused())
+                        || live_pattern_covers(&self.prefixes, &name);
+                    if !keep {
+                        self.topics.remove(&name);
+                        self.names.remove(&name);
+                    }
+                }
             }
         }
     }
@@ -334,21 +350,28 @@ impl<T> Table<T> {
         frame: &Frame,
         mut deliver: impl FnMut(&Rc<T>, Option<(u64, u64)>),
     ) -> Routed {
-        let exact_live = self
-            .topics
-            .get(&*frame.topic)
-            .is_some_and(|e| e.exact.state == State::Live);
+        let known = self.topics.get(&*frame.topic);
+        let exact_live = known.is_some_and(|e| e.exact.state == State::Live);
+        let known = known.is_some();
         let by_pattern = live_pattern_covers(&self.prefixes, &frame.topic);
         if !exact_live && !by_pattern {
             return Routed::Unrouted;
         }
+        if !known {
+            // First frame of a topic seen only through a pattern.
+            self.names.insert(frame.topic.clone());
+            self.topics.insert(
+                frame.topic.clone(),
+                TopicEntry {
+                    exact: Entry::new(),
+                    last_seq: 0,
+                },
+            );
+        }
         let entry = self
             .topics
-            .entry(frame.topic.clone())
-            .or_insert_with(|| TopicEntry {
-                exact: Entry::new(),
-                last_seq: 0,
-            });
+            .get_mut(&*frame.topic)
+            .expect("inserted above when unknown");
         if frame.seq <= entry.last_seq {
             return Routed::Stale;
         }

@@ -83,6 +83,39 @@ pub fn covering_prefixes(topic: &str) -> impl Iterator<Item = &str> {
         .map(move |(i, _)| &topic[..i])
 }
 
+/// Topic names in sorted order, so the topics under a pattern's prefix are found in
+/// O(log n + matches) instead of a scan of every topic. Kept beside a hash map that serves the
+/// per-message lookups; used on subscribe and unsubscribe of patterns only. Lives with its
+/// owner (dispatcher thread or shard-local).
+#[derive(Debug, Default)]
+pub struct NameIndex(std::collections::BTreeSet<std::sync::Arc<str>>);
+
+impl NameIndex {
+    /// Adds a name (no-op if present). O(log n).
+    pub fn insert(&mut self, name: std::sync::Arc<str>) {
+        self.0.insert(name);
+    }
+
+    /// Removes a name. O(log n).
+    pub fn remove(&mut self, name: &str) {
+        self.0.remove(name);
+    }
+
+    /// The names under `prefix` (those `prefix_matches`), in order.
+    pub fn under(&self, prefix: &str) -> Vec<std::sync::Arc<str>> {
+        let low = format!("{prefix}.");
+        self.0
+            .range::<str, _>((
+                std::ops::Bound::Included(low.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|n| n.starts_with(low.as_str()))
+            .filter(|n| n.len() > low.len())
+            .cloned()
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +161,16 @@ mod tests {
         let covering: Vec<&str> = covering_prefixes("a.b.c").collect();
         assert_eq!(covering, ["a", "a.b"]);
         assert_eq!(covering_prefixes("a").count(), 0);
+        let mut index = NameIndex::default();
+        for n in ["a", "a-b", "a.b", "a.c.d", "a0", "ab.c", "b.a"] {
+            index.insert(n.into());
+        }
+        let under: Vec<String> = index.under("a").iter().map(|n| n.to_string()).collect();
+        assert_eq!(under, ["a.b", "a.c.d"]);
+        index.remove("a.b");
+        assert_eq!(index.under("a").len(), 1);
+        assert_eq!(index.under("a.c").len(), 1);
+        assert!(index.under("z").is_empty());
         for p in covering {
             assert!(prefix_matches(p, "a.b.c"));
         }
