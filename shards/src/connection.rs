@@ -248,14 +248,16 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         return;
     }
     ctx.register(&conn);
-    let welcome = protocol::welcome(
-        &format!("{}-{}", ctx.id, conn.id),
-        ctx.config.heartbeat_interval_ms,
-        ctx.config.heartbeat_timeout_ms,
-        ctx.config.max_message_bytes,
-    );
-    conn.push_own(&ctx, welcome);
-    conn.flush(&ctx);
+    if ctx.handler == Handler::Protocol {
+        let welcome = protocol::welcome(
+            &format!("{}-{}", ctx.id, conn.id),
+            ctx.config.heartbeat_interval_ms,
+            ctx.config.heartbeat_timeout_ms,
+            ctx.config.max_message_bytes,
+        );
+        conn.push_own(&ctx, welcome);
+        conn.flush(&ctx);
+    }
 
     conn.reader.borrow_mut().feed(&leftover);
     drop(leftover);
