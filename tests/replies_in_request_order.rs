@@ -175,3 +175,39 @@ fn refused_requests_and_pings_keep_their_place_behind_a_waiting_subscribe() {
     assert_eq!(receives(&server, &mut ws, "ord.d"), 1);
     peer.check(&server, 100);
 }
+
+#[test]
+fn requests_behind_a_waiting_subscribe_sent_with_the_fin_are_answered_and_the_connection_ends() {
+    let server = start(|c| {
+        c.shard.heartbeat_interval_ms = 60_000;
+        c.shard.heartbeat_timeout_ms = 180_000;
+    });
+    let mut peer = Bystander::new(&server, "by.stander");
+    let s = upgraded(&server);
+    let mut w = s.try_clone().unwrap();
+    let mut ws = WebSocket::from_raw_socket(s, tungstenite::protocol::Role::Client, None);
+    next_of(&mut ws, "welcome");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut bytes = client_frame(&sub(1, r#""fin.a""#));
+    bytes.extend(client_frame(r#"{"op":"ping","id":2}"#));
+    w.write_all(&bytes).unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(ids(&replies(&mut ws, 2)), [1, 2]);
+    // The FIN arrived while the pong waited behind the subscribe: it is still seen.
+    ws.get_mut()
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("the server kept the half-closed connection open: {e}")
+        }
+        Err(_) => {}
+        Ok(m) => panic!("nothing more was expected, got {m:?}"),
+    }
+    peer.check(&server, 100);
+}

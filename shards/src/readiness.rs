@@ -21,8 +21,9 @@ pub(crate) struct Ready {
     pub read: bool,
     /// Room in the socket buffer (or an error a write will report).
     pub write: bool,
-    /// The peer closed (or the socket failed): after the bytes still waiting, a read returns
-    /// EOF, and no further edge will say so.
+    /// The peer may have closed with no further edge to say so: it did (or the socket
+    /// failed), or this is a re-look ([`Readiness::read_again`]) after the edge that could have
+    /// carried the FIN was consumed. Read until the socket says "would block" or EOF.
     pub closed: bool,
 }
 
@@ -88,7 +89,7 @@ impl Readiness {
             let ready = Ready {
                 read: true,
                 write: false,
-                closed: false,
+                closed: true,
             };
             (id, ready)
         }));
@@ -185,7 +186,7 @@ mod tests {
                 Ready {
                     read: true,
                     write: false,
-                    closed: false
+                    closed: true
                 }
             )]
         );
