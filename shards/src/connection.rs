@@ -166,6 +166,12 @@ impl Conn {
         }
     }
 
+    /// True while a subscribe of this connection waits for the dispatcher: its later frames
+    /// (pongs included) are unread, so silence is not the client's.
+    pub(crate) fn awaiting(&self) -> bool {
+        self.awaiting.get()
+    }
+
     /// True when `topic` is still covered by one of this connection's subscriptions.
     fn covers(&self, topic: &str) -> bool {
         self.subs.borrow().iter().any(|i| match i {
@@ -491,10 +497,13 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
                 ctx.limits.rate, ctx.limits.burst, ctx.limits.max_strikes
             );
             conn.push_own(ctx, protocol::error(None, code::RATE_LIMITED, &msg));
-            // A refused frame of an unfinished message refuses the message; a refused last
-            // frame ends the message too.
-            conn.refused_message
-                .set(matches!(event, Event::Fragment(_)));
+            // A refused fragment refuses its whole message; a refused last frame ends the
+            // message (dropped with it). Control frames in between change nothing.
+            match event {
+                Event::Fragment(_) => conn.refused_message.set(true),
+                Event::Text(_) | Event::Binary(_) => conn.refused_message.set(false),
+                _ => {}
+            }
             return None;
         }
         Verdict::Close => {

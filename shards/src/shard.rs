@@ -488,7 +488,7 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
         let now = Instant::now();
         let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
         for conn in conns {
-            if now.saturating_duration_since(conn.last_heard.get()) > timeout {
+            if now.saturating_duration_since(conn.last_heard.get()) > timeout && !conn.awaiting() {
                 ctx.metrics.borrow_mut().counters.heartbeat_timeouts += 1;
                 conn.request_close(&ctx, CloseRequest::HeartbeatTimeout);
             } else {

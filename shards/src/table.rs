@@ -222,15 +222,18 @@ impl<T> Table<T> {
                 e.last_seq = seq;
             }
             Interest::Prefix(p) => {
-                self.entry_mut(interest).state = State::Live;
-                // Topics seen only through this pattern restart their baseline.
+                // Topics this shard did not receive until now (neither exactly nor through
+                // another live pattern) restart their baseline; the others keep it, so a hole
+                // in them is still announced.
                 for name in self.names.under(p) {
+                    let tracked = live_pattern_covers(&self.prefixes, &name);
                     if let Some(e) = self.topics.get_mut(&name) {
-                        if e.exact.state != State::Live {
+                        if e.exact.state != State::Live && !tracked {
                             e.last_seq = 0;
                         }
                     }
                 }
+                self.entry_mut(interest).state = State::Live;
             }
         }
         let mut done = Vec::new();
@@ -577,6 +580,23 @@ mod tests {
             vec![(1, None)],
             "and is not doubled"
         );
+    }
+
+    #[test]
+    fn a_second_pattern_keeps_the_baseline_another_pattern_tracks() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let wide = Interest::Prefix("a".into());
+        t.subscribe(Rc::new(1u32), None, vec![(wide.clone(), true)], &mut out);
+        t.on_subscribed(&wide, 1, 0);
+        assert_eq!(delivered(&mut t, &frame("a.b.c", 10)), vec![(1, None)]);
+        let narrow = Interest::Prefix("a.b".into());
+        t.subscribe(Rc::new(2u32), None, vec![(narrow.clone(), true)], &mut out);
+        t.on_subscribed(&narrow, 2, 0);
+        // 11..15 never reached the shard: both subscribers hear of the hole.
+        let mut got = delivered(&mut t, &frame("a.b.c", 16));
+        got.sort();
+        assert_eq!(got, vec![(1, Some((11, 15))), (2, Some((11, 15)))]);
     }
 
     #[test]
