@@ -345,3 +345,35 @@ fn batch_window_gathers_a_burst_into_one_write() {
     expect_contiguous(&mut ws, "burst", first + 40, 1);
     assert!(server.shutdown());
 }
+
+#[test]
+fn unsubscribing_a_pattern_keeps_the_topics_still_subscribed_exactly() {
+    let server = start(|_| {});
+    let mut ws = connect(&server.url);
+    let ack = subscribe(&mut ws, 1, &["cov.a", "cov.*", "other.x"]);
+    assert_eq!(ack_seq(&ack, "cov.a"), 0);
+    server.publish("cov.a", 3);
+    server.publish("cov.b", 3);
+    send(&mut ws, r#"{"op":"unsubscribe","id":2,"topics":["cov.*"]}"#);
+    server.publish("cov.a", 2);
+    server.publish("cov.b", 2);
+    server.publish("other.x", 1);
+    // Until the ack, anything may arrive; after it, no cov.b, and cov.a goes on unbroken.
+    let mut next_a = 1;
+    let mut acked = false;
+    loop {
+        let v = next_json(&mut ws);
+        match (v["op"].as_str(), v.get("topic").and_then(|t| t.as_str())) {
+            (Some("ack"), _) => acked = true,
+            (Some("msg"), Some("cov.a")) => {
+                assert_eq!(v["seq"].as_u64(), Some(next_a));
+                next_a += 1;
+            }
+            (Some("msg"), Some("cov.b")) => assert!(!acked, "cov.b after the unsubscribe ack"),
+            (Some("msg"), Some("other.x")) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(acked);
+    assert_eq!(next_a, 6, "all five cov.a messages, in order");
+}

@@ -38,7 +38,8 @@ pub struct Frame {
 }
 
 /// What a subscription names, owned: a topic or a `prefix.*` pattern (prefix stored without `.*`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Ordered topics first, then patterns, each by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Interest {
     /// Exactly one topic.
     Topic(Arc<str>),
