@@ -102,7 +102,7 @@ if [ "${CORECAST_ECHO_RUNNING:-0}" = "1" ]; then
 else
     port_open && die "$host:$port is already in use; stop that process or set CORECAST_ECHO_RUNNING=1 to test it"
     cargo build --release -p corecast-shards --example echo
-    target/release/examples/echo "$host:$port" &
+    "${CARGO_TARGET_DIR:-target}/release/examples/echo" "$host:$port" &
     server_pid=$!
     tries=$((ready_timeout * 5))
     until port_open; do
