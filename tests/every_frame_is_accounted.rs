@@ -90,7 +90,7 @@ fn a_message_with_a_refused_fragment_is_dropped_whole() {
 
 fn quick_heartbeat(c: &mut corecast::Config) {
     c.shard.heartbeat_interval_ms = 100;
-    c.shard.heartbeat_timeout_ms = 600;
+    c.shard.heartbeat_timeout_ms = 1000;
 }
 
 #[test]
@@ -151,8 +151,8 @@ fn a_client_that_finishes_frames_stays() {
     let server = start(quick_heartbeat);
     let mut s = upgraded(&server);
     let started = Instant::now();
-    // One pong every 100 ms for 1.5 s, longer than the 600 ms timeout.
-    while started.elapsed() < Duration::from_millis(1500) {
+    // One pong every 100 ms for 2.5 s, longer than the 1 s timeout.
+    while started.elapsed() < Duration::from_millis(2500) {
         s.write_all(&masked_frame(OpCode::Control(Control::Pong), true, b""))
             .unwrap();
         std::thread::sleep(Duration::from_millis(100));
