@@ -1,7 +1,8 @@
 //! The monitor thread: once a second it collects the clients' latency, updates the live
 //! progress line (indicatif on a terminal, a plain line every 5 s otherwise), and, when asked,
 //! prints and keeps a periodic report (soak). It also keeps a latency window that stepped
-//! scenarios reset per step.
+//! scenarios reset per step, and judges, second by second while the publisher runs, whether
+//! loadgen itself is the bottleneck ([`Watch`]).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +54,78 @@ impl Sample {
     }
 }
 
+/// What the saturation check needs besides the clients' live counters.
+pub struct Watch {
+    /// The publisher's live lateness counters.
+    pub lateness: Arc<crate::publisher::Lateness>,
+    /// Deliveries each published message should produce (subscriptions / topics: the
+    /// publisher goes round-robin over the topics).
+    pub deliveries_per_message: f64,
+}
+
+/// The reader thread used at least this share of a core over a second: saturated.
+const READER_CPU_LIMIT: f64 = 0.90;
+/// The reader waited runnable at least this share of a second while undelivered messages
+/// grew: saturated (it was ready to read and did not get a core).
+const READER_WAIT_LIMIT: f64 = 0.25;
+/// More than this share of the publisher's batches over a second left over 1 ms late: its
+/// lag p99 passed 1 ms.
+const PUBLISHER_LATE_LIMIT: f64 = 0.01;
+
+/// CPU time and run-queue wait of one thread, ns (`/proc/self/task/TID/schedstat`).
+fn schedstat(tid: u64) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// One second's evidence, compared with the previous second's.
+struct Saturation {
+    watch: Watch,
+    last: Option<(Instant, u64, u64, u64, u64, f64, u64)>,
+    reasons: Vec<String>,
+}
+
+impl Saturation {
+    /// Looks at the second that just ended; `at` is seconds since the start.
+    fn tick(&mut self, live: &Live, published: u64, at: f64) {
+        let tid = live.tid.load(Ordering::Relaxed);
+        let (run, wait) = schedstat(tid).unwrap_or((0, 0));
+        let delivered = live.delivered.load(Ordering::Relaxed);
+        let batches = self.watch.lateness.batches.load(Ordering::Relaxed);
+        let late = self.watch.lateness.late.load(Ordering::Relaxed);
+        let backlog = published as f64 * self.watch.deliveries_per_message - delivered as f64;
+        let now = Instant::now();
+        if let Some((t0, run0, wait0, pub0, batches0, backlog0, late0)) = self.last {
+            let wall = now.duration_since(t0).as_nanos().max(1) as f64;
+            // Judged only while the publisher runs: connecting and draining are not measured.
+            if published > pub0 {
+                let cpu = run.saturating_sub(run0) as f64 / wall;
+                let waited = wait.saturating_sub(wait0) as f64 / wall;
+                if tid != 0 && cpu >= READER_CPU_LIMIT {
+                    self.reasons
+                        .push(format!("reader: {:.0}% CPU at {at:.0} s", cpu * 100.0));
+                }
+                if tid != 0 && waited >= READER_WAIT_LIMIT && backlog > backlog0 {
+                    self.reasons.push(format!(
+                        "reader: waited runnable {:.0}% of the second at {at:.0} s while undelivered messages grew by {:.0}",
+                        waited * 100.0,
+                        backlog - backlog0
+                    ));
+                }
+                let new_batches = batches.saturating_sub(batches0);
+                let new_late = late.saturating_sub(late0);
+                if new_batches > 0 && new_late as f64 / new_batches as f64 > PUBLISHER_LATE_LIMIT {
+                    self.reasons.push(format!(
+                        "publisher: {new_late} of {new_batches} batches over 1 ms late at {at:.0} s"
+                    ));
+                }
+            }
+        }
+        self.last = Some((now, run, wait, published, batches, backlog, late));
+    }
+}
+
 struct Shared {
     live: Arc<Live>,
     published: Arc<AtomicU64>,
@@ -61,6 +134,8 @@ struct Shared {
     /// Everything so far, for the progress line.
     so_far: Mutex<Histogram<u64>>,
     samples: Mutex<Vec<Sample>>,
+    /// Why loadgen was its own bottleneck, second by second; empty when it never was.
+    saturation: Mutex<Vec<String>>,
 }
 
 /// Handle of the monitor thread; stops it when finished or dropped.
@@ -78,6 +153,7 @@ impl Monitor {
         progress: bool,
         report_every: Option<Duration>,
         server_pid: Option<u32>,
+        watch: Watch,
     ) -> Monitor {
         let shared = Arc::new(Shared {
             live,
@@ -86,12 +162,27 @@ impl Monitor {
             window: Mutex::new(latency_histogram()),
             so_far: Mutex::new(latency_histogram()),
             samples: Mutex::new(Vec::new()),
+            saturation: Mutex::new(Vec::new()),
         });
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("loadgen-monitor".into())
-                .spawn(move || watch(&shared, connections, progress, report_every, server_pid))
+                .spawn(move || {
+                    let saturation = Saturation {
+                        watch,
+                        last: None,
+                        reasons: Vec::new(),
+                    };
+                    run(
+                        &shared,
+                        connections,
+                        progress,
+                        report_every,
+                        server_pid,
+                        saturation,
+                    )
+                })
                 .ok()
         };
         Monitor { shared, thread }
@@ -108,10 +199,14 @@ impl Monitor {
         out
     }
 
-    /// Stops the thread; returns the periodic reports.
-    pub fn finish(mut self) -> Vec<Sample> {
+    /// Stops the thread; returns the periodic reports and the reasons loadgen was saturated
+    /// (empty when it never was).
+    pub fn finish(mut self) -> (Vec<Sample>, Vec<String>) {
         self.stop();
-        std::mem::take(&mut *self.shared.samples.lock().expect("not poisoned"))
+        (
+            std::mem::take(&mut *self.shared.samples.lock().expect("not poisoned")),
+            std::mem::take(&mut *self.shared.saturation.lock().expect("not poisoned")),
+        )
     }
 
     fn stop(&mut self) {
@@ -128,12 +223,13 @@ impl Drop for Monitor {
     }
 }
 
-fn watch(
+fn run(
     s: &Shared,
     connections: usize,
     progress: bool,
     report_every: Option<Duration>,
     server_pid: Option<u32>,
+    mut saturation: Saturation,
 ) {
     let terminal = std::io::stderr().is_terminal();
     let bar = if progress && terminal {
@@ -172,6 +268,13 @@ fn watch(
             s.published.load(Ordering::Relaxed),
             s.live.delivered.load(Ordering::Relaxed),
         );
+        saturation.tick(&s.live, published, started.elapsed().as_secs_f64());
+        if !saturation.reasons.is_empty() {
+            s.saturation
+                .lock()
+                .expect("not poisoned")
+                .append(&mut saturation.reasons);
+        }
         let line = format!(
             "{}/{connections} connected | in {:.0}/s | out {:.0}/s | p99 so far {:.1} ms | gap notices {} | reconnects {}",
             s.live.connected.load(Ordering::Relaxed),
@@ -238,5 +341,88 @@ fn watch(
     }
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher() -> (Saturation, Arc<crate::publisher::Lateness>) {
+        let lateness = Arc::new(crate::publisher::Lateness::default());
+        let s = Saturation {
+            watch: Watch {
+                lateness: lateness.clone(),
+                deliveries_per_message: 10.0,
+            },
+            last: None,
+            reasons: Vec::new(),
+        };
+        (s, lateness)
+    }
+
+    #[test]
+    fn a_late_publisher_is_reported_and_an_idle_one_is_not() {
+        let live = Live::default(); // tid 0: no reader figures
+        let (mut s, lateness) = watcher();
+        s.tick(&live, 0, 0.0);
+        lateness.batches.store(1000, Ordering::Relaxed);
+        lateness.late.store(5, Ordering::Relaxed);
+        s.tick(&live, 100, 1.0);
+        assert!(s.reasons.is_empty(), "0.5% late is within the p99 mark");
+        lateness.batches.store(2000, Ordering::Relaxed);
+        lateness.late.store(105, Ordering::Relaxed);
+        s.tick(&live, 200, 2.0);
+        assert_eq!(
+            s.reasons,
+            ["publisher: 100 of 1000 batches over 1 ms late at 2 s"]
+        );
+        // Seconds without publishing are not judged.
+        lateness.late.store(999, Ordering::Relaxed);
+        lateness.batches.store(2100, Ordering::Relaxed);
+        s.tick(&live, 200, 3.0);
+        assert_eq!(s.reasons.len(), 1);
+    }
+
+    #[test]
+    fn a_reader_that_used_a_whole_core_or_waited_for_one_is_reported() {
+        let live = Live::default();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u64;
+        live.tid.store(tid, Ordering::Relaxed);
+        let (mut s, _) = watcher();
+        s.tick(&live, 0, 0.0);
+        let (run0, wait0) = schedstat(tid).unwrap();
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let (run1, wait1) = schedstat(tid).unwrap();
+        s.tick(&live, 1, 1.0);
+        // Spinning, this thread either ran or waited for a core the whole time: which one
+        // depends on the machine, so the expected verdict is computed from the same counters.
+        let wall = spin.elapsed().as_nanos() as f64;
+        let ran = (run1 - run0) as f64 / wall;
+        let waited = (wait1 - wait0) as f64 / wall;
+        assert!(
+            ran + waited > 0.8,
+            "schedstat accounts for the spin: {ran} + {waited}"
+        );
+        // Clear of the limits either way (the tick's second is a few µs longer than the spin).
+        if ran >= 0.97 || waited >= READER_WAIT_LIMIT + 0.05 {
+            assert!(!s.reasons.is_empty(), "ran {ran:.2} waited {waited:.2}");
+            assert!(
+                s.reasons.iter().all(|r| r.starts_with("reader: ")),
+                "{:?}",
+                s.reasons
+            );
+        } else if ran < READER_CPU_LIMIT - 0.05 && waited < READER_WAIT_LIMIT - 0.05 {
+            assert!(
+                s.reasons.is_empty(),
+                "ran {ran:.2} waited {waited:.2}: {:?}",
+                s.reasons
+            );
+        }
     }
 }

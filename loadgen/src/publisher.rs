@@ -28,13 +28,26 @@ pub struct Published {
     pub max_lag_us: u64,
 }
 
+/// How late the publisher's batches left, live, for the saturation check: the share of
+/// batches more than [`LATE_US`] behind schedule is the publisher's lag past its p99 mark.
+#[derive(Debug, Default)]
+pub struct Lateness {
+    /// Batches written so far.
+    pub batches: AtomicU64,
+    /// Of those, batches whose first message left more than [`LATE_US`] after its time.
+    pub late: AtomicU64,
+}
+
+/// A batch this late (µs) counts as late.
+pub const LATE_US: u64 = 1000;
+
 /// Shortest pause between writes: above it the publisher wakes per message, below it
 /// messages due together share a write.
 const MIN_SLEEP: Duration = Duration::from_micros(50);
 
 /// Publishes round-robin over the topics until `duration` has passed, adding each batch to
 /// `counter`. Bounded in time.
-pub fn run(plan: &PublishPlan, counter: &AtomicU64) -> io::Result<Published> {
+pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::Result<Published> {
     // Sleeps as short as asked: the default timer slack (50 µs) would stretch each one.
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
     unsafe {
@@ -81,6 +94,10 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64) -> io::Result<Published> {
                 .saturating_sub(first_in_batch * interval_ns)
                 / 1000;
             max_lag_us = max_lag_us.max(behind);
+            lateness.batches.fetch_add(1, Ordering::Relaxed);
+            if behind > LATE_US {
+                lateness.late.fetch_add(1, Ordering::Relaxed);
+            }
         }
         // Never spin (the publisher shares the machine with the server under test): sleep
         // until the next message is due, at least MIN_SLEEP; what falls due meanwhile goes

@@ -34,7 +34,12 @@ pub struct RunReport {
     /// The client thread's CPU, % of one core (the part that can saturate).
     pub client_thread_cpu_pct: f64,
     pub server_cpu_pct: Option<f64>,
+    /// True when any second of the publishing window showed loadgen as its own bottleneck.
     pub loadgen_saturated: bool,
+    /// Why, second by second (monitor.rs: reader at 90% CPU or more; reader waiting runnable
+    /// 25% of the time or more while undelivered messages grew; over 1% of the publisher's
+    /// batches more than 1 ms late).
+    pub saturation: Vec<String>,
     pub publisher_max_lag_us: u64,
     /// Periodic reports (soak).
     pub samples: Vec<Sample>,
@@ -143,8 +148,10 @@ impl RunReport {
             );
         }
         if self.loadgen_saturated {
-            s.push_str(
-                "loadgen: WARNING: loadgen itself is near its limit (client thread over 90% of a core, or the publisher fell behind its schedule); the figures bound the server from below\n",
+            let _ = writeln!(
+                s,
+                "loadgen: WARNING: loadgen itself was the bottleneck; the figures bound the server from below: {}",
+                self.saturation.join("; ")
             );
         }
         s
@@ -167,7 +174,7 @@ impl RunReport {
                 "\"unexpected_disconnects\":{},\"reconnects\":{},\"elapsed_secs\":{:.3},",
                 "\"delivered_per_sec\":{:.0},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},",
                 "\"client_cpu_pct\":{:.1},\"client_thread_cpu_pct\":{:.1},\"server_cpu_pct\":{},",
-                "\"loadgen_saturated\":{},\"publisher_max_lag_us\":{},",
+                "\"loadgen_saturated\":{},\"saturation\":{},\"publisher_max_lag_us\":{},",
                 "\"healthy\":{},\"slow_connections\":{},\"slow\":{},\"reports\":[{}]}}"
             ),
             self.connections_ok,
@@ -192,6 +199,7 @@ impl RunReport {
             self.client_thread_cpu_pct,
             opt_f(self.server_cpu_pct),
             self.loadgen_saturated,
+            json_strings(&self.saturation),
             self.publisher_max_lag_us,
             tally(&self.healthy),
             self.slow_connections,
@@ -524,4 +532,14 @@ mod tests {
         assert_eq!(slope(&climb[..2]), None);
         assert_eq!(slope(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]), None);
     }
+}
+
+/// A JSON array of strings (the reasons contain no quotes or backslashes, but are escaped
+/// anyway).
+fn json_strings(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", quoted.join(","))
 }

@@ -128,12 +128,16 @@ struct Session {
     clients: ClientThread,
     monitor: Monitor,
     published: Arc<AtomicU64>,
+    lateness: Arc<publisher::Lateness>,
 }
 
 impl Session {
     fn start(plan: &RunPlan, connect_limit: Duration) -> anyhow::Result<Session> {
         let clients = ClientThread::start(plan, connect_limit)?;
         let published = Arc::new(AtomicU64::new(0));
+        let lateness = Arc::new(publisher::Lateness::default());
+        let assignments = plan.assignments();
+        let subscriptions: usize = assignments.iter().map(Vec::len).sum();
         let monitor = Monitor::start(
             clients.live.clone(),
             published.clone(),
@@ -141,11 +145,17 @@ impl Session {
             plan.progress,
             plan.report_every,
             plan.server_pid,
+            crate::monitor::Watch {
+                lateness: lateness.clone(),
+                // The publisher goes round-robin over the topics.
+                deliveries_per_message: subscriptions as f64 / plan.topics.max(1) as f64,
+            },
         );
         Ok(Session {
             clients,
             monitor,
             published,
+            lateness,
         })
     }
 
@@ -164,7 +174,8 @@ impl Session {
             duration,
         };
         let counter = self.published.clone();
-        std::thread::spawn(move || publisher::run(&pub_plan, &counter))
+        let lateness = self.lateness.clone();
+        std::thread::spawn(move || publisher::run(&pub_plan, &counter, &lateness))
     }
 }
 
@@ -223,7 +234,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         clients, monitor, ..
     } = session;
     let c = clients.finish()?;
-    let samples = monitor.finish();
+    let (samples, saturation) = monitor.finish();
     let h = c.healthy;
     let mut lost = h.unannounced + h.tail_missing;
     if !churn {
@@ -253,8 +264,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         client_cpu_pct,
         client_thread_cpu_pct,
         server_cpu_pct,
-        loadgen_saturated: client_thread_cpu_pct > 90.0
-            || published.max_lag_us > PUBLISHER_LAG_LIMIT_US,
+        loadgen_saturated: !saturation.is_empty(),
+        saturation,
         publisher_max_lag_us: published.max_lag_us,
         samples,
     })

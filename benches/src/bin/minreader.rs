@@ -63,7 +63,10 @@ fn args() -> Args {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// A masked client text frame with a zero mask key (valid: RFC 6455 5.3 allows any key).
@@ -143,7 +146,10 @@ fn frames(buf: &mut Vec<u8>, w: &mut Window) {
         }
         let (len, hdr) = match rest[1] & 0x7f {
             126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-            127 if rest.len() >= 10 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+            127 if rest.len() >= 10 => (
+                u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             126 | 127 => break,
             n => (n as usize, 2),
         };
@@ -176,8 +182,14 @@ fn main() {
     let ep = unsafe { libc::epoll_create1(0) };
     assert!(ep >= 0);
     for (i, s) in socks.iter().enumerate() {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
-        assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) }, 0);
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        assert_eq!(
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) },
+            0
+        );
     }
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); socks.len()];
     let mut w = Window {
