@@ -46,15 +46,24 @@ pub(crate) fn on_text(
     interval: Option<&mut Histogram<u64>>,
     total: &mut Histogram<u64>,
 ) -> Seen {
-    let Some(op) = wire::str_after(p, b"\"op\":\"") else {
-        return Seen::Other;
+    let fast = msg_fields(p);
+    let op = match fast {
+        Some(_) => &b"msg"[..],
+        None => match wire::str_after(p, b"\"op\":\"") {
+            Some(op) => op,
+            None => return Seen::Other,
+        },
     };
     match op {
         b"msg" => {
-            let (Some(topic), Some(seq)) = (
-                wire::str_after(p, b"\"topic\":\""),
-                wire::u64_after(p, b"\"seq\":"),
-            ) else {
+            let (topic, seq) = match fast {
+                Some((topic, seq, _)) => (Some(topic), Some(seq)),
+                None => (
+                    wire::str_after(p, b"\"topic\":\""),
+                    wire::u64_after(p, b"\"seq\":"),
+                ),
+            };
+            let (Some(topic), Some(seq)) = (topic, seq) else {
                 return Seen::Other;
             };
             let Some(sub) = subscription(subs, index, topic) else {
@@ -73,8 +82,11 @@ pub(crate) fn on_text(
             sub.1 = seq.saturating_add(1);
             tally.delivered += 1;
             if let Some(interval) = interval {
-                let sent = wire::find(p, b"\"data\":{")
-                    .and_then(|at| wire::u64_after(&p[at..], b"\"t\":"));
+                let sent = match fast {
+                    Some((_, _, sent)) => Some(sent),
+                    None => wire::find(p, b"\"data\":{")
+                        .and_then(|at| wire::u64_after(&p[at..], b"\"t\":")),
+                };
                 if let Some(sent) = sent {
                     let us = now_us().saturating_sub(sent).max(1);
                     interval.saturating_record(us);
@@ -143,6 +155,20 @@ pub(crate) fn on_text(
         }
         _ => Seen::Other,
     }
+}
+
+/// A `msg` in exactly the layout corecast writes (docs/protocol.md; `encode_msg`) with
+/// loadgen's payload: `{"op":"msg","topic":T,"seq":N,"ts":N,"data":{"t":N,...`. Returns
+/// topic, seq and intended send time by walking the fields in order, without searching;
+/// `None` for anything else, which then takes the general, searching path.
+fn msg_fields(p: &[u8]) -> Option<(&[u8], u64, u64)> {
+    let rest = p.strip_prefix(b"{\"op\":\"msg\",\"topic\":\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    let (topic, rest) = rest.split_at(end);
+    let (seq, rest) = wire::leading_u64(rest.strip_prefix(b"\",\"seq\":")?)?;
+    let (_, rest) = wire::leading_u64(rest.strip_prefix(b",\"ts\":")?)?;
+    let (sent, _) = wire::leading_u64(rest.strip_prefix(b",\"data\":{\"t\":")?)?;
+    Some((topic, seq, sent))
 }
 
 /// This connection's `(topic, next expected seq)` for a topic name, if it subscribed to it.
@@ -288,5 +314,31 @@ mod tests {
             c.feed(bad);
         }
         assert_eq!(c.tally.unannounced, 4);
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_path_reads_what_the_general_path_reads() {
+        let exact = br#"{"op":"msg","topic":"lg.3","seq":42,"ts":17,"data":{"t":99,"p":"xx"}}"#;
+        assert_eq!(msg_fields(exact), Some((&b"lg.3"[..], 42, 99)));
+        assert_eq!(wire::u64_after(exact, b"\"seq\":"), Some(42));
+        // Any other layout falls back (fields reordered, another op, a missing field).
+        for other in [
+            &br#"{"op":"msg","seq":42,"topic":"lg.3","ts":17,"data":{"t":99}}"#[..],
+            br#"{"op":"gap","topic":"lg.3","from":1,"to":2,"reason":"slow_consumer"}"#,
+            br#"{"op":"msg","topic":"lg.3","seq":42,"ts":17,"data":{"p":"x","t":99}}"#,
+            br#"{"op":"msg","topic":"lg.3","seq":,"ts":17,"data":{"t":99}}"#,
+        ] {
+            assert_eq!(
+                msg_fields(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 }

@@ -462,6 +462,12 @@ impl Clients<'_> {
                         self.fail(i);
                         return;
                     }
+                    if n < limit && !throttled {
+                        // A short read emptied the socket: new data raises a new edge, so
+                        // the read that would only say "would block" is saved (it was one
+                        // system call in two).
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => break,

@@ -150,8 +150,10 @@ impl RunReport {
         if self.loadgen_saturated {
             let _ = writeln!(
                 s,
-                "loadgen: WARNING: loadgen itself was the bottleneck; the figures bound the server from below: {}",
-                self.saturation.join("; ")
+                "loadgen: WARNING: loadgen itself was the bottleneck ({} findings, second by second); the figures bound the server from below: {}{}",
+                self.saturation.len(),
+                self.saturation[..self.saturation.len().min(3)].join("; "),
+                if self.saturation.len() > 3 { "; ... (all in the JSON)" } else { "" }
             );
         }
         s

@@ -105,17 +105,23 @@ pub fn next_frame(buf: &[u8]) -> Option<ServerFrame<'_>> {
     })
 }
 
-/// The unsigned integer right after `key` (e.g. `"seq":`), if present.
+/// The unsigned integer right after `key` (e.g. `"seq":`), if present and under 2^64.
 pub fn u64_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     let at = find(hay, key)? + key.len();
-    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    leading_u64(&hay[at..]).map(|(v, _)| v)
+}
+
+/// The unsigned integer `s` starts with (at least one digit, under 2^64) and what follows it.
+pub fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
         return None;
     }
-    std::str::from_utf8(&hay[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+    let mut value: u64 = 0;
+    for &b in &s[..digits] {
+        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some((value, &s[digits..]))
 }
 
 /// The string value right after `key` (e.g. `"topic":"`), up to the closing quote.
@@ -125,9 +131,21 @@ pub fn str_after<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     Some(&hay[at..at + end])
 }
 
-/// Where `needle` first occurs in `hay`.
+/// Where `needle` first occurs in `hay`. Per call it costs a `memchr` over the candidates
+/// for the needle's first byte and a short compare at each: nothing is built first. (A
+/// `memmem` searcher built per call cost a quarter of the reader thread's time at 1M
+/// messages/s: docs/benchmarks.md, "loadgen's own profile".)
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(first, &hay[from..]) {
+        let at = from + i;
+        if hay[at + 1..].starts_with(rest) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -171,5 +189,17 @@ mod tests {
         assert_eq!(str_after(m, b"\"topic\":\""), Some(&b"lg.3"[..]));
         assert_eq!(u64_after(m, b"\"t\":"), Some(99));
         assert_eq!(u64_after(m, b"\"nope\":"), None);
+        assert_eq!(find(b"aab", b"ab"), Some(1));
+        assert_eq!(find(b"abc", b""), None);
+        assert_eq!(find(b"a\"b\"c", b"\"c"), Some(3));
+        assert_eq!(
+            u64_after(b"\"n\":18446744073709551616", b"\"n\":"),
+            None,
+            "over 2^64"
+        );
+        assert_eq!(
+            u64_after(b"\"n\":18446744073709551615", b"\"n\":"),
+            Some(u64::MAX)
+        );
     }
 }
