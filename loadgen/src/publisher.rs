@@ -53,6 +53,14 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0);
     }
+    // Wake up on time on a busy machine: this thread sleeps between messages and uses a few
+    // percent of a core, so a higher priority (nice -10, when allowed; ignored otherwise)
+    // keeps its schedule without taking the server's CPU. Its lateness is watched all the same
+    // (`Lateness`).
+    // SAFETY: setpriority on this thread's own id changes only its scheduling priority.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10);
+    }
     let mut out = TcpStream::connect(plan.ingest)?;
     out.set_nodelay(true)?;
     let pad = "x".repeat(plan.payload_bytes.saturating_sub(30));
