@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod publisher;
 pub mod report;
 pub mod scenario;
+pub mod schema;
 pub mod wire;
 
 use std::net::SocketAddr;

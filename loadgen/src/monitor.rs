@@ -34,23 +34,21 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// One JSON object.
-    pub fn json(&self) -> String {
-        format!(
-            "{{\"at_secs\":{:.1},\"connected\":{},\"published_per_sec\":{:.0},\"delivered_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"gap_notices\":{},\"reconnects\":{},\"disconnects\":{},\"server_rss_kib\":{}}}",
-            self.at_secs,
-            self.connected,
-            self.published_per_sec,
-            self.delivered_per_sec,
-            self.p50_us,
-            self.p99_us,
-            self.max_us,
-            self.gap_notices,
-            self.reconnects,
-            self.disconnects,
-            self.server_rss_kib
-                .map_or("null".to_string(), |v| v.to_string())
-        )
+    /// The sample as the shared schema.
+    pub fn to_schema(&self) -> crate::schema::SampleJson {
+        crate::schema::SampleJson {
+            at_secs: self.at_secs,
+            connected: self.connected,
+            published_per_sec: self.published_per_sec.round(),
+            delivered_per_sec: self.delivered_per_sec.round(),
+            p50_us: self.p50_us,
+            p99_us: self.p99_us,
+            max_us: self.max_us,
+            gap_notices: self.gap_notices,
+            reconnects: self.reconnects,
+            disconnects: self.disconnects,
+            server_rss_kib: self.server_rss_kib,
+        }
     }
 }
 

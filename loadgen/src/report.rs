@@ -159,55 +159,57 @@ impl RunReport {
         s
     }
 
-    /// The `--json` document.
+    /// The `--json` document (`crate::schema::RunJson`).
     pub fn json(&self) -> String {
+        self.to_schema().to_json()
+    }
+
+    /// The report as the shared schema.
+    pub fn to_schema(&self) -> crate::schema::RunJson {
+        use crate::schema::{Latency, RunJson, TallyJson};
         let q = |p: f64| self.latency_us.value_at_quantile(p);
-        let tally = |t: &Tally| {
-            format!(
-                "{{\"delivered\":{},\"gap_notices\":{},\"gaps\":{},\"unannounced\":{},\"tail_missing\":{},\"duplicates\":{},\"misrouted\":{}}}",
-                t.delivered, t.gap_notices, t.announced, t.unannounced, t.tail_missing, t.duplicates, t.misrouted
-            )
+        let tally = |t: &Tally| TallyJson {
+            delivered: t.delivered,
+            gap_notices: t.gap_notices,
+            gaps: t.announced,
+            unannounced: t.unannounced,
+            tail_missing: t.tail_missing,
+            duplicates: t.duplicates,
+            misrouted: t.misrouted,
         };
-        let samples: Vec<String> = self.samples.iter().map(Sample::json).collect();
-        format!(
-            concat!(
-                "{{\"connections_ok\":{},\"connect_failures\":{},\"published\":{},\"delivered\":{},",
-                "\"expected\":{},\"expected_exact\":{},\"lost\":{},\"gaps\":{},\"gap_notices\":{},",
-                "\"unexpected_disconnects\":{},\"reconnects\":{},\"elapsed_secs\":{:.3},",
-                "\"delivered_per_sec\":{:.0},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},",
-                "\"client_cpu_pct\":{:.1},\"client_thread_cpu_pct\":{:.1},\"server_cpu_pct\":{},",
-                "\"loadgen_saturated\":{},\"saturation\":{},\"publisher_max_lag_us\":{},",
-                "\"healthy\":{},\"slow_connections\":{},\"slow\":{},\"reports\":[{}]}}"
-            ),
-            self.connections_ok,
-            self.connect_failures,
-            self.published,
-            self.delivered,
-            self.expected,
-            self.expected_exact,
-            self.lost,
-            self.announced(),
-            self.gap_notices(),
-            self.unexpected_disconnects,
-            self.reconnects,
-            self.elapsed.as_secs_f64(),
-            self.delivered_per_sec(),
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            self.latency_us.max(),
-            self.client_cpu_pct,
-            self.client_thread_cpu_pct,
-            opt_f(self.server_cpu_pct),
-            self.loadgen_saturated,
-            json_strings(&self.saturation),
-            self.publisher_max_lag_us,
-            tally(&self.healthy),
-            self.slow_connections,
-            tally(&self.slow),
-            samples.join(","),
-        )
+        RunJson {
+            protocol: "corecast".into(),
+            connections_ok: self.connections_ok,
+            connect_failures: self.connect_failures,
+            published: self.published,
+            delivered: self.delivered,
+            expected: self.expected,
+            expected_exact: self.expected_exact,
+            lost: self.lost,
+            gaps: self.announced(),
+            gap_notices: self.gap_notices(),
+            unexpected_disconnects: self.unexpected_disconnects,
+            reconnects: self.reconnects,
+            elapsed_secs: self.elapsed.as_secs_f64(),
+            delivered_per_sec: self.delivered_per_sec().round(),
+            latency_us: Latency {
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                p999: q(0.999),
+                max: self.latency_us.max(),
+            },
+            client_cpu_pct: self.client_cpu_pct,
+            client_thread_cpu_pct: self.client_thread_cpu_pct,
+            server_cpu_pct: self.server_cpu_pct,
+            loadgen_saturated: self.loadgen_saturated,
+            saturation: self.saturation.clone(),
+            publisher_max_lag_us: self.publisher_max_lag_us,
+            healthy: tally(&self.healthy),
+            slow_connections: self.slow_connections,
+            slow: tally(&self.slow),
+            reports: self.samples.iter().map(Sample::to_schema).collect(),
+        }
     }
 
     /// HdrHistogram's percentile-distribution text of the latency (µs).
@@ -534,14 +536,4 @@ mod tests {
         assert_eq!(slope(&climb[..2]), None);
         assert_eq!(slope(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]), None);
     }
-}
-
-/// A JSON array of strings (the reasons contain no quotes or backslashes, but are escaped
-/// anyway).
-fn json_strings(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("[{}]", quoted.join(","))
 }

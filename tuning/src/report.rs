@@ -150,33 +150,23 @@ struct Row {
 
 fn read_row(dir: &Path, r: &RunEntry) -> anyhow::Result<Row> {
     let path = dir.join(format!("{}.json", r.stem));
-    let mut text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let v = simd_json::to_owned_value(&mut text)
-        .with_context(|| format!("parsing {}", path.display()))?;
-    let f = |k: &str| v.get(k).and_then(|x| x.cast_f64()).unwrap_or(0.0);
-    let lat = |k: &str| {
-        v.get("latency_us")
-            .and_then(|l| l.get(k))
-            .and_then(|x| x.cast_f64())
-            .unwrap_or(0.0)
-    };
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v = loadgen::schema::RunJson::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
     let hgrm = std::fs::read_to_string(dir.join(format!("{}.hgrm", r.stem))).unwrap_or_default();
     Ok(Row {
         value: r.value.clone(),
         ok: r.loadgen_ok,
-        delivered_per_sec: f("delivered_per_sec"),
-        p50: lat("p50"),
-        p99: lat("p99"),
-        p999: lat("p999"),
-        max: lat("max"),
-        client_cpu: f("client_cpu_pct"),
-        server_cpu: v.get("server_cpu_pct").and_then(|x| x.cast_f64()),
-        lost: v.get("lost").and_then(|x| x.as_u64()).unwrap_or(0),
-        gaps: v.get("gaps").and_then(|x| x.as_u64()).unwrap_or(0),
-        saturated: v
-            .get("loadgen_saturated")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(false),
+        delivered_per_sec: v.delivered_per_sec,
+        p50: v.latency_us.p50 as f64,
+        p99: v.latency_us.p99 as f64,
+        p999: v.latency_us.p999 as f64,
+        max: v.latency_us.max as f64,
+        client_cpu: v.client_cpu_pct,
+        server_cpu: v.server_cpu_pct,
+        lost: v.lost,
+        gaps: v.gaps,
+        saturated: v.loadgen_saturated,
         curve: parse_hgrm(&hgrm),
     })
 }
