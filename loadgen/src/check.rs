@@ -157,6 +157,27 @@ pub(crate) fn on_text(
     }
 }
 
+/// A text frame of the json-pubsub protocol (`crate::Protocol::JsonPubsub`): a message as its
+/// publisher sent it, `{"op":"pub","topic":T,"t":N,...}`. Counted as delivered, with its
+/// latency from `t`; there are no sequences to check.
+pub(crate) fn on_pub_text(
+    p: &[u8],
+    tally: &mut Tally,
+    interval: Option<&mut Histogram<u64>>,
+    total: &mut Histogram<u64>,
+) -> Seen {
+    if wire::str_after(p, b"\"op\":\"") != Some(&b"pub"[..]) {
+        return Seen::Other;
+    }
+    tally.delivered += 1;
+    if let (Some(interval), Some(sent)) = (interval, wire::u64_after(p, b"\"t\":")) {
+        let us = now_us().saturating_sub(sent).max(1);
+        interval.saturating_record(us);
+        total.saturating_record(us);
+    }
+    Seen::Msg
+}
+
 /// A `msg` in exactly the layout corecast writes (docs/protocol.md; `encode_msg`) with
 /// loadgen's payload: `{"op":"msg","topic":T,"seq":N,"ts":N,"data":{"t":N,...`. Returns
 /// topic, seq and intended send time by walking the fields in order, without searching;

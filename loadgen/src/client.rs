@@ -25,6 +25,7 @@ use crate::wire;
 /// What the clients do.
 #[derive(Debug, Clone)]
 pub struct ClientPlan {
+    pub protocol: crate::Protocol,
     pub server: SocketAddr,
     pub path: String,
     /// Topic names.
@@ -597,6 +598,18 @@ impl Clients<'_> {
             if c.subs.is_empty() {
                 c.acked = true;
                 self.live.acked.fetch_add(1, Ordering::Relaxed);
+            } else if self.plan.protocol == crate::Protocol::JsonPubsub {
+                // No acks in this protocol: subscribed once the requests are written.
+                for (t, _) in &c.subs {
+                    let req = format!(
+                        "{{\"op\":\"sub\",\"topic\":\"{}\"}}",
+                        self.plan.topics[*t as usize]
+                    );
+                    c.outbuf
+                        .extend(wire::client_text(req.as_bytes(), [7, 13, 42, 99]));
+                }
+                c.acked = true;
+                self.live.acked.fetch_add(1, Ordering::Relaxed);
             } else {
                 let names: Vec<String> = c
                     .subs
@@ -624,15 +637,23 @@ impl Clients<'_> {
                     };
                     let latency = (!c.slow).then_some(&mut self.interval);
                     let holes_before = tally.unannounced;
-                    let seen = on_text(
-                        &mut c.subs,
-                        &mut c.acked,
-                        f.payload,
-                        &self.index,
-                        tally,
-                        latency,
-                        &mut self.report.latency_us,
-                    );
+                    let seen = match self.plan.protocol {
+                        crate::Protocol::Corecast => on_text(
+                            &mut c.subs,
+                            &mut c.acked,
+                            f.payload,
+                            &self.index,
+                            tally,
+                            latency,
+                            &mut self.report.latency_us,
+                        ),
+                        crate::Protocol::JsonPubsub => crate::check::on_pub_text(
+                            f.payload,
+                            tally,
+                            latency,
+                            &mut self.report.latency_us,
+                        ),
+                    };
                     let holes = tally.unannounced - holes_before;
                     if holes > 0 && !c.slow {
                         self.live.unannounced.fetch_add(holes, Ordering::Relaxed);

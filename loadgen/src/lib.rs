@@ -35,9 +35,36 @@ pub enum Distribution {
     Zipf(f64),
 }
 
+/// The wire protocol loadgen drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// corecast's (docs/protocol.md): subscribe/ack, `msg` with per-topic `seq`, `gap`
+    /// notices; the publisher writes JSON lines to the ingest port. Every check applies.
+    #[default]
+    Corecast,
+    /// The minimal JSON pub/sub of `../shared/peers/` (the uWebSockets broadcast server):
+    /// `{"op":"sub","topic":T}` subscribes (no ack); the publisher is a WebSocket client of
+    /// its own that sends `{"op":"pub","topic":T,"t":N,"p":...}`, forwarded unchanged to the
+    /// subscribers. No sequences or gaps exist: deliveries (against what was expected),
+    /// latency and CPU are measured.
+    JsonPubsub,
+}
+
+impl Protocol {
+    /// The name used on the command line and in the JSON report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Corecast => "corecast",
+            Protocol::JsonPubsub => "json-pubsub",
+        }
+    }
+}
+
 /// One run's settings.
 #[derive(Debug, Clone)]
 pub struct RunPlan {
+    /// The wire protocol the server speaks.
+    pub protocol: Protocol,
     pub server: SocketAddr,
     pub path: String,
     pub ingest: SocketAddr,
@@ -73,6 +100,7 @@ impl RunPlan {
     /// A plan with the common defaults, for `connections` clients on `topics` topics.
     pub fn new(server: SocketAddr, ingest: SocketAddr, connections: usize, topics: usize) -> Self {
         RunPlan {
+            protocol: Protocol::Corecast,
             server,
             path: "/ws".into(),
             ingest,

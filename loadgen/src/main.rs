@@ -37,6 +37,10 @@ enum Scenario {
 #[derive(Args, Clone)]
 struct Common {
     /// Server WebSocket URL (loopback only).
+    /// Wire protocol: corecast, or json-pubsub (the uWebSockets broadcast server of
+    /// ../shared/peers; the publisher then connects to --server, not --ingest).
+    #[arg(long, value_enum, default_value_t = Proto::Corecast)]
+    protocol: Proto,
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     server: String,
     /// Publisher ingest address (loopback only).
@@ -84,6 +88,12 @@ struct Common {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Proto {
+    Corecast,
+    JsonPubsub,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -188,6 +198,10 @@ fn plan(c: &Common, d: Defaults) -> anyhow::Result<loadgen::RunPlan> {
         c.topics.unwrap_or(d.1).max(1),
     );
     p.path = path;
+    p.protocol = match c.protocol {
+        Proto::Corecast => loadgen::Protocol::Corecast,
+        Proto::JsonPubsub => loadgen::Protocol::JsonPubsub,
+    };
     p.subscriptions_per_conn = c.subscriptions_per_conn.unwrap_or(d.2);
     p.distribution = match c.distribution {
         Dist::Uniform => loadgen::Distribution::Uniform,

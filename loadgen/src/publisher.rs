@@ -11,6 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// What to publish.
 #[derive(Debug, Clone)]
 pub struct PublishPlan {
+    /// Corecast: JSON lines to `ingest`. JsonPubsub: a WebSocket client of its own to
+    /// `server` + `path`, one `pub` text frame per message.
+    pub protocol: crate::Protocol,
+    pub server: SocketAddr,
+    pub path: String,
     pub ingest: SocketAddr,
     pub topics: Vec<String>,
     /// Messages per second, all topics together.
@@ -61,7 +66,12 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10);
     }
-    let mut out = TcpStream::connect(plan.ingest)?;
+    let json_pubsub = plan.protocol == crate::Protocol::JsonPubsub;
+    let mut out = if json_pubsub {
+        websocket(plan)?
+    } else {
+        TcpStream::connect(plan.ingest)?
+    };
     out.set_nodelay(true)?;
     let pad = "x".repeat(plan.payload_bytes.saturating_sub(30));
     let start = Instant::now();
@@ -85,11 +95,19 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
         while sent < due && batch.len() < 60 * 1024 {
             let intended_us = epoch_start + sent * interval_ns / 1000;
             let t = (sent as usize) % plan.topics.len();
-            let _ = writeln!(
-                batch,
-                "{{\"topic\":\"{}\",\"data\":{{\"t\":{intended_us},\"p\":\"{pad}\"}}}}",
-                plan.topics[t]
-            );
+            if json_pubsub {
+                let text = format!(
+                    "{{\"op\":\"pub\",\"topic\":\"{}\",\"t\":{intended_us},\"p\":\"{pad}\"}}",
+                    plan.topics[t]
+                );
+                batch.extend(crate::wire::client_text(text.as_bytes(), [3, 1, 4, 1]));
+            } else {
+                let _ = writeln!(
+                    batch,
+                    "{{\"topic\":\"{}\",\"data\":{{\"t\":{intended_us},\"p\":\"{pad}\"}}}}",
+                    plan.topics[t]
+                );
+            }
             per_topic[t] += 1;
             sent += 1;
         }
@@ -120,4 +138,24 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
         total: sent,
         max_lag_us,
     })
+}
+
+/// The json-pubsub publisher's own WebSocket connection (it never subscribes): the upgrade
+/// done, the 101 read, blocking. What the server sends it (nothing, in that protocol) is
+/// never read.
+fn websocket(plan: &PublishPlan) -> io::Result<TcpStream> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(plan.server)?;
+    s.write_all(&crate::wire::upgrade_request(&plan.server.to_string(), &plan.path))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(io::Error::other("the publisher's WebSocket upgrade was refused"));
+    }
+    Ok(s)
 }

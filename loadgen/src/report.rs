@@ -11,6 +11,8 @@ use crate::monitor::Sample;
 
 /// Everything a fanout, latency or soak run measured.
 pub struct RunReport {
+    /// The wire protocol driven (`Protocol::name`).
+    pub protocol: &'static str,
     pub connections_ok: u64,
     pub connect_failures: u64,
     pub published: u64,
@@ -178,7 +180,7 @@ impl RunReport {
             misrouted: t.misrouted,
         };
         RunJson {
-            protocol: "corecast".into(),
+            protocol: self.protocol.into(),
             connections_ok: self.connections_ok,
             connect_failures: self.connect_failures,
             published: self.published,

@@ -30,6 +30,7 @@ impl ClientThread {
         });
         let slow = Arc::new(plan.slow_set());
         let client_plan = client::ClientPlan {
+            protocol: plan.protocol,
             server: plan.server,
             path: plan.path.clone(),
             topics: plan.topic_names(),
@@ -167,6 +168,9 @@ impl Session {
         duration: Duration,
     ) -> std::thread::JoinHandle<std::io::Result<Published>> {
         let pub_plan = publisher::PublishPlan {
+            protocol: plan.protocol,
+            server: plan.server,
+            path: plan.path.clone(),
             ingest: plan.ingest,
             topics: plan.topic_names(),
             rate,
@@ -247,6 +251,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         expected_all
     };
     Ok(RunReport {
+        protocol: plan.protocol.name(),
         connections_ok: c.connections_ok,
         connect_failures: c.connect_failures,
         published: published.total,

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# corecast against uWebSockets (its broadcast server from ../shared/peers/, built from source
+# with ../shared/peers/uws-cpp/build.sh), the same loadgen and workload, alternating runs.
+# corecast: `corecast serve` defaults (dispatcher on core 0, one shard on core 1). uWebSockets:
+# one thread, pinned to core 0 (`taskset -c 0`). loadgen unpinned, `--protocol json-pubsub`
+# against uWebSockets. Prints each run's figures and the medians. Loopback only; bounded.
+#
+#   UWS_BIN=/path/to/uws_broadcast tuning/versus.sh B1|B2 [PAIRS=3] [OUTDIR=target/versus]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bench="${1:?B1 or B2}"
+pairs="${2:-3}"
+out="${3:-target/versus}"
+uws="${UWS_BIN:?set UWS_BIN to the uws_broadcast binary (../shared/peers/README.md)}"
+case "$bench" in
+  B1) conns=10000 topics=100 rate=10000 ;;
+  B2) conns=1000 topics=10 rate=1000 ;;
+  *) echo "unknown benchmark $bench (B1 or B2)" >&2; exit 2 ;;
+esac
+mkdir -p "$out"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release -q -p corecast -p loadgen
+bin=target/release
+
+wait_port() {
+  for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  exit 1
+}
+
+for p in $(seq "$pairs"); do
+  "$bin/corecast" serve > "$out/corecast.log" 2>&1 &
+  srv=$!
+  wait_port 8080
+  "$bin/loadgen" fanout --connections "$conns" --topics "$topics" --rate "$rate" \
+    --payload-bytes 100 --duration 20s --server-pid "$srv" \
+    --json "$out/$bench-$p-corecast.json" --hgrm "$out/$bench-$p-corecast.hgrm" \
+    > "$out/$bench-$p-corecast.txt" 2>&1 || true
+  kill -INT "$srv"; wait "$srv" 2>/dev/null || true; sleep 2
+  taskset -c 0 "$uws" 20001 > "$out/uws.log" 2>&1 &
+  srv=$!
+  wait_port 20001
+  "$bin/loadgen" fanout --protocol json-pubsub --server ws://127.0.0.1:20001/ws \
+    --connections "$conns" --topics "$topics" --rate "$rate" \
+    --payload-bytes 100 --duration 20s --server-pid "$srv" \
+    --json "$out/$bench-$p-uws.json" --hgrm "$out/$bench-$p-uws.hgrm" \
+    > "$out/$bench-$p-uws.txt" 2>&1 || true
+  kill "$srv"; wait "$srv" 2>/dev/null || true; sleep 2
+done
+
+python3 - "$bench" "$pairs" "$out" <<'PY'
+import json, statistics, sys
+bench, pairs, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+print(f"| {bench} run | server | delivered/s (% of expected) | p50 (ms) | p99 (ms) | p99.9 (ms) | server CPU | loadgen saturated |")
+print("|---|---|---:|---:|---:|---:|---:|---|")
+med = {"corecast": [], "uws": []}
+for p in range(1, pairs + 1):
+    for who in ("corecast", "uws"):
+        d = json.load(open(f"{out}/{bench}-{p}-{who}.json"))
+        pct = 100.0 * d["delivered"] / d["expected"] if d["expected"] else 0.0
+        lat = d["latency_us"]
+        cpu = d["server_cpu_pct"]
+        med[who].append((d["delivered_per_sec"], lat["p50"], lat["p99"]))
+        print(f"| {p} | {who} | {d['delivered_per_sec']:,.0f} ({pct:.1f}%) | {lat['p50']/1000:.2f} | {lat['p99']/1000:.2f} | {lat['p999']/1000:.2f} | {cpu:.0f}% | {d['loadgen_saturated']} |")
+print()
+for who, rows in med.items():
+    d, p50, p99 = zip(*rows)
+    print(f"- {who}: median delivered/s {statistics.median(d):,.0f}, p50 {statistics.median(p50)/1000:.2f} ms, p99 {statistics.median(p99)/1000:.2f} ms")
+c, u = med["corecast"], med["uws"]
+print(f"- per-pair p50 ratio corecast/uWebSockets: {', '.join(f'{a[1]/b[1]:.2f}' for a, b in zip(c, u))}; p99: {', '.join(f'{a[2]/b[2]:.2f}' for a, b in zip(c, u))}")
+PY
