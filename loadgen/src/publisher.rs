@@ -146,7 +146,10 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
 fn websocket(plan: &PublishPlan) -> io::Result<TcpStream> {
     use std::io::Read;
     let mut s = TcpStream::connect(plan.server)?;
-    s.write_all(&crate::wire::upgrade_request(&plan.server.to_string(), &plan.path))?;
+    s.write_all(&crate::wire::upgrade_request(
+        &plan.server.to_string(),
+        &plan.path,
+    ))?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -155,7 +158,9 @@ fn websocket(plan: &PublishPlan) -> io::Result<TcpStream> {
         head.push(byte[0]);
     }
     if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(io::Error::other("the publisher's WebSocket upgrade was refused"));
+        return Err(io::Error::other(
+            "the publisher's WebSocket upgrade was refused",
+        ));
     }
     Ok(s)
 }

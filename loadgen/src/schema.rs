@@ -134,7 +134,10 @@ mod tests {
             ..RunJson::default()
         };
         let text = run.to_json();
-        assert!(text.contains(r#""saturation":["reader: 93% CPU at 14 s"]"#), "{text}");
+        assert!(
+            text.contains(r#""saturation":["reader: 93% CPU at 14 s"]"#),
+            "{text}"
+        );
         assert!(text.contains(r#""latency_us":{"p50":1,"p90":2,"p99":3,"p999":4,"max":5}"#));
         assert_eq!(RunJson::from_json(text.as_bytes()), Ok(run));
     }
