@@ -68,6 +68,10 @@ pub struct Live {
     /// Messages published per topic during the run, given before the clients stop: the tail
     /// check then counts from what was published, not only from what other clients saw.
     pub published: Mutex<Option<Vec<u64>>>,
+    /// Once `published` is given: subscriptions of open connections that have not yet
+    /// reached their topic's last published message (delivered, or announced by a `gap`).
+    /// `u64::MAX` until first counted. The drain waits for 0: every stream seen to its end.
+    pub tail_pending: AtomicU64,
     /// Kernel thread id of the client thread (for its CPU time in /proc), once started.
     pub tid: AtomicU64,
     /// Slow connections read at their limited rate while set; cleared to let them drain.
@@ -88,6 +92,7 @@ impl Default for Live {
             announced: AtomicU64::new(0),
             unannounced: AtomicU64::new(0),
             published: Mutex::new(None),
+            tail_pending: AtomicU64::new(u64::MAX),
             tid: AtomicU64::new(0),
             throttle_slow: AtomicBool::new(true),
             interval: Mutex::new(latency_histogram()),
@@ -287,6 +292,7 @@ pub fn run(
             last_slow_tick = now;
             cl.service_slow(&mut buf);
             cl.expire_handshakes(now);
+            cl.count_tail_pending();
         }
         if now.duration_since(last_merge) >= Duration::from_millis(200) {
             last_merge = now;
@@ -693,6 +699,37 @@ impl Clients<'_> {
         }
         c.inbuf.drain(..used);
         keep
+    }
+
+    /// The last sequence of each topic once the publisher's counts are known: the topic's
+    /// sequence before the run plus what was published on it (`None` when unknown).
+    fn last_published(&self) -> Option<Vec<Option<u64>>> {
+        let published = self.live.published.lock().expect("not poisoned");
+        let published = published.as_ref()?;
+        Some(
+            self.base
+                .iter()
+                .zip(published)
+                .map(|(base, p)| base.map(|b| b + p))
+                .collect(),
+        )
+    }
+
+    /// Updates `Live::tail_pending` (after the publisher finished; a no-op before).
+    fn count_tail_pending(&self) {
+        let Some(last) = self.last_published() else {
+            return;
+        };
+        let pending = self
+            .conns
+            .iter()
+            .filter(|c| matches!(c.phase, Phase::Open) && c.acked)
+            .flat_map(|c| c.subs.iter())
+            .filter(|&&(t, next)| last[t as usize].is_some_and(|l| next <= l))
+            .count();
+        self.live
+            .tail_pending
+            .store(pending as u64, Ordering::Relaxed);
     }
 
     /// Counts the tail losses of every subscription still open, and returns the report.

@@ -114,6 +114,31 @@ impl ClientThread {
         (started.elapsed(), last_change)
     }
 
+    /// After publishing (with `Live::published` given): waits until every open subscription
+    /// has seen its topic's last message or a `gap` covering it, or `limit` passed. Returns
+    /// when the last delivery or notice arrived.
+    fn drain_to_end(&self, limit: Duration) -> Instant {
+        let started = Instant::now();
+        let accounted = || {
+            self.live.delivered.load(Ordering::Relaxed)
+                + self.live.announced.load(Ordering::Relaxed)
+        };
+        let mut last = accounted();
+        let mut last_change = Instant::now();
+        while started.elapsed() < limit {
+            let now = accounted();
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            }
+            if self.live.tail_pending.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        last_change
+    }
+
     /// Stops the clients and returns what they saw.
     fn finish(self) -> anyhow::Result<ClientReport> {
         self.stop.store(true, Ordering::Relaxed);
@@ -223,16 +248,21 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
     live.throttle_slow.store(false, Ordering::Relaxed);
     let (expected_all, expected_healthy) = session.clients.expected(&published);
     let churn = plan.churn_per_sec > 0.0;
-    let target = if churn { u64::MAX } else { expected_all };
-    let (_, last_progress) = session.clients.drain(
-        0,
-        target,
-        Duration::from_millis(if churn { 1500 } else { 3000 }),
-        Duration::from_secs(30),
-    );
-    // Up to the last delivery: the quiet wait that ends the drain is not delivery time.
-    let elapsed = last_progress.max(started + publishing) - started;
+    // The drain ends when every subscription has seen its topic's last message (or a gap
+    // covering it), not after a quiet spell: a slow reader's last bytes can take seconds to
+    // come out of a zero window. Bounded: 30 s, or what the slow readers need to take a full
+    // server queue and socket buffer (8 MiB) at their rate, if more.
     *live.published.lock().expect("not poisoned") = Some(published.per_topic.clone());
+    let slow_secs = if plan.slow_fraction > 0.0 {
+        (8u64 << 20) / plan.slow_bytes_per_sec().max(1)
+    } else {
+        0
+    };
+    let last_progress = session
+        .clients
+        .drain_to_end(Duration::from_secs(slow_secs.clamp(30, 300)));
+    // Up to the last delivery: waiting for stragglers is not delivery time.
+    let elapsed = last_progress.max(started + publishing) - started;
     let slow_connections = session.clients.slow.iter().filter(|&&s| s).count() as u64;
     let Session {
         clients, monitor, ..
