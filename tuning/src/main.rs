@@ -11,6 +11,16 @@
 //!
 //! A parameter named `section.field` is a server setting (`corecast serve --set`); one named
 //! `loadgen.flag` is a loadgen flag (`--flag VALUE`), e.g. `loadgen.payload-bytes`.
+//!
+//! `--param server --values corecast,uws,corecast,uws,...` puts corecast and uWebSockets'
+//! broadcast server (`--uws PATH`, built from ../shared/peers; one thread, pinned with
+//! `taskset` to `--uws-core`) through the same loadgen workload, alternating in the order
+//! given; loadgen drives uWebSockets with `--protocol json-pubsub`:
+//!
+//! ```text
+//! sweep run --param server --values corecast,uws,corecast,uws,corecast,uws --uws /path/to/uws_broadcast \
+//!     --out tuning/reports/versus-b2 -- --connections 1000 --topics 10 --rate 1000 --duration 20s
+//! ```
 
 mod report;
 
@@ -72,6 +82,12 @@ struct RunArgs {
     /// The loadgen binary (default: next to this one).
     #[arg(long)]
     loadgen: Option<PathBuf>,
+    /// uWebSockets' broadcast server binary, for `--param server` runs with the value `uws`.
+    #[arg(long)]
+    uws: Option<PathBuf>,
+    /// CPU the uWebSockets server is pinned to (it is one thread). Default 0.
+    #[arg(long, default_value_t = 0)]
+    uws_core: usize,
     /// Arguments passed to every loadgen run (after `--`).
     #[arg(last = true)]
     loadgen_args: Vec<String>,
@@ -108,11 +124,21 @@ fn run(a: &RunArgs) -> anyhow::Result<()> {
     if !matches!(a.scenario.as_str(), "fanout" | "latency") {
         bail!("--scenario must be fanout or latency (their reports share one shape)");
     }
+    let versus = a.param == "server";
     let (server_param, loadgen_flag) = match a.param.strip_prefix("loadgen.") {
         Some(flag) => (None, Some(flag.to_string())),
+        None if versus => (None, None),
         None if a.param.contains('.') => (Some(a.param.clone()), None),
-        None => bail!("--param must be section.field (server) or loadgen.flag"),
+        None => bail!("--param must be section.field (server), loadgen.flag, or server"),
     };
+    if versus {
+        if let Some(v) = a.values.iter().find(|v| !matches!(v.as_str(), "corecast" | "uws")) {
+            bail!("--param server takes the values corecast and uws, not {v:?}");
+        }
+        if a.values.iter().any(|v| v == "uws") && a.uws.is_none() {
+            bail!("--param server with uws needs --uws PATH (../shared/peers/README.md)");
+        }
+    }
     let corecast = sibling("corecast", &a.corecast)?;
     let loadgen = sibling("loadgen", &a.loadgen)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -131,17 +157,26 @@ fn run(a: &RunArgs) -> anyhow::Result<()> {
         let listen: SocketAddr = ([127, 0, 0, 1], port).into();
         let ingest: SocketAddr = ([127, 0, 0, 1], port + 1).into();
         let stem = format!("run-{i:02}-{}", sanitize(value));
-        let mut server_cmd = Command::new(&corecast);
-        server_cmd.arg("serve");
-        for p in &a.profile {
-            server_cmd.arg("--config").arg(p);
-        }
-        server_cmd
-            .args(["--set", &format!("server.listen=\"{listen}\"")])
-            .args(["--set", &format!("server.ingest=\"{ingest}\"")]);
-        for s in &a.set {
-            server_cmd.args(["--set", s]);
-        }
+        let uws = versus && value == "uws";
+        let mut server_cmd = if uws {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &a.uws_core.to_string()])
+                .arg(a.uws.as_ref().expect("checked above"))
+                .arg(port.to_string());
+            c
+        } else {
+            let mut c = Command::new(&corecast);
+            c.arg("serve");
+            for p in &a.profile {
+                c.arg("--config").arg(p);
+            }
+            c.args(["--set", &format!("server.listen=\"{listen}\"")])
+                .args(["--set", &format!("server.ingest=\"{ingest}\"")]);
+            for s in &a.set {
+                c.args(["--set", s]);
+            }
+            c
+        };
         if let Some(p) = &server_param {
             server_cmd.args(["--set", &format!("{p}={value}")]);
         }
@@ -158,7 +193,7 @@ fn run(a: &RunArgs) -> anyhow::Result<()> {
             a.values.len(),
             a.param
         );
-        let mut server = server_cmd.spawn().context("starting corecast")?;
+        let mut server = server_cmd.spawn().context("starting the server")?;
         if let Err(e) = wait_listening(listen, &mut server) {
             stop(&mut server);
             return Err(e);
@@ -174,6 +209,9 @@ fn run(a: &RunArgs) -> anyhow::Result<()> {
             .arg(a.out.join(format!("{stem}.hgrm")))
             .arg("--quiet")
             .args(&a.loadgen_args);
+        if uws {
+            lg.args(["--protocol", "json-pubsub"]);
+        }
         if let Some(flag) = &loadgen_flag {
             lg.arg(format!("--{flag}")).arg(value);
         }
@@ -217,14 +255,14 @@ fn wait_listening(addr: SocketAddr, server: &mut Child) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Some(status) = server.try_wait()? {
-            bail!("corecast exited before listening ({status}); see its log");
+            bail!("the server exited before listening ({status}); see its log");
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("corecast did not listen on {addr} within 15 s")
+    bail!("the server did not listen on {addr} within 15 s")
 }
 
 /// SIGTERM, then SIGKILL after 20 s.
