@@ -258,9 +258,18 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
     } else {
         0
     };
-    let last_progress = session
-        .clients
-        .drain_to_end(Duration::from_secs(slow_secs.clamp(30, 300)));
+    let bound = Duration::from_secs(slow_secs.clamp(30, 300));
+    let last_progress = match plan.protocol {
+        crate::Protocol::Corecast => session.clients.drain_to_end(bound),
+        // No sequences to see the end of a stream by: wait for the expected count, or 3 s
+        // without a delivery (this protocol drops silently, so a shortfall never arrives).
+        crate::Protocol::JsonPubsub => {
+            session
+                .clients
+                .drain(0, expected_all, Duration::from_secs(3), bound)
+                .1
+        }
+    };
     // Up to the last delivery: waiting for stragglers is not delivery time.
     let elapsed = last_progress.max(started + publishing) - started;
     let slow_connections = session.clients.slow.iter().filter(|&&s| s).count() as u64;
