@@ -264,11 +264,8 @@ pub(crate) async fn serve_ingest(dispatcher: Rc<RefCell<Dispatcher>>, mut stream
     let mut lines = Lines::new(max_line);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut replies: Vec<u8> = Vec::new();
-    loop {
-        let (n, ingest_at) = match stream.read(&mut chunk).await {
-            Ok(n) => (n, Instant::now()),
-            Err(_) => break,
-        };
+    while let Ok(n) = stream.read(&mut chunk).await {
+        let ingest_at = Instant::now();
         let mut each = |no: u64, line: Line<'_>| {
             let result = match line {
                 Line::Text(text) => parse_line(text, ingest_at)

@@ -132,7 +132,11 @@ fn run(a: &RunArgs) -> anyhow::Result<()> {
         None => bail!("--param must be section.field (server), loadgen.flag, or server"),
     };
     if versus {
-        if let Some(v) = a.values.iter().find(|v| !matches!(v.as_str(), "corecast" | "uws")) {
+        if let Some(v) = a
+            .values
+            .iter()
+            .find(|v| !matches!(v.as_str(), "corecast" | "uws"))
+        {
             bail!("--param server takes the values corecast and uws, not {v:?}");
         }
         if a.values.iter().any(|v| v == "uws") && a.uws.is_none() {
