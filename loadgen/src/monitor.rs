@@ -77,10 +77,24 @@ fn schedstat(tid: u64) -> Option<(u64, u64)> {
     Some((f.next()??, f.next()??))
 }
 
+/// The counters one tick reads, kept for the next tick's differences.
+#[derive(Clone, Copy)]
+struct Reading {
+    at: Instant,
+    /// The reader thread's CPU time and run-queue wait, ns.
+    run_ns: u64,
+    wait_ns: u64,
+    published: u64,
+    batches: u64,
+    late: u64,
+    /// Deliveries expected so far minus deliveries made.
+    backlog: f64,
+}
+
 /// One second's evidence, compared with the previous second's.
 struct Saturation {
     watch: Watch,
-    last: Option<(Instant, u64, u64, u64, u64, f64, u64)>,
+    last: Option<Reading>,
     reasons: Vec<String>,
 }
 
@@ -88,31 +102,36 @@ impl Saturation {
     /// Looks at the second that just ended; `at` is seconds since the start.
     fn tick(&mut self, live: &Live, published: u64, at: f64) {
         let tid = live.tid.load(Ordering::Relaxed);
-        let (run, wait) = schedstat(tid).unwrap_or((0, 0));
+        let (run_ns, wait_ns) = schedstat(tid).unwrap_or((0, 0));
         let delivered = live.delivered.load(Ordering::Relaxed);
-        let batches = self.watch.lateness.batches.load(Ordering::Relaxed);
-        let late = self.watch.lateness.late.load(Ordering::Relaxed);
-        let backlog = published as f64 * self.watch.deliveries_per_message - delivered as f64;
-        let now = Instant::now();
-        if let Some((t0, run0, wait0, pub0, batches0, backlog0, late0)) = self.last {
-            let wall = now.duration_since(t0).as_nanos().max(1) as f64;
+        let now = Reading {
+            at: Instant::now(),
+            run_ns,
+            wait_ns,
+            published,
+            batches: self.watch.lateness.batches.load(Ordering::Relaxed),
+            late: self.watch.lateness.late.load(Ordering::Relaxed),
+            backlog: published as f64 * self.watch.deliveries_per_message - delivered as f64,
+        };
+        if let Some(before) = self.last {
+            let wall = now.at.duration_since(before.at).as_nanos().max(1) as f64;
             // Judged only while the publisher runs: connecting and draining are not measured.
-            if published > pub0 {
-                let cpu = run.saturating_sub(run0) as f64 / wall;
-                let waited = wait.saturating_sub(wait0) as f64 / wall;
+            if now.published > before.published {
+                let cpu = now.run_ns.saturating_sub(before.run_ns) as f64 / wall;
+                let waited = now.wait_ns.saturating_sub(before.wait_ns) as f64 / wall;
                 if tid != 0 && cpu >= READER_CPU_LIMIT {
                     self.reasons
                         .push(format!("reader: {:.0}% CPU at {at:.0} s", cpu * 100.0));
                 }
-                if tid != 0 && waited >= READER_WAIT_LIMIT && backlog > backlog0 {
+                if tid != 0 && waited >= READER_WAIT_LIMIT && now.backlog > before.backlog {
                     self.reasons.push(format!(
                         "reader: waited runnable {:.0}% of the second at {at:.0} s while undelivered messages grew by {:.0}",
                         waited * 100.0,
-                        backlog - backlog0
+                        now.backlog - before.backlog
                     ));
                 }
-                let new_batches = batches.saturating_sub(batches0);
-                let new_late = late.saturating_sub(late0);
+                let new_batches = now.batches.saturating_sub(before.batches);
+                let new_late = now.late.saturating_sub(before.late);
                 if new_batches > 0 && new_late as f64 / new_batches as f64 > PUBLISHER_LATE_LIMIT {
                     self.reasons.push(format!(
                         "publisher: {new_late} of {new_batches} batches over 1 ms late at {at:.0} s"
@@ -120,7 +139,7 @@ impl Saturation {
                 }
             }
         }
-        self.last = Some((now, run, wait, published, batches, backlog, late));
+        self.last = Some(now);
     }
 }
 

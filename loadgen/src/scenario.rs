@@ -93,31 +93,22 @@ impl ClientThread {
         quiet: Duration,
         limit: Duration,
     ) -> (Duration, Instant) {
-        let started = Instant::now();
-        let accounted = || {
-            self.live.delivered.load(Ordering::Relaxed)
-                + self.live.announced.load(Ordering::Relaxed)
-        };
-        let mut last = accounted();
-        let mut last_change = Instant::now();
-        while started.elapsed() < limit {
-            let now = accounted();
-            if now != last {
-                last = now;
-                last_change = Instant::now();
-            }
-            if now - base >= target || last_change.elapsed() >= quiet {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (started.elapsed(), last_change)
+        self.wait(limit, |accounted, since_change| {
+            accounted - base >= target || since_change >= quiet
+        })
     }
 
     /// After publishing (with `Live::published` given): waits until every open subscription
     /// has seen its topic's last message or a `gap` covering it, or `limit` passed. Returns
     /// when the last delivery or notice arrived.
     fn drain_to_end(&self, limit: Duration) -> Instant {
+        let pending = || self.live.tail_pending.load(Ordering::Relaxed);
+        self.wait(limit, |_, _| pending() == 0).1
+    }
+
+    /// Polls every 10 ms until `done(deliveries + announced drops so far, time since they
+    /// last changed)` or `limit`; returns the time waited and when they last changed.
+    fn wait(&self, limit: Duration, done: impl Fn(u64, Duration) -> bool) -> (Duration, Instant) {
         let started = Instant::now();
         let accounted = || {
             self.live.delivered.load(Ordering::Relaxed)
@@ -131,12 +122,12 @@ impl ClientThread {
                 last = now;
                 last_change = Instant::now();
             }
-            if self.live.tail_pending.load(Ordering::Relaxed) == 0 {
+            if done(now, last_change.elapsed()) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        last_change
+        (started.elapsed(), last_change)
     }
 
     /// Stops the clients and returns what they saw.
