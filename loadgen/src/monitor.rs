@@ -14,43 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::{latency_histogram, Live};
 
-/// One periodic report.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// Seconds since the monitor started.
-    pub at_secs: f64,
-    pub connected: u64,
-    pub published_per_sec: f64,
-    pub delivered_per_sec: f64,
-    /// Latency percentiles of this period (healthy connections), µs.
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-    /// Totals so far.
-    pub gap_notices: u64,
-    pub reconnects: u64,
-    pub disconnects: u64,
-    pub server_rss_kib: Option<u64>,
-}
-
-impl Sample {
-    /// The sample as the shared schema.
-    pub fn to_schema(&self) -> crate::schema::SampleJson {
-        crate::schema::SampleJson {
-            at_secs: self.at_secs,
-            connected: self.connected,
-            published_per_sec: self.published_per_sec.round(),
-            delivered_per_sec: self.delivered_per_sec.round(),
-            p50_us: self.p50_us,
-            p99_us: self.p99_us,
-            max_us: self.max_us,
-            gap_notices: self.gap_notices,
-            reconnects: self.reconnects,
-            disconnects: self.disconnects,
-            server_rss_kib: self.server_rss_kib,
-        }
-    }
-}
+/// One periodic report (the `reports` entries of the JSON document).
+pub type Sample = crate::schema::SampleJson;
 
 /// What the saturation check needs besides the clients' live counters.
 pub struct Watch {

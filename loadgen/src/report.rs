@@ -210,7 +210,7 @@ impl RunReport {
             healthy: tally(&self.healthy),
             slow_connections: self.slow_connections,
             slow: tally(&self.slow),
-            reports: self.samples.iter().map(Sample::to_schema).collect(),
+            reports: self.samples.clone(),
         }
     }
 

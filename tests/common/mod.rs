@@ -349,3 +349,23 @@ pub fn close_code_on_wire(s: &mut TcpStream) -> u16 {
     let p = close_payload_on_wire(s);
     u16::from_be_bytes([p[0], p[1]])
 }
+
+/// After the client's FIN: the server ends the connection within 5 s, sending nothing more
+/// (it does not wait for a heartbeat to find the peer gone).
+pub fn expect_server_closes(ws: &mut WebSocket<TcpStream>) {
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("the server kept the half-closed connection open: {e}")
+        }
+        Err(_) => {}
+        Ok(m) => panic!("nothing more was expected, got {m:?}"),
+    }
+}
