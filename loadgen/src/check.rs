@@ -26,6 +26,19 @@ pub struct Tally {
     pub misrouted: u64,
 }
 
+impl Tally {
+    /// Adds another reader's counts to these.
+    pub fn add(&mut self, o: &Tally) {
+        self.delivered += o.delivered;
+        self.unannounced += o.unannounced;
+        self.tail_missing += o.tail_missing;
+        self.gap_notices += o.gap_notices;
+        self.announced += o.announced;
+        self.duplicates += o.duplicates;
+        self.misrouted += o.misrouted;
+    }
+}
+
 /// What a text frame turned out to be.
 pub(crate) enum Seen {
     Msg,

@@ -1,6 +1,10 @@
-//! The subscriber side: thousands of WebSocket clients on one thread (mio), spread over several
-//! loopback source addresses, each checking per-topic sequence continuity and recording latency
-//! from the message's intended send time.
+//! The subscriber side: thousands of WebSocket clients spread over several loopback source
+//! addresses, each checking per-topic sequence continuity and recording latency from the
+//! message's intended send time. The connections are partitioned over one or more reader
+//! threads ([`Part`]), each with its own mio poll set, histograms and tallies; [`merge`] joins
+//! what they saw into one [`ClientReport`] once they stop (counts add, histograms add, and the
+//! end-of-stream check runs over all connections together, so the merged figures are those a
+//! single thread would have produced from the same frames).
 //!
 //! Two kinds of connection: healthy ones read everything at once and must lose nothing; slow
 //! ones (a chosen fraction) read at a fixed byte rate, so the server must drop their oldest
@@ -68,12 +72,10 @@ pub struct Live {
     /// Messages published per topic during the run, given before the clients stop: the tail
     /// check then counts from what was published, not only from what other clients saw.
     pub published: Mutex<Option<Vec<u64>>>,
-    /// Once `published` is given: subscriptions of open connections that have not yet
-    /// reached their topic's last published message (delivered, or announced by a `gap`).
-    /// `u64::MAX` until first counted. The drain waits for 0: every stream seen to its end.
-    pub tail_pending: AtomicU64,
-    /// Kernel thread id of the client thread (for its CPU time in /proc), once started.
-    pub tid: AtomicU64,
+    /// Kernel thread id of each reader thread (for its CPU time in /proc; 0 until started).
+    pub tids: Vec<AtomicU64>,
+    /// Per reader thread, its share of [`Live::tail_pending`] (`u64::MAX` until counted).
+    pending: Vec<AtomicU64>,
     /// Slow connections read at their limited rate while set; cleared to let them drain.
     pub throttle_slow: AtomicBool,
     /// Latency (µs) recorded since the last [`Live::take_interval`], merged in every 200 ms.
@@ -81,7 +83,16 @@ pub struct Live {
 }
 
 impl Default for Live {
+    /// One reader thread.
     fn default() -> Self {
+        Live::new(1)
+    }
+}
+
+impl Live {
+    /// Counters for `threads` reader threads (at least one).
+    pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
         Live {
             connected: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -92,15 +103,29 @@ impl Default for Live {
             announced: AtomicU64::new(0),
             unannounced: AtomicU64::new(0),
             published: Mutex::new(None),
-            tail_pending: AtomicU64::new(u64::MAX),
-            tid: AtomicU64::new(0),
+            tids: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            pending: (0..threads).map(|_| AtomicU64::new(u64::MAX)).collect(),
             throttle_slow: AtomicBool::new(true),
             interval: Mutex::new(latency_histogram()),
         }
     }
-}
 
-impl Live {
+    /// Once `published` is given: subscriptions of open connections that have not yet
+    /// reached their topic's last published message (delivered, or announced by a `gap`),
+    /// all reader threads together. `u64::MAX` until every thread has counted once. The
+    /// drain waits for 0: every stream seen to its end.
+    pub fn tail_pending(&self) -> u64 {
+        let mut sum = 0u64;
+        for p in &self.pending {
+            let v = p.load(Ordering::Relaxed);
+            if v == u64::MAX {
+                return u64::MAX;
+            }
+            sum += v;
+        }
+        sum
+    }
+
     /// The latency recorded since the previous call (lags the clients by up to 200 ms).
     pub fn take_interval(&self) -> Histogram<u64> {
         let mut h = self.interval.lock().expect("not poisoned");
@@ -129,8 +154,65 @@ pub struct ClientReport {
     pub handshake_us: Histogram<u64>,
     /// From the first `connect()` to the last handshake completed.
     pub connect_span: Duration,
-    /// CPU seconds the client thread used.
-    pub cpu_secs: f64,
+    /// CPU seconds each reader thread used, in reader order.
+    pub thread_cpu_secs: Vec<f64>,
+}
+
+impl ClientReport {
+    fn empty() -> Self {
+        ClientReport {
+            connections_ok: 0,
+            connect_failures: 0,
+            healthy: Tally::default(),
+            slow: Tally::default(),
+            unexpected_disconnects: 0,
+            reconnects: 0,
+            latency_us: latency_histogram(),
+            handshake_us: latency_histogram(),
+            connect_span: Duration::ZERO,
+            thread_cpu_secs: Vec::new(),
+        }
+    }
+}
+
+/// Which connections one reader thread owns: connection `i` (of the plan) belongs to reader
+/// `i % of`, so every reader gets the same mix of topics, slow readers and source addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// This reader's number, from 0.
+    pub index: usize,
+    /// Reader threads in all (at least 1).
+    pub of: usize,
+}
+
+impl Part {
+    /// The plan's connection indices this reader owns, ascending.
+    pub fn owned(self, connections: usize) -> Vec<usize> {
+        (self.index..connections).step_by(self.of.max(1)).collect()
+    }
+}
+
+/// One open subscription's position at the end, for the end-of-stream check.
+struct StreamEnd {
+    slow: bool,
+    /// (topic index, next expected seq; 0 = not yet known).
+    subs: Vec<(u32, u64)>,
+}
+
+/// What one reader thread hands back when it stops; [`merge`] joins them.
+pub struct Finished {
+    report: ClientReport,
+    /// Connections open and acked at the end.
+    open: Vec<StreamEnd>,
+    /// Per topic, the sequence the first `ack` reported (before anything was published).
+    base: Vec<Option<u64>>,
+    /// Per topic, the highest sequence any of this thread's connections saw (open or not).
+    seen: Vec<u64>,
+    /// Connections owned, and those still waiting to be retried.
+    owned: u64,
+    unretried: u64,
+    first_opened: Option<Instant>,
+    last_handshake: Option<Instant>,
 }
 
 enum Phase {
@@ -194,6 +276,11 @@ fn open(plan: &ClientPlan, i: usize) -> io::Result<TcpStream> {
 struct Clients<'a> {
     plan: &'a ClientPlan,
     live: &'a Live,
+    part: Part,
+    /// The plan's index of each connection this thread owns (`conns[j]` is `owned[j]`).
+    owned: Vec<usize>,
+    /// Connections of this thread acked and open now (its share of `Live::acked`).
+    acked_here: u64,
     poll: Poll,
     conns: Vec<Conn>,
     index: HashMap<Vec<u8>, u32>,
@@ -217,23 +304,28 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads one connection may do before the others get their turn.
 const READS_PER_TURN: usize = 4;
 
-/// Runs the clients until `stop`; `ready` is set once every connection is subscribed (or
-/// failed). Bounded: connects stop at `connect_deadline`.
+/// Runs this reader thread's share (`part`) of the clients until `stop`; `ready` is set once
+/// each of them is subscribed (or failed). Bounded: connects stop at `connect_deadline`.
+/// Allocates per connection and per control frame, never per message.
 pub fn run(
     plan: &ClientPlan,
+    part: Part,
     live: &Live,
     ready: &AtomicBool,
     stop: &AtomicBool,
     connect_deadline: Instant,
-) -> io::Result<ClientReport> {
+) -> io::Result<Finished> {
     let cpu0 = thread_cpu_secs();
     // SAFETY: gettid has no preconditions.
-    live.tid
-        .store(unsafe { libc::gettid() } as u64, Ordering::Relaxed);
-    let n = plan.connections();
+    live.tids[part.index].store(unsafe { libc::gettid() } as u64, Ordering::Relaxed);
+    let owned = part.owned(plan.connections());
+    let n = owned.len();
     let mut cl = Clients {
         plan,
         live,
+        part,
+        owned,
+        acked_here: 0,
         poll: Poll::new()?,
         conns: Vec::with_capacity(n),
         index: plan
@@ -242,18 +334,7 @@ pub fn run(
             .enumerate()
             .map(|(i, t)| (t.as_bytes().to_vec(), i as u32))
             .collect(),
-        report: ClientReport {
-            connections_ok: 0,
-            connect_failures: 0,
-            healthy: Tally::default(),
-            slow: Tally::default(),
-            unexpected_disconnects: 0,
-            reconnects: 0,
-            latency_us: latency_histogram(),
-            handshake_us: latency_histogram(),
-            connect_span: Duration::ZERO,
-            cpu_secs: 0.0,
-        },
+        report: ClientReport::empty(),
         interval: latency_histogram(),
         host: plan.server.to_string(),
         to_retry: Vec::new(),
@@ -271,7 +352,7 @@ pub fn run(
     let mut last_churn = Instant::now();
     let mut churn_cursor = 0usize;
     let mut churn_carry = 0.0f64;
-    let healthy = plan.slow.iter().filter(|&&s| !s).count();
+    let healthy = cl.owned.iter().filter(|&&g| !plan.slow[g]).count();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         cl.open_more(started, now < connect_deadline)?;
@@ -313,17 +394,15 @@ pub fn run(
         // Every connection acked, failed for good, or lost after opening.
         let settled = cl.conns.len() >= n
             && cl.to_retry.is_empty()
-            && live.acked.load(Ordering::Relaxed)
-                + cl.report.connect_failures
-                + cl.report.unexpected_disconnects
+            && cl.acked_here + cl.report.connect_failures + cl.report.unexpected_disconnects
                 >= n as u64;
         if settled || now >= connect_deadline {
             ready.store(true, Ordering::Relaxed);
         }
     }
-    let mut report = cl.finish();
-    report.cpu_secs = thread_cpu_secs() - cpu0;
-    Ok(report)
+    let mut finished = cl.finish();
+    finished.report.thread_cpu_secs = vec![thread_cpu_secs() - cpu0];
+    Ok(finished)
 }
 
 impl Clients<'_> {
@@ -331,7 +410,7 @@ impl Clients<'_> {
     /// First-time opens stop at the connect deadline (`first_opens` false); retries go on.
     fn open_more(&mut self, started: Instant, first_opens: bool) -> io::Result<()> {
         let n = if first_opens {
-            self.plan.connections()
+            self.owned.len()
         } else {
             self.conns.len()
         };
@@ -343,8 +422,9 @@ impl Clients<'_> {
         };
         while self.conns.len() < allowed && self.in_flight < self.plan.max_in_flight {
             let i = self.conns.len();
-            let mut stream = open(self.plan, i).map_err(|e| {
-                io::Error::other(format!("cannot open socket {i}: {e} (descriptors?)"))
+            let g = self.owned[i];
+            let mut stream = open(self.plan, g).map_err(|e| {
+                io::Error::other(format!("cannot open socket {g}: {e} (descriptors?)"))
             })?;
             self.poll.registry().register(
                 &mut stream,
@@ -356,9 +436,9 @@ impl Clients<'_> {
                 phase: Phase::Handshake,
                 inbuf: Vec::new(),
                 outbuf: wire::upgrade_request(&self.host, &self.plan.path),
-                subs: self.plan.subs[i].iter().map(|&t| (t, 0)).collect(),
+                subs: self.plan.subs[g].iter().map(|&t| (t, 0)).collect(),
                 acked: false,
-                slow: self.plan.slow[i],
+                slow: self.plan.slow[g],
                 budget: 0,
                 opened_at: Instant::now(),
                 first_opened_at: Instant::now(),
@@ -380,7 +460,7 @@ impl Clients<'_> {
 
     /// Opens connection `i` again (after a failed handshake or a deliberate close).
     fn reopen(&mut self, i: usize) -> io::Result<bool> {
-        let mut stream = match open(self.plan, i) {
+        let mut stream = match open(self.plan, self.owned[i]) {
             Ok(s) => s,
             Err(_) => {
                 self.report.connect_failures += 1;
@@ -541,6 +621,7 @@ impl Clients<'_> {
             let _ = self.poll.registry().deregister(&mut c.stream);
             c.phase = Phase::Dead;
             c.acked = false;
+            self.acked_here -= 1;
             self.live.acked.fetch_sub(1, Ordering::Relaxed);
             self.live.connected.fetch_sub(1, Ordering::Relaxed);
             if self.reopen(i)? {
@@ -564,6 +645,7 @@ impl Clients<'_> {
                 self.live.disconnects.fetch_add(1, Ordering::Relaxed);
                 self.live.connected.fetch_sub(1, Ordering::Relaxed);
                 if c.acked {
+                    self.acked_here -= 1;
                     self.live.acked.fetch_sub(1, Ordering::Relaxed);
                 }
             }
@@ -603,6 +685,7 @@ impl Clients<'_> {
             self.live.connected.fetch_add(1, Ordering::Relaxed);
             if c.subs.is_empty() {
                 c.acked = true;
+                self.acked_here += 1;
                 self.live.acked.fetch_add(1, Ordering::Relaxed);
             } else if self.plan.protocol == crate::Protocol::JsonPubsub {
                 // No acks in this protocol: subscribed once the requests are written.
@@ -615,6 +698,7 @@ impl Clients<'_> {
                         .extend(wire::client_text(req.as_bytes(), [7, 13, 42, 99]));
                 }
                 c.acked = true;
+                self.acked_here += 1;
                 self.live.acked.fetch_add(1, Ordering::Relaxed);
             } else {
                 let names: Vec<String> = c
@@ -673,6 +757,7 @@ impl Clients<'_> {
                             self.live.announced.fetch_add(n, Ordering::Relaxed);
                         }
                         Seen::FirstAck => {
+                            self.acked_here += 1;
                             self.live.acked.fetch_add(1, Ordering::Relaxed);
                             // Each topic's sequence before this run published anything.
                             for &(t, next) in &c.subs {
@@ -727,38 +812,80 @@ impl Clients<'_> {
             .flat_map(|c| c.subs.iter())
             .filter(|&&(t, next)| last[t as usize].is_some_and(|l| next <= l))
             .count();
-        self.live
-            .tail_pending
-            .store(pending as u64, Ordering::Relaxed);
+        self.live.pending[self.part.index].store(pending as u64, Ordering::Relaxed);
     }
 
-    /// Counts the tail losses of every subscription still open, and returns the report.
-    fn finish(mut self) -> ClientReport {
-        // The last sequence of each topic: the highest any connection saw, and no less than
-        // the topic's sequence before the run plus what the publisher sent on it.
-        let mut last = vec![0u64; self.plan.topics.len()];
+    /// Stops: what this thread saw, for [`merge`].
+    fn finish(self) -> Finished {
+        let open = self
+            .conns
+            .iter()
+            .filter(|c| matches!(c.phase, Phase::Open) && c.acked)
+            .map(|c| StreamEnd {
+                slow: c.slow,
+                subs: c.subs.clone(),
+            })
+            .collect();
+        let mut seen = vec![0u64; self.plan.topics.len()];
         for c in &self.conns {
             for &(t, next) in &c.subs {
-                last[t as usize] = last[t as usize].max(next.saturating_sub(1));
+                seen[t as usize] = seen[t as usize].max(next.saturating_sub(1));
             }
         }
-        if let Some(published) = self.live.published.lock().expect("not poisoned").as_ref() {
-            for (t, l) in last.iter_mut().enumerate() {
-                if let (Some(base), Some(p)) = (self.base[t], published.get(t)) {
-                    *l = (*l).max(base + p);
-                }
+        Finished {
+            open,
+            seen,
+            base: self.base,
+            owned: self.owned.len() as u64,
+            unretried: self.to_retry.len() as u64,
+            first_opened: self.conns.first().map(|c| c.first_opened_at),
+            last_handshake: self.last_handshake,
+            report: self.report,
+        }
+    }
+}
+
+/// Joins what the reader threads saw into one report. The end of each topic's stream is the
+/// highest sequence any connection of any thread saw (open at the end or not), and no less than the topic's sequence
+/// before the run plus what the publisher sent on it (`published`, when known); every open
+/// subscription short of it counts as `tail_missing`.
+pub fn merge(parts: Vec<Finished>, published: Option<&[u64]>) -> ClientReport {
+    let mut report = ClientReport::empty();
+    let topics = parts.iter().map(|p| p.base.len()).max().unwrap_or(0);
+    let mut base = vec![None; topics];
+    let mut last = vec![0u64; topics];
+    for p in &parts {
+        for (t, b) in p.base.iter().enumerate() {
+            base[t] = base[t].or(*b);
+        }
+        for (t, &seen) in p.seen.iter().enumerate() {
+            last[t] = last[t].max(seen);
+        }
+    }
+    if let Some(published) = published {
+        for (t, l) in last.iter_mut().enumerate() {
+            if let (Some(b), Some(p)) = (base[t], published.get(t)) {
+                *l = (*l).max(b + p);
             }
         }
-        let mut ok = 0;
-        for c in &self.conns {
-            if !(matches!(c.phase, Phase::Open) && c.acked) {
-                continue;
-            }
-            ok += 1;
+    }
+    let (mut owned, mut unretried) = (0, 0);
+    let mut first_opened: Option<Instant> = None;
+    let mut last_handshake: Option<Instant> = None;
+    for p in parts {
+        owned += p.owned;
+        unretried += p.unretried;
+        first_opened = match (first_opened, p.first_opened) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last_handshake = last_handshake.max(p.last_handshake);
+        for c in &p.open {
+            report.connections_ok += 1;
             let tally = if c.slow {
-                &mut self.report.slow
+                &mut report.slow
             } else {
-                &mut self.report.healthy
+                &mut report.healthy
             };
             for &(t, next) in &c.subs {
                 if next > 0 {
@@ -766,16 +893,168 @@ impl Clients<'_> {
                 }
             }
         }
-        self.report.connections_ok = ok;
-        if let (Some(first), Some(lastc)) = (self.conns.first(), self.last_handshake) {
-            self.report.connect_span = lastc.saturating_duration_since(first.first_opened_at);
+        let r = p.report;
+        report.healthy.add(&r.healthy);
+        report.slow.add(&r.slow);
+        report.connect_failures += r.connect_failures;
+        report.unexpected_disconnects += r.unexpected_disconnects;
+        report.reconnects += r.reconnects;
+        let _ = report.latency_us.add(&r.latency_us);
+        let _ = report.handshake_us.add(&r.handshake_us);
+        report.thread_cpu_secs.extend(r.thread_cpu_secs);
+    }
+    if let (Some(first), Some(lastc)) = (first_opened, last_handshake) {
+        report.connect_span = lastc.saturating_duration_since(first);
+    }
+    // A connection neither working at the end nor lost after opening (counted apart) failed
+    // to connect: never opened before the deadline, stuck in its handshake, or out of
+    // retries.
+    report.connect_failures = (report.connect_failures + unretried)
+        .max(owned.saturating_sub(report.connections_ok + report.unexpected_disconnects));
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One connection's record in a synthetic trace: slow or not, its subscriptions' next
+    /// expected sequence at the end, and the latencies (µs) it recorded.
+    struct Trace {
+        slow: bool,
+        subs: Vec<(u32, u64)>,
+        latencies: Vec<u64>,
+        open: bool,
+    }
+
+    fn trace() -> Vec<Trace> {
+        // Three topics; topic 0's furthest reader is connection 5, so connection 0 (on the
+        // other thread when split in two) must be found 3 messages short of the end.
+        let mut t = Vec::new();
+        for i in 0..8u64 {
+            t.push(Trace {
+                slow: i % 4 == 3,
+                subs: vec![((i % 3) as u32, 100 + i)],
+                latencies: (1..=50).map(|k| k * 37 + i * 1000).collect(),
+                open: i != 6,
+            });
         }
-        // A connection neither working at the end nor lost after opening (counted apart)
-        // failed to connect: never opened before the deadline, stuck in its handshake, or out
-        // of retries.
-        let n = self.plan.connections() as u64;
-        self.report.connect_failures = (self.report.connect_failures + self.to_retry.len() as u64)
-            .max(n.saturating_sub(ok + self.report.unexpected_disconnects));
-        self.report
+        t[0].subs = vec![(0, 101)];
+        t[5].subs = vec![(0, 104), (1, 200)];
+        t
+    }
+
+    /// What a reader thread owning `members` of the trace hands back.
+    fn part(trace: &[Trace], members: &[usize]) -> Finished {
+        let mut report = ClientReport::empty();
+        let mut seen = vec![0u64; 3];
+        let mut open = Vec::new();
+        for &m in members {
+            let c = &trace[m];
+            let tally = if c.slow {
+                &mut report.slow
+            } else {
+                &mut report.healthy
+            };
+            tally.delivered += c.latencies.len() as u64;
+            for &l in &c.latencies {
+                if !c.slow {
+                    report.latency_us.saturating_record(l);
+                }
+            }
+            report.handshake_us.saturating_record(1000 + m as u64);
+            for &(t, next) in &c.subs {
+                seen[t as usize] = seen[t as usize].max(next - 1);
+            }
+            if c.open {
+                open.push(StreamEnd {
+                    slow: c.slow,
+                    subs: c.subs.clone(),
+                });
+            } else {
+                report.unexpected_disconnects += 1;
+            }
+        }
+        report.thread_cpu_secs = vec![1.0];
+        Finished {
+            report,
+            open,
+            base: vec![Some(0), None, Some(0)],
+            seen,
+            owned: members.len() as u64,
+            unretried: 0,
+            first_opened: None,
+            last_handshake: None,
+        }
+    }
+
+    #[test]
+    fn merged_readers_report_what_one_reader_would_on_the_same_trace() {
+        let t = trace();
+        let all: Vec<usize> = (0..t.len()).collect();
+        let published = [110u64, 0, 0];
+        let one = merge(vec![part(&t, &all)], Some(&published));
+        let split = |of: usize| {
+            (0..of)
+                .map(|index| part(&t, &Part { index, of }.owned(t.len())))
+                .collect::<Vec<_>>()
+        };
+        for of in [2, 3] {
+            let many = merge(split(of), Some(&published));
+            assert_eq!(many.connections_ok, one.connections_ok);
+            assert_eq!(many.connect_failures, one.connect_failures);
+            assert_eq!(many.unexpected_disconnects, one.unexpected_disconnects);
+            for (a, b) in [(&many.healthy, &one.healthy), (&many.slow, &one.slow)] {
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{of} readers");
+            }
+            for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                assert_eq!(
+                    many.latency_us.value_at_quantile(q),
+                    one.latency_us.value_at_quantile(q)
+                );
+                assert_eq!(
+                    many.handshake_us.value_at_quantile(q),
+                    one.handshake_us.value_at_quantile(q)
+                );
+            }
+            assert_eq!(many.latency_us.len(), one.latency_us.len());
+            assert_eq!(many.thread_cpu_secs.len(), of);
+        }
+        // The end of topic 0 is what was published (110), past what anyone saw (103): each
+        // open subscription on it is short by 110 minus what it saw.
+        // Open on topic 0: connection 0 (saw 100), 3 (slow, saw 102), 5 (saw 103); 6 is closed.
+        assert_eq!(
+            one.healthy.tail_missing,
+            (110 - 100) + (110 - 103) + tail_1_2(&t)
+        );
+        assert_eq!(one.connections_ok, 7);
+    }
+
+    /// Topics 1 and 2 have no published count (base unknown for 1, 0 published on 2): their
+    /// end is the furthest sequence seen, by any connection, open or closed.
+    fn tail_1_2(t: &[Trace]) -> u64 {
+        let mut last = [0u64; 3];
+        for c in t {
+            for &(topic, next) in &c.subs {
+                last[topic as usize] = last[topic as usize].max(next - 1);
+            }
+        }
+        t.iter()
+            .filter(|c| c.open && !c.slow)
+            .flat_map(|c| c.subs.iter())
+            .filter(|(topic, _)| *topic != 0)
+            .map(|&(topic, next)| last[topic as usize] - (next - 1))
+            .sum()
+    }
+
+    #[test]
+    fn readers_own_every_connection_once() {
+        for of in 1..=5 {
+            let mut all: Vec<usize> = (0..of)
+                .flat_map(|index| Part { index, of }.owned(23))
+                .collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..23).collect::<Vec<_>>(), "{of} readers");
+        }
     }
 }

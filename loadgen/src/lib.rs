@@ -94,6 +94,9 @@ pub struct RunPlan {
     pub report_every: Option<Duration>,
     /// Show the live progress line.
     pub progress: bool,
+    /// Reader threads, connections partitioned over them (`client::Part`); 0 = the default
+    /// of [`default_reader_threads`].
+    pub threads: usize,
 }
 
 impl RunPlan {
@@ -121,6 +124,15 @@ impl RunPlan {
             churn_per_sec: 0.0,
             report_every: None,
             progress: false,
+            threads: 0,
+        }
+    }
+
+    /// Reader threads this run uses: `threads`, or the default for `server_pid`.
+    pub fn reader_threads(&self) -> usize {
+        match self.threads {
+            0 => default_reader_threads(self.server_pid),
+            n => n,
         }
     }
 
@@ -210,6 +222,48 @@ impl SplitMix {
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// The CPUs thread `tid` may run on (`sched_getaffinity(2)`; 0 = the calling thread),
+/// ascending, or `None` when the thread is gone or not ours to ask about.
+fn affinity(tid: libc::pid_t) -> Option<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain bits; sched_getaffinity writes at most its size into it, and
+    // CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        Some(
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect(),
+        )
+    }
+}
+
+/// The default number of reader threads (`--threads`): the CPUs loadgen may run on, minus
+/// those a thread of process `server_pid` is pinned to (a thread whose affinity is exactly
+/// one CPU, as corecast pins its dispatcher and shards and as `taskset -c N` pins a whole
+/// process), at least 1. Without `server_pid`, every CPU loadgen may run on. On a host with
+/// cores to spare this gives the readers the cores the server does not use; on a 2-core
+/// machine running `corecast serve` (dispatcher on CPU 0, shard on CPU 1) it is 1.
+pub fn default_reader_threads(server_pid: Option<u32>) -> usize {
+    let mine = affinity(0).unwrap_or_default();
+    let mut pinned = std::collections::BTreeSet::new();
+    if let Some(pid) = server_pid {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                    continue;
+                };
+                if let Some([cpu]) = affinity(tid).as_deref() {
+                    pinned.insert(*cpu);
+                }
+            }
+        }
+    }
+    mine.iter().filter(|c| !pinned.contains(*c)).count().max(1)
 }
 
 /// CPU seconds (user + system) of a process (`/proc/PID/stat`) or thread

@@ -36,11 +36,11 @@ enum Scenario {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server WebSocket URL (loopback only).
     /// Wire protocol: corecast, or json-pubsub (the uWebSockets broadcast server of
     /// ../shared/peers; the publisher then connects to --server, not --ingest).
     #[arg(long, value_enum, default_value_t = Proto::Corecast)]
     protocol: Proto,
+    /// Server WebSocket URL (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     server: String,
     /// Publisher ingest address (loopback only).
@@ -88,6 +88,11 @@ struct Common {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Reader threads, the connections partitioned over them, each with its own epoll set
+    /// (default: the CPUs loadgen may run on minus those the --server-pid process's threads
+    /// are pinned to, at least 1).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -215,6 +220,11 @@ fn plan(c: &Common, d: Defaults) -> anyhow::Result<loadgen::RunPlan> {
     p.max_in_flight = c.max_in_flight.max(1);
     p.server_pid = c.server_pid;
     p.progress = !c.quiet;
+    p.threads = match c.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => 0,
+    };
     Ok(p)
 }
 

@@ -43,12 +43,11 @@ fn schedstat(tid: u64) -> Option<(u64, u64)> {
 }
 
 /// The counters one tick reads, kept for the next tick's differences.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Reading {
     at: Instant,
-    /// The reader thread's CPU time and run-queue wait, ns.
-    run_ns: u64,
-    wait_ns: u64,
+    /// Each reader thread's CPU time and run-queue wait, ns (`None`: not started).
+    readers: Vec<Option<(u64, u64)>>,
     published: u64,
     batches: u64,
     late: u64,
@@ -66,34 +65,49 @@ struct Saturation {
 impl Saturation {
     /// Looks at the second that just ended; `at` is seconds since the start.
     fn tick(&mut self, live: &Live, published: u64, at: f64) {
-        let tid = live.tid.load(Ordering::Relaxed);
-        let (run_ns, wait_ns) = schedstat(tid).unwrap_or((0, 0));
+        let readers = live
+            .tids
+            .iter()
+            .map(|tid| match tid.load(Ordering::Relaxed) {
+                0 => None,
+                tid => schedstat(tid),
+            })
+            .collect();
         let delivered = live.delivered.load(Ordering::Relaxed);
         let now = Reading {
             at: Instant::now(),
-            run_ns,
-            wait_ns,
+            readers,
             published,
             batches: self.watch.lateness.batches.load(Ordering::Relaxed),
             late: self.watch.lateness.late.load(Ordering::Relaxed),
             backlog: published as f64 * self.watch.deliveries_per_message - delivered as f64,
         };
-        if let Some(before) = self.last {
+        if let Some(before) = &self.last {
             let wall = now.at.duration_since(before.at).as_nanos().max(1) as f64;
             // Judged only while the publisher runs: connecting and draining are not measured.
             if now.published > before.published {
-                let cpu = now.run_ns.saturating_sub(before.run_ns) as f64 / wall;
-                let waited = now.wait_ns.saturating_sub(before.wait_ns) as f64 / wall;
-                if tid != 0 && cpu >= READER_CPU_LIMIT {
-                    self.reasons
-                        .push(format!("reader: {:.0}% CPU at {at:.0} s", cpu * 100.0));
-                }
-                if tid != 0 && waited >= READER_WAIT_LIMIT && now.backlog > before.backlog {
-                    self.reasons.push(format!(
-                        "reader: waited runnable {:.0}% of the second at {at:.0} s while undelivered messages grew by {:.0}",
-                        waited * 100.0,
-                        now.backlog - before.backlog
-                    ));
+                // Readers are numbered from 1 in the reasons, as in `top -H`'s thread names
+                // (`loadgen-read-0` is reader 1).
+                for (k, pair) in now.readers.iter().zip(&before.readers).enumerate() {
+                    let (Some((run1, wait1)), Some((run0, wait0))) = pair else {
+                        continue;
+                    };
+                    let cpu = run1.saturating_sub(*run0) as f64 / wall;
+                    let waited = wait1.saturating_sub(*wait0) as f64 / wall;
+                    let reader = k + 1;
+                    if cpu >= READER_CPU_LIMIT {
+                        self.reasons.push(format!(
+                            "reader {reader}: {:.0}% CPU at {at:.0} s",
+                            cpu * 100.0
+                        ));
+                    }
+                    if waited >= READER_WAIT_LIMIT && now.backlog > before.backlog {
+                        self.reasons.push(format!(
+                            "reader {reader}: waited runnable {:.0}% of the second at {at:.0} s while undelivered messages grew by {:.0}",
+                            waited * 100.0,
+                            now.backlog - before.backlog
+                        ));
+                    }
                 }
                 let new_batches = now.batches.saturating_sub(before.batches);
                 let new_late = now.late.saturating_sub(before.late);
@@ -368,10 +382,11 @@ mod tests {
 
     #[test]
     fn a_reader_that_used_a_whole_core_or_waited_for_one_is_reported() {
-        let live = Live::default();
+        // Two readers: the first not started (no figures), the second this thread.
+        let live = Live::new(2);
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u64;
-        live.tid.store(tid, Ordering::Relaxed);
+        live.tids[1].store(tid, Ordering::Relaxed);
         let (mut s, _) = watcher();
         s.tick(&live, 0, 0.0);
         let (run0, wait0) = schedstat(tid).unwrap();
@@ -395,7 +410,7 @@ mod tests {
         if ran >= 0.97 || waited >= READER_WAIT_LIMIT + 0.05 {
             assert!(!s.reasons.is_empty(), "ran {ran:.2} waited {waited:.2}");
             assert!(
-                s.reasons.iter().all(|r| r.starts_with("reader: ")),
+                s.reasons.iter().all(|r| r.starts_with("reader 2: ")),
                 "{:?}",
                 s.reasons
             );

@@ -33,8 +33,10 @@ pub struct RunReport {
     pub latency_us: Histogram<u64>,
     /// The loadgen process's CPU, % of one core.
     pub client_cpu_pct: f64,
-    /// The client thread's CPU, % of one core (the part that can saturate).
+    /// The busiest reader thread's CPU, % of one core (the part that can saturate).
     pub client_thread_cpu_pct: f64,
+    /// Each reader thread's CPU, % of one core, in reader order.
+    pub reader_cpu_pct: Vec<f64>,
     pub server_cpu_pct: Option<f64>,
     /// True when any second of the publishing window showed loadgen as its own bottleneck.
     pub loadgen_saturated: bool,
@@ -120,13 +122,14 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "loadgen: latency from intended send time (healthy): p50 {}us p90 {}us p99 {}us p99.9 {}us max {}us | cpu loadgen {:.0}% (client thread {:.0}%) server {}",
+            "loadgen: latency from intended send time (healthy): p50 {}us p90 {}us p99 {}us p99.9 {}us max {}us | cpu loadgen {:.0}% (busiest of {} reader thread(s) {:.0}%) server {}",
             q(0.5),
             q(0.9),
             q(0.99),
             q(0.999),
             self.latency_us.max(),
             self.client_cpu_pct,
+            self.reader_cpu_pct.len(),
             self.client_thread_cpu_pct,
             self.server_cpu_pct
                 .map_or("n/a".into(), |v| format!("{v:.0}%"))
@@ -203,6 +206,7 @@ impl RunReport {
             },
             client_cpu_pct: self.client_cpu_pct,
             client_thread_cpu_pct: self.client_thread_cpu_pct,
+            reader_cpu_pct: self.reader_cpu_pct.clone(),
             server_cpu_pct: self.server_cpu_pct,
             loadgen_saturated: self.loadgen_saturated,
             saturation: self.saturation.clone(),

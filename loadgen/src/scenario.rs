@@ -10,18 +10,35 @@ use crate::publisher::{self, Published};
 use crate::report::{CapacityReport, ConnectReport, IdleReport, RunReport, Step};
 use crate::{process_cpu_secs, stat_cpu_secs, RunPlan};
 
-/// The client thread of a run.
+/// The reader threads of a run.
 struct ClientThread {
     subs: Arc<Vec<Vec<u32>>>,
     slow: Arc<Vec<bool>>,
     live: Arc<Live>,
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<std::io::Result<ClientReport>>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<client::Finished>>>,
+}
+
+/// Per reader thread, its CPU use between two readings of [`ClientThread::cpu_secs`], % of
+/// one core.
+fn reader_cpu_pct(before: &[f64], after: &[f64], wall: Duration) -> Vec<f64> {
+    let secs = wall.as_secs_f64().max(1e-9);
+    after
+        .iter()
+        .zip(before)
+        .map(|(b, a)| (b - a) / secs * 100.0)
+        .collect()
+}
+
+/// The busiest reader thread's share of a core (`client_thread_cpu_pct`).
+fn busiest(pcts: &[f64]) -> f64 {
+    pcts.iter().copied().fold(0.0, f64::max)
 }
 
 impl ClientThread {
-    /// Starts the clients and waits until they are all subscribed (or failed), at most
-    /// `connect_limit`.
+    /// Starts the reader threads (`plan.threads`, or the default of
+    /// [`crate::default_reader_threads`]) and waits until every connection is subscribed (or
+    /// failed), at most `connect_limit`.
     fn start(plan: &RunPlan, connect_limit: Duration) -> std::io::Result<ClientThread> {
         let subs = Arc::new(if plan.subscriptions_per_conn == 0 {
             vec![Vec::new(); plan.connections]
@@ -42,17 +59,29 @@ impl ClientThread {
             connect_rate: plan.connect_rate,
             max_in_flight: plan.max_in_flight.max(1),
         };
-        let live = Arc::new(Live::default());
-        let ready = Arc::new(AtomicBool::new(false));
+        let of = plan.reader_threads();
+        let live = Arc::new(Live::new(of));
         let stop = Arc::new(AtomicBool::new(false));
         let deadline = Instant::now() + connect_limit;
-        let thread = {
-            let (live, ready, stop) = (live.clone(), ready.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("loadgen-clients".into())
-                .spawn(move || client::run(&client_plan, &live, &ready, &stop, deadline))?
-        };
-        while !ready.load(Ordering::Relaxed) && !thread.is_finished() {
+        let client_plan = Arc::new(client_plan);
+        let mut readies = Vec::with_capacity(of);
+        let mut threads = Vec::with_capacity(of);
+        for index in 0..of {
+            let ready = Arc::new(AtomicBool::new(false));
+            readies.push(ready.clone());
+            let (live, stop, client_plan) = (live.clone(), stop.clone(), client_plan.clone());
+            let part = client::Part { index, of };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("loadgen-read-{index}"))
+                    .spawn(move || {
+                        client::run(&client_plan, part, &live, &ready, &stop, deadline)
+                    })?,
+            );
+        }
+        while !readies.iter().all(|r| r.load(Ordering::Relaxed))
+            && !threads.iter().any(|t| t.is_finished())
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(ClientThread {
@@ -60,14 +89,20 @@ impl ClientThread {
             slow,
             live,
             stop,
-            thread,
+            threads,
         })
     }
 
-    /// CPU seconds of the client thread so far.
-    fn cpu_secs(&self) -> f64 {
-        let tid = self.live.tid.load(Ordering::Relaxed);
-        stat_cpu_secs(&format!("/proc/self/task/{tid}/stat")).unwrap_or(0.0)
+    /// CPU seconds of each reader thread so far.
+    fn cpu_secs(&self) -> Vec<f64> {
+        self.live
+            .tids
+            .iter()
+            .map(|tid| {
+                let tid = tid.load(Ordering::Relaxed);
+                stat_cpu_secs(&format!("/proc/self/task/{tid}/stat")).unwrap_or(0.0)
+            })
+            .collect()
     }
 
     /// Deliveries `published` should produce: (all connections, healthy ones only).
@@ -102,7 +137,7 @@ impl ClientThread {
     /// has seen its topic's last message or a `gap` covering it, or `limit` passed. Returns
     /// when the last delivery or notice arrived.
     fn drain_to_end(&self, limit: Duration) -> Instant {
-        let pending = || self.live.tail_pending.load(Ordering::Relaxed);
+        let pending = || self.live.tail_pending();
         self.wait(limit, |_, _| pending() == 0).1
     }
 
@@ -130,13 +165,18 @@ impl ClientThread {
         (started.elapsed(), last_change)
     }
 
-    /// Stops the clients and returns what they saw.
+    /// Stops the reader threads and returns what they saw, merged.
     fn finish(self) -> anyhow::Result<ClientReport> {
         self.stop.store(true, Ordering::Relaxed);
-        Ok(self
-            .thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))??)
+        let mut parts = Vec::with_capacity(self.threads.len());
+        for t in self.threads {
+            parts.push(
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("reader thread panicked"))??,
+            );
+        }
+        let published = self.live.published.lock().expect("not poisoned").clone();
+        Ok(client::merge(parts, published.as_deref()))
     }
 }
 
@@ -232,7 +272,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         process_cpu_secs(std::process::id()).unwrap_or(0.0),
         self_cpu0,
     );
-    let client_thread_cpu_pct = wall_cpu(session.clients.cpu_secs(), thread_cpu0);
+    let reader_cpu_pct = reader_cpu_pct(&thread_cpu0, &session.clients.cpu_secs(), publishing);
+    let client_thread_cpu_pct = busiest(&reader_cpu_pct);
     // Slow connections read freely now, so whatever the server still holds for them arrives
     // (and every drop is announced) before the tail is checked.
     let live = session.clients.live.clone();
@@ -298,6 +339,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         latency_us: c.latency_us,
         client_cpu_pct,
         client_thread_cpu_pct,
+        reader_cpu_pct,
         server_cpu_pct,
         loadgen_saturated: !saturation.is_empty(),
         saturation,
@@ -355,8 +397,11 @@ pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<Capaci
             (Some(b), Some(a)) => Some((b - a) / window.as_secs_f64() * 100.0),
             _ => None,
         };
-        let client_thread_cpu_pct =
-            (session.clients.cpu_secs() - thread0) / window.as_secs_f64() * 100.0;
+        let client_thread_cpu_pct = busiest(&reader_cpu_pct(
+            &thread0,
+            &session.clients.cpu_secs(),
+            window,
+        ));
         let (expected, _) = session.clients.expected(&published);
         let expected_per_sec = expected as f64 / window.as_secs_f64().max(1e-9);
         let (drain, _) = session.clients.drain(
@@ -380,7 +425,7 @@ pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<Capaci
                 published.max_lag_us / 1000
             )
         } else if client_thread_cpu_pct > 90.0 {
-            format!("loadgen limit: client thread at {client_thread_cpu_pct:.0}% of a core")
+            format!("loadgen limit: a reader thread at {client_thread_cpu_pct:.0}% of a core")
         } else if lost > 0 || disconnects > 0 {
             format!("{lost} messages lost without a notice, {disconnects} connections lost")
         } else if delivered + announced < expected {

@@ -79,8 +79,13 @@ pub struct RunJson {
     /// Deliveries of the messages published in the publishing window, per second of it.
     pub delivered_per_sec: f64,
     pub latency_us: Latency,
+    /// The loadgen process, % of one core, over the publishing window.
     pub client_cpu_pct: f64,
+    /// The busiest reader thread, % of one core.
     pub client_thread_cpu_pct: f64,
+    /// Each reader thread, % of one core, in reader order (`--threads`).
+    #[serde(default)]
+    pub reader_cpu_pct: Vec<f64>,
     pub server_cpu_pct: Option<f64>,
     /// Loadgen was its own bottleneck in some second (`saturation` says when and why).
     pub loadgen_saturated: bool,

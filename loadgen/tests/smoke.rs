@@ -30,6 +30,8 @@ fn few_hundred_connections_lose_nothing() {
     let server = server(0);
     let mut p = plan(&server, 300, 10);
     p.subscriptions_per_conn = 2;
+    // Three reader threads: the merged accounting must come out exact, as with one.
+    p.threads = 3;
     p.duration = Duration::from_secs(3);
     let r = loadgen::run(&p).expect("run completes");
     eprint!("{}", r.summary());
@@ -69,8 +71,10 @@ fn soak_with_churn_and_slow_readers_announces_every_drop() {
     p.slow_fraction = 0.1;
     p.slow_speed = 0.05;
     p.report_every = Some(Duration::from_secs(1));
+    p.threads = 2;
     let r = loadgen::run(&p).expect("run completes");
     eprint!("{}", r.summary());
+    assert_eq!(r.reader_cpu_pct.len(), 2, "two reader threads ran");
     assert_eq!(r.connections_ok, 200, "churned connections came back");
     assert_eq!(r.slow_connections, 20);
     assert!(

@@ -5,14 +5,17 @@
 //! to topic `PREFIX.(i % T)`, then reads every socket from one level-triggered epoll set,
 //! counts text frames and takes each message's intended send time from its `"t":` field
 //! (µs since the epoch, as loadgen's publisher writes it). Nothing else: no sequence checks,
-//! no pongs. The publishing window starts at the first intended time seen and lasts
+//! and pongs only with `--pongs 1`. The publishing window starts at the first intended time seen and lasts
 //! `--duration-secs`; `delivered_per_sec` is the deliveries of messages whose intended time
 //! falls in it, divided by its length (loadgen's definition). Loopback only.
 //!
 //! `minreader --server 127.0.0.1:8080 --path /ws --connections 1000 --topics 10
-//!  --duration-secs 20 [--prefix lg] [--protocol corecast|json-pubsub] [--drain-secs 5]`
+//!  --duration-secs 20 [--prefix lg] [--protocol corecast|json-pubsub] [--drain-secs 5]
+//!  [--pongs 0|1] [--timeline FILE]`
 //! prints one JSON line: connections, delivered, delivered_per_sec, latency percentiles (µs),
-//! and the reader's CPU use (% of one core).
+//! and the reader's CPU use (% of one core). `--timeline` writes one line per 50 ms of read
+//! time: milliseconds since the first message, messages read, their highest latency (µs) and
+//! pings read, to place a latency tail against the server's heartbeat.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,6 +33,8 @@ struct Args {
     json_pubsub: bool,
     duration: u64,
     drain: u64,
+    pongs: bool,
+    timeline: Option<String>,
 }
 
 fn args() -> Args {
@@ -42,6 +47,8 @@ fn args() -> Args {
         json_pubsub: false,
         duration: 20,
         drain: 5,
+        pongs: false,
+        timeline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +62,8 @@ fn args() -> Args {
             "--protocol" => a.json_pubsub = v == "json-pubsub",
             "--duration-secs" => a.duration = v.parse().expect("--duration-secs N"),
             "--drain-secs" => a.drain = v.parse().expect("--drain-secs N"),
+            "--pongs" => a.pongs = v == "1",
+            "--timeline" => a.timeline = Some(v),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -122,6 +131,8 @@ struct Window {
     delivered: u64,
     latency: Histogram<u64>,
     last_in_window: Instant,
+    /// Per 50 ms of read time since `start`: (messages, highest latency µs, pings).
+    timeline: Vec<(u32, u64, u32)>,
 }
 
 impl Window {
@@ -129,14 +140,29 @@ impl Window {
         let start = *self.start.get_or_insert(t);
         if t >= start && t < start + self.length_us {
             self.delivered += 1;
-            self.latency.saturating_record(now.saturating_sub(t).max(1));
+            let latency = now.saturating_sub(t).max(1);
+            self.latency.saturating_record(latency);
             self.last_in_window = Instant::now();
+            let slot = self.slot(now);
+            slot.0 += 1;
+            slot.1 = slot.1.max(latency);
         }
+    }
+
+    fn slot(&mut self, now: u64) -> &mut (u32, u64, u32) {
+        let at = (now.saturating_sub(self.start.unwrap_or(now)) / 50_000) as usize;
+        let at = at.min(20 * 60 * 10);
+        if self.timeline.len() <= at {
+            self.timeline.resize(at + 1, (0, 0, 0));
+        }
+        &mut self.timeline[at]
     }
 }
 
-/// Consumes whole server frames at the front of `buf` (servers never mask).
-fn frames(buf: &mut Vec<u8>, w: &mut Window) {
+/// Consumes whole server frames at the front of `buf` (servers never mask). Returns the
+/// payloads of the pings among them, in order.
+fn frames(buf: &mut Vec<u8>, w: &mut Window) -> Vec<Vec<u8>> {
+    let mut pings = Vec::new();
     let mut at = 0;
     let now = now_us();
     loop {
@@ -160,10 +186,22 @@ fn frames(buf: &mut Vec<u8>, w: &mut Window) {
             if let Some(t) = intended_us(&rest[hdr..hdr + len]) {
                 w.record(t, now);
             }
+        } else if rest[0] & 0x0f == 0x9 {
+            pings.push(rest[hdr..hdr + len].to_vec());
+            w.slot(now).2 += 1;
         }
         at += hdr + len;
     }
     buf.drain(..at);
+    pings
+}
+
+/// A masked client pong echoing `payload`, zero mask key (RFC 6455 5.5.3).
+fn pong_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x8a, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
 }
 
 fn cpu_secs() -> f64 {
@@ -198,6 +236,7 @@ fn main() {
         delivered: 0,
         latency: Histogram::new_with_bounds(1, 600_000_000, 3).unwrap(),
         last_in_window: Instant::now(),
+        timeline: Vec::new(),
     };
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut chunk = vec![0u8; 64 * 1024];
@@ -224,13 +263,26 @@ fn main() {
                 Ok(0) | Err(_) => {}
                 Ok(k) => {
                     bufs[i].extend_from_slice(&chunk[..k]);
-                    frames(&mut bufs[i], &mut w);
+                    for p in frames(&mut bufs[i], &mut w) {
+                        if a.pongs {
+                            // A pong is a few bytes: one write takes it whole or the
+                            // connection is broken, which the run's counts will show.
+                            let _ = (&socks[i]).write(&pong_frame(&p));
+                        }
+                    }
                 }
             }
         }
         if window_seen_at.is_none() && w.start.is_some() {
             window_seen_at = Some(Instant::now());
         }
+    }
+    if let Some(path) = &a.timeline {
+        let mut out = String::from("ms\tmessages\tmax_latency_us\tpings\n");
+        for (k, (n, max, pings)) in w.timeline.iter().enumerate() {
+            out += &format!("{}\t{n}\t{max}\t{pings}\n", k * 50);
+        }
+        std::fs::write(path, out).expect("write --timeline");
     }
     let wall = began.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
