@@ -157,28 +157,7 @@ fn slow_reader_gets_gap_notices_and_others_lose_nothing() {
     });
     let fast = Bystander::new(&server, "trades.FAST");
     // The slow client: tiny receive buffer, and it does not read while we publish.
-    let stream = {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.set_recv_buffer_size(4096).unwrap();
-        s.connect(&server.addr.into()).unwrap();
-        TcpStream::from(s)
-    };
-    let (mut slow, _) = tungstenite::client(server.url.as_str(), stream).expect("handshake");
-    let ack = {
-        slow.send(tungstenite::Message::text(
-            r#"{"op":"subscribe","id":1,"topics":["trades.FAST"]}"#,
-        ))
-        .unwrap();
-        loop {
-            let m = slow.read().unwrap();
-            if let tungstenite::Message::Text(t) = m {
-                if t.contains("\"ack\"") {
-                    break t;
-                }
-            }
-        }
-    };
-    assert!(ack.contains("trades.FAST"));
+    let mut slow = slow_subscriber(&server, "trades.FAST");
     let n = 5000;
     let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
     // The fast client reads on its own thread while the slow one is stalled.
@@ -196,28 +175,66 @@ fn slow_reader_gets_gap_notices_and_others_lose_nothing() {
         .join()
         .expect("the fast client received every message in order");
     // Now the slow client reads: every seq is either delivered or inside an announced gap.
-    slow.get_ref()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut accounted = 0u64;
+    let gaps = read_to_the_end(&mut slow, "trades.FAST", n, Duration::from_secs(10));
+    assert!(
+        !gaps.is_empty(),
+        "the slow reader was told about its losses"
+    );
+}
+
+/// A client with a 4 KiB receive buffer subscribed to `topic` (ack read), that reads only
+/// when the test says so: the server's queue for it fills and drops.
+fn slow_subscriber(server: &TestServer, topic: &str) -> tungstenite::WebSocket<TcpStream> {
+    let stream = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&server.addr.into()).unwrap();
+        TcpStream::from(s)
+    };
+    let (mut ws, _) = tungstenite::client(server.url.as_str(), stream).expect("handshake");
+    ws.send(tungstenite::Message::text(format!(
+        r#"{{"op":"subscribe","id":1,"topics":["{topic}"]}}"#
+    )))
+    .unwrap();
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            if t.contains("\"ack\"") {
+                assert!(t.contains(topic), "{t}");
+                return ws;
+            }
+        }
+    }
+}
+
+/// Reads `topic` from seq 1 until seq `n` is delivered or announced, each read waiting at
+/// most `patience`; asserts that every seq is delivered in order or covered by a
+/// `slow_consumer` gap that starts where delivery stopped. Returns the gaps, `(from, to)`.
+fn read_to_the_end(
+    ws: &mut tungstenite::WebSocket<TcpStream>,
+    topic: &str,
+    n: u64,
+    patience: Duration,
+) -> Vec<(u64, u64)> {
+    ws.get_ref().set_read_timeout(Some(patience)).unwrap();
     let mut next = 1u64;
-    let mut gaps = 0;
+    let mut gaps = Vec::new();
     while next <= n {
-        let text = match slow.read().unwrap() {
-            tungstenite::Message::Text(t) => t,
-            _ => continue,
+        let text = match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => t,
+            Ok(_) => continue,
+            Err(e) => panic!("seq {next}..={n} of {topic} never came (nor a gap): {e}"),
         };
         let mut b = text.as_bytes().to_vec();
         let v = simd_json::to_owned_value(&mut b).unwrap();
         match v["op"].as_str() {
             Some("msg") => {
+                assert_eq!(v["topic"].as_str(), Some(topic));
                 assert_eq!(
                     v["seq"].as_u64(),
                     Some(next),
                     "after gaps, the stream goes on"
                 );
                 next += 1;
-                accounted += 1;
             }
             Some("gap") => {
                 assert_eq!(v["reason"].as_str(), Some("slow_consumer"));
@@ -227,15 +244,53 @@ fn slow_reader_gets_gap_notices_and_others_lose_nothing() {
                     "the gap starts where delivery stopped"
                 );
                 let to = v["to"].as_u64().unwrap();
-                accounted += to - next + 1;
+                gaps.push((next, to));
                 next = to + 1;
-                gaps += 1;
             }
             _ => {}
         }
     }
-    assert_eq!(accounted, n, "every message delivered or announced");
-    assert!(gaps >= 1, "the slow reader was told about its losses");
+    assert_eq!(next, n + 1, "nothing past the last published seq");
+    gaps
+}
+
+#[test]
+fn a_drop_at_the_end_of_a_burst_is_announced_while_the_topic_stays_quiet() {
+    // The heartbeat is far off, so nothing but the client's own reading can release what the
+    // server holds for it: no ping round, no later message on the topic.
+    let server = start(|c| {
+        c.shard.queue_max_messages = 64;
+        c.shard.send_buffer_bytes = 8192;
+        c.shard.heartbeat_interval_ms = 60_000;
+        c.shard.heartbeat_timeout_ms = 180_000;
+    });
+    let mut slow = slow_subscriber(&server, "burst.END");
+    // A reader that keeps up, on its own thread: once it has seen the whole burst, the shard
+    // has routed all of it, and the slow client's last drops were made by its last frames.
+    let mut fence = Bystander::new(&server, "burst.END").ws;
+    let n = 3000u64;
+    let fence = std::thread::spawn(move || expect_contiguous(&mut fence, "burst.END", 1, n));
+    let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
+    for i in 0..n {
+        server.publisher.publish("burst.END", &payload).unwrap();
+        if i % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    fence
+        .join()
+        .expect("the keeping-up reader got the whole burst in order");
+    // The topic now stays quiet. The slow client reads: its gaps and the burst's last
+    // message come out without anything else happening (the read timeout is a fraction of
+    // the heartbeat interval).
+    let gaps = read_to_the_end(&mut slow, "burst.END", n, Duration::from_secs(5));
+    let (_, last_dropped) = *gaps.last().expect("the slow client lost messages");
+    // 64 queued frames plus what the socket buffers hold (~24 KiB, about 100 frames of 260
+    // bytes) survive; everything before them went, so the last drop is near the burst's end.
+    assert!(
+        last_dropped > n - 400,
+        "the last drop ({last_dropped}) came from the end of the burst ({n})"
+    );
 }
 
 #[test]
