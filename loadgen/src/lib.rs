@@ -17,6 +17,7 @@ pub mod publisher;
 pub mod report;
 pub mod scenario;
 pub mod schema;
+pub mod stalls;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -226,7 +227,7 @@ impl SplitMix {
 
 /// The CPUs thread `tid` may run on (`sched_getaffinity(2)`; 0 = the calling thread),
 /// ascending, or `None` when the thread is gone or not ours to ask about.
-fn affinity(tid: libc::pid_t) -> Option<Vec<usize>> {
+pub(crate) fn affinity(tid: libc::pid_t) -> Option<Vec<usize>> {
     // SAFETY: cpu_set_t is plain bits; sched_getaffinity writes at most its size into it, and
     // CPU_ISSET only reads it.
     unsafe {

@@ -44,6 +44,10 @@ pub struct RunReport {
     /// 25% of the time or more while undelivered messages grew; over 1% of the publisher's
     /// batches more than 1 ms late).
     pub saturation: Vec<String>,
+    /// Spells in which a CPU ran nothing at all (`stalls.rs`), e.g. `cpu 1: 93 ms at 3.0 s`
+    /// (seconds since the run's clients were up, the clock of `saturation`); `None` when the
+    /// watch could not run (no real-time priority).
+    pub host_stalls: Option<Vec<String>>,
     pub publisher_max_lag_us: u64,
     /// Periodic reports (soak).
     pub samples: Vec<Sample>,
@@ -161,6 +165,15 @@ impl RunReport {
                 if self.saturation.len() > 3 { "; ... (all in the JSON)" } else { "" }
             );
         }
+        if let Some(stalls) = self.host_stalls.as_ref().filter(|s| !s.is_empty()) {
+            let _ = writeln!(
+                s,
+                "loadgen: the host stopped a CPU {} time(s) (nothing ran on it, server and loadgen alike; such spells set the tail): {}{}",
+                stalls.len(),
+                stalls[..stalls.len().min(5)].join("; "),
+                if stalls.len() > 5 { "; ... (all in the JSON)" } else { "" }
+            );
+        }
         s
     }
 
@@ -210,6 +223,7 @@ impl RunReport {
             server_cpu_pct: self.server_cpu_pct,
             loadgen_saturated: self.loadgen_saturated,
             saturation: self.saturation.clone(),
+            host_stalls: self.host_stalls.clone(),
             publisher_max_lag_us: self.publisher_max_lag_us,
             healthy: tally(&self.healthy),
             slow_connections: self.slow_connections,

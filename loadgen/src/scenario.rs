@@ -184,6 +184,7 @@ impl ClientThread {
 struct Session {
     clients: ClientThread,
     monitor: Monitor,
+    stalls: crate::stalls::StallWatch,
     published: Arc<AtomicU64>,
     lateness: Arc<publisher::Lateness>,
 }
@@ -191,6 +192,7 @@ struct Session {
 impl Session {
     fn start(plan: &RunPlan, connect_limit: Duration) -> anyhow::Result<Session> {
         let clients = ClientThread::start(plan, connect_limit)?;
+        let stalls = crate::stalls::StallWatch::start();
         let published = Arc::new(AtomicU64::new(0));
         let lateness = Arc::new(publisher::Lateness::default());
         let assignments = plan.assignments();
@@ -211,6 +213,7 @@ impl Session {
         Ok(Session {
             clients,
             monitor,
+            stalls,
             published,
             lateness,
         })
@@ -306,10 +309,16 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
     let elapsed = last_progress.max(started + publishing) - started;
     let slow_connections = session.clients.slow.iter().filter(|&&s| s).count() as u64;
     let Session {
-        clients, monitor, ..
+        clients,
+        monitor,
+        stalls,
+        ..
     } = session;
     let c = clients.finish()?;
     let (samples, saturation) = monitor.finish();
+    let host_stalls = stalls
+        .finish()
+        .map(|s| s.iter().map(ToString::to_string).collect());
     let h = c.healthy;
     let mut lost = h.unannounced + h.tail_missing;
     if !churn {
@@ -343,6 +352,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<RunReport> {
         server_cpu_pct,
         loadgen_saturated: !saturation.is_empty(),
         saturation,
+        host_stalls,
         publisher_max_lag_us: published.max_lag_us,
         samples,
     })

@@ -90,6 +90,9 @@ pub struct RunJson {
     /// Loadgen was its own bottleneck in some second (`saturation` says when and why).
     pub loadgen_saturated: bool,
     pub saturation: Vec<String>,
+    /// Spells in which a CPU ran nothing (`cpu 1: 93 ms at 3.0 s`); null when not watched.
+    #[serde(default)]
+    pub host_stalls: Option<Vec<String>>,
     pub publisher_max_lag_us: u64,
     pub healthy: TallyJson,
     pub slow_connections: u64,

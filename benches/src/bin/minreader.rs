@@ -14,8 +14,9 @@
 //!  [--pongs 0|1] [--timeline FILE]`
 //! prints one JSON line: connections, delivered, delivered_per_sec, latency percentiles (µs),
 //! and the reader's CPU use (% of one core). `--timeline` writes one line per 50 ms of read
-//! time: milliseconds since the first message, messages read, their highest latency (µs) and
-//! pings read, to place a latency tail against the server's heartbeat.
+//! time (after a `# start_us` line: the window's start, µs since the epoch): milliseconds
+//! since the first message, messages read, their highest latency (µs) and pings read, to
+//! place a latency tail against the server's heartbeat or a profile of the same run.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -278,7 +279,12 @@ fn main() {
         }
     }
     if let Some(path) = &a.timeline {
-        let mut out = String::from("ms\tmessages\tmax_latency_us\tpings\n");
+        // The window's start (µs since the epoch) first, to line the timeline up with other
+        // records of the same run.
+        let mut out = format!(
+            "# start_us {}\nms\tmessages\tmax_latency_us\tpings\n",
+            w.start.unwrap_or(0)
+        );
         for (k, (n, max, pings)) in w.timeline.iter().enumerate() {
             out += &format!("{}\t{n}\t{max}\t{pings}\n", k * 50);
         }
