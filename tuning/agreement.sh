@@ -50,7 +50,7 @@ for p in $(seq "$pairs"); do
     --json "$out/$bench-$p-loadgen.json" > "$out/$bench-$p-loadgen.txt" 2>&1 || true
   stop
   serve
-  "$bin/minreader" --connections "$conns" --topics "$topics" --duration-secs "$secs" \
+  "$bin/minreader" --connections "$conns" --topics "$topics" --duration-secs "$secs" --pongs 1 \
     > "$out/$bench-$p-reader.json" 2> "$out/$bench-$p-reader.err" &
   reader=$!
   until grep -q subscribed "$out/$bench-$p-reader.err" 2>/dev/null; do sleep 0.2; done

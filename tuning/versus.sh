@@ -31,8 +31,16 @@ wait_port() {
   exit 1
 }
 
+# CORECAST_CORES=1 gives corecast the one core uWebSockets has (core 0: dispatcher and shard
+# share it); the default is corecast's own placement (dispatcher on core 0, shard on core 1).
+if [ "${CORECAST_CORES:-}" = 1 ]; then
+  corecast=(taskset -c 0 "$bin/corecast" serve --set server.pin_cores=false)
+else
+  corecast=("$bin/corecast" serve)
+fi
+
 for p in $(seq "$pairs"); do
-  "$bin/corecast" serve > "$out/corecast.log" 2>&1 &
+  "${corecast[@]}" > "$out/corecast.log" 2>&1 &
   srv=$!
   wait_port 8080
   "$bin/loadgen" fanout --connections "$conns" --topics "$topics" --rate "$rate" \

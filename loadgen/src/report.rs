@@ -28,7 +28,10 @@ pub struct RunReport {
     pub slow_connections: u64,
     pub unexpected_disconnects: u64,
     pub reconnects: u64,
+    /// From the start of publishing to the last delivery or notice.
     pub elapsed: Duration,
+    /// The publishing window: the publisher's duration (it sends nothing after it).
+    pub window: Duration,
     /// Healthy connections' latency from intended send time, µs.
     pub latency_us: Histogram<u64>,
     /// The loadgen process's CPU, % of one core.
@@ -55,7 +58,17 @@ pub struct RunReport {
 
 impl RunReport {
     /// Delivered messages per second over the run.
+    /// Deliveries of the messages published in the publishing window, divided by the
+    /// window's length (every message loadgen publishes lies in the window). minreader
+    /// (benches/) reports the same quantity, so the two compare directly.
     pub fn delivered_per_sec(&self) -> f64 {
+        self.delivered as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    /// Deliveries divided by the time from the start of publishing to the last delivery:
+    /// what the server sustained, lower than [`RunReport::delivered_per_sec`] when it fell
+    /// behind and took a while to drain.
+    pub fn sustained_per_sec(&self) -> f64 {
         self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
@@ -110,7 +123,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let q = |p: f64| self.latency_us.value_at_quantile(p);
         let mut s = format!(
-            "loadgen: {} connections ok, {} failed | published {} | delivered {} of {} expected{} ({:.0}/s) | lost {} | gap notices {} covering {} | disconnects {} | reconnects {}\n",
+            "loadgen: {} connections ok, {} failed | published {} | delivered {} of {} expected{} ({:.0}/s in the publishing window, {:.0}/s to the last delivery) | lost {} | gap notices {} covering {} | disconnects {} | reconnects {}\n",
             self.connections_ok,
             self.connect_failures,
             self.published,
@@ -118,6 +131,7 @@ impl RunReport {
             self.expected,
             if self.expected_exact { "" } else { " (with churn: delivered + announced + lost)" },
             self.delivered_per_sec(),
+            self.sustained_per_sec(),
             self.lost,
             self.gap_notices(),
             self.announced(),
@@ -210,6 +224,7 @@ impl RunReport {
             reconnects: self.reconnects,
             elapsed_secs: self.elapsed.as_secs_f64(),
             delivered_per_sec: self.delivered_per_sec().round(),
+            sustained_per_sec: self.sustained_per_sec().round(),
             latency_us: Latency {
                 p50: q(0.5),
                 p90: q(0.9),

@@ -75,9 +75,14 @@ pub struct RunJson {
     pub gap_notices: u64,
     pub unexpected_disconnects: u64,
     pub reconnects: u64,
+    /// From the start of publishing to the last delivery or notice, s.
     pub elapsed_secs: f64,
     /// Deliveries of the messages published in the publishing window, per second of it.
     pub delivered_per_sec: f64,
+    /// Deliveries per second from the start of publishing to the last delivery (what the
+    /// server sustained, drain included).
+    #[serde(default)]
+    pub sustained_per_sec: f64,
     pub latency_us: Latency,
     /// The loadgen process, % of one core, over the publishing window.
     pub client_cpu_pct: f64,
