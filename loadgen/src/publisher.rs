@@ -29,8 +29,12 @@ pub struct PublishPlan {
 pub struct Published {
     pub per_topic: Vec<u64>,
     pub total: u64,
-    /// Largest lag behind the schedule, µs (a publisher that cannot keep up shows it here).
+    /// Largest lag behind the schedule, µs, after the batch's write (a publisher that cannot
+    /// keep up, or a server that stops reading it, shows it here).
     pub max_lag_us: u64,
+    /// Longest a single write blocked, µs: the server not reading the publisher's
+    /// connection (its backpressure), not loadgen being slow.
+    pub max_blocked_us: u64,
 }
 
 /// How late the publisher's batches left, live, for the saturation check: the share of
@@ -39,7 +43,8 @@ pub struct Published {
 pub struct Lateness {
     /// Batches written so far.
     pub batches: AtomicU64,
-    /// Of those, batches whose first message left more than [`LATE_US`] after its time.
+    /// Of those, batches whose write began more than [`LATE_US`] after their first message's
+    /// time: loadgen's own lateness (a write blocked by the server does not count here).
     pub late: AtomicU64,
 }
 
@@ -86,6 +91,7 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
     let base = counter.load(Ordering::Relaxed);
     let mut sent = 0u64;
     let mut max_lag_us = 0u64;
+    let mut max_blocked_us = 0u64;
     let mut batch = Vec::with_capacity(64 * 1024);
     // At most 100 M msgs/s: the schedule is kept in whole nanoseconds.
     let interval_ns = 1_000_000_000 / plan.rate.clamp(1, 100_000_000);
@@ -116,16 +122,19 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
             sent += 1;
         }
         if !batch.is_empty() {
+            let due_ns = first_in_batch * interval_ns;
+            let began = start.elapsed();
             out.write_all(&batch)?;
             batch.clear();
             counter.store(base + sent, Ordering::Relaxed);
-            // How late the batch's first message left, after the write (which can block).
-            let behind = (start.elapsed().as_nanos() as u64)
-                .saturating_sub(first_in_batch * interval_ns)
-                / 1000;
+            let ended = start.elapsed();
+            // How late the batch's first message left, after the write (which can block),
+            // and how much of that the write itself took.
+            let behind = (ended.as_nanos() as u64).saturating_sub(due_ns) / 1000;
             max_lag_us = max_lag_us.max(behind);
+            max_blocked_us = max_blocked_us.max((ended - began).as_micros() as u64);
             lateness.batches.fetch_add(1, Ordering::Relaxed);
-            if behind > LATE_US {
+            if (began.as_nanos() as u64).saturating_sub(due_ns) / 1000 > LATE_US {
                 lateness.late.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -141,6 +150,7 @@ pub fn run(plan: &PublishPlan, counter: &AtomicU64, lateness: &Lateness) -> io::
         per_topic,
         total: sent,
         max_lag_us,
+        max_blocked_us,
     })
 }
 

@@ -434,7 +434,15 @@ pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<Capaci
         let delivered = live.delivered.load(Ordering::Relaxed) - d0;
         let gap_notices = live.gap_notices.load(Ordering::Relaxed) - g0;
         let p99 = lat.value_at_quantile(0.99);
-        let verdict = if published.max_lag_us > PUBLISHER_LAG_LIMIT_US {
+        let verdict = if published.max_lag_us > PUBLISHER_LAG_LIMIT_US
+            && published.max_blocked_us * 2 >= published.max_lag_us
+        {
+            format!(
+                "the server stopped reading the publisher: a write blocked {} ms, {} ms behind schedule",
+                published.max_blocked_us / 1000,
+                published.max_lag_us / 1000
+            )
+        } else if published.max_lag_us > PUBLISHER_LAG_LIMIT_US {
             format!(
                 "loadgen limit: the publisher fell {} ms behind",
                 published.max_lag_us / 1000
