@@ -49,8 +49,10 @@ pub struct Gap {
 pub enum Enqueued {
     /// Queued with room to spare.
     Queued,
-    /// Queued after dropping this many older published frames.
-    DroppedOldest(u32),
+    /// Queued after dropping `dropped` older published frames; `notices` gap notices were put
+    /// in place at once (a drop that reaches a notice or own frame queued after the dropped
+    /// ones fixes its gap's place there, see [`Outbound::announce_gaps`]).
+    DroppedOldest { dropped: u32, notices: u32 },
 }
 
 /// What a write attempt left behind.
@@ -120,22 +122,23 @@ impl Outbound {
     /// Cost: O(1) plus O(1) per dropped frame (drops scan past at most the own frames at the head).
     pub fn push_published(&mut self, frame: Rc<Frame>, bounds: &Bounds) -> Enqueued {
         let len = frame.bytes.len();
-        let mut dropped = 0u32;
+        let (mut dropped, mut notices) = (0u32, 0u32);
         while self.published > 0
             && (self.published as usize + 1 > bounds.max_messages
                 || self.published_bytes + len > bounds.max_bytes)
         {
-            if !self.drop_oldest_published() {
+            let Some(placed) = self.drop_oldest_published() else {
                 break;
-            }
+            };
             dropped += 1;
+            notices += placed;
         }
         if let Some(cutoff) = bounds.max_age.and_then(|a| frame.ingest_at.checked_sub(a)) {
             while self
                 .oldest_published()
                 .is_some_and(|f| f.ingest_at < cutoff)
             {
-                self.drop_oldest_published();
+                notices += self.drop_oldest_published().unwrap_or(0);
                 dropped += 1;
             }
         }
@@ -145,7 +148,7 @@ impl Outbound {
         if dropped == 0 {
             Enqueued::Queued
         } else {
-            Enqueued::DroppedOldest(dropped)
+            Enqueued::DroppedOldest { dropped, notices }
         }
     }
 
@@ -200,10 +203,11 @@ impl Outbound {
         }
     }
 
-    fn drop_oldest_published(&mut self) -> bool {
-        let Some(pos) = self.oldest_published_at() else {
-            return false;
-        };
+    /// Drops the oldest droppable published frame and remembers it as a gap. `None` when there
+    /// is none; otherwise the number of gap notices put in place because the frame now at the
+    /// dropped one's place is a notice or an own frame (see [`Outbound::announce_gaps`]).
+    fn drop_oldest_published(&mut self) -> Option<u32> {
+        let pos = self.oldest_published_at()?;
         let Some(Chunk::Published(f)) = self.chunks.remove(pos) else {
             unreachable!("position found above holds a published frame")
         };
@@ -225,17 +229,25 @@ impl Outbound {
                 reason: protocol::reason::SLOW_CONSUMER,
             }),
         }
-        true
+        // Pending gaps go in front of the first published frame still queued, which is right
+        // only while nothing else stands between the dropped frames and it. A notice queued
+        // after the dropped frames (the shard's own `shard_overflow`, for later sequences of
+        // the same topic) would then be written before the gap of earlier ones: the client
+        // would see its stream jump ahead, then a notice for the past. So a drop that leaves a
+        // notice or own frame at its place fixes the pending gaps there, now.
+        if matches!(self.chunks.get(pos), Some(Chunk::Notice(_) | Chunk::Own(_))) {
+            return Some(self.place_gaps(pos) as u32);
+        }
+        Some(0)
     }
 
     /// Moves pending gap notices in front of the first published frame still queued (after a
     /// partly written frame and after earlier notices), so they precede every later frame of
     /// their topic and follow every earlier notice. Returns how many were announced.
     pub fn announce_gaps(&mut self) -> usize {
-        let Some(gaps) = self.gaps.take() else {
+        if self.gaps.is_none() {
             return 0;
-        };
-        let n = gaps.len();
+        }
         let first_published = self
             .chunks
             .iter()
@@ -245,6 +257,16 @@ impl Outbound {
             })
             .unwrap_or(self.chunks.len());
         let at = first_published.max(usize::from(self.head_written > 0));
+        self.place_gaps(at)
+    }
+
+    /// Puts the pending gap notices, in drop order, at position `at` of the queue. Returns how
+    /// many.
+    fn place_gaps(&mut self, at: usize) -> usize {
+        let Some(gaps) = self.gaps.take() else {
+            return 0;
+        };
+        let n = gaps.len();
         for (i, g) in gaps.into_iter().enumerate() {
             let frame = protocol::gap(&g.topic, g.from, g.to, g.reason);
             self.chunks
@@ -402,7 +424,10 @@ mod tests {
         // 160 ms: frames 1 (160 ms old) and 2 (110 ms old) are stale.
         assert_eq!(
             q.push_published(at(4, 160), &bounds),
-            Enqueued::DroppedOldest(2)
+            Enqueued::DroppedOldest {
+                dropped: 2,
+                notices: 0
+            }
         );
         assert_eq!(q.published_len(), 2);
         let wire = drain(&mut q);
@@ -440,6 +465,40 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_goes_before_a_later_notice_of_the_same_topic() {
+        // Frames 1-2 queued, then the shard's notice that 3-4 never reached it, then frame 5.
+        // The bound (3 frames, 10 bytes each) drops 1 and 2 to make room for 6 and 7: their
+        // gap must reach the client before the notice for 3-4, or its stream jumps ahead
+        // and the gap for 1-2 arrives for the past.
+        let t: Arc<str> = "t".into();
+        let mut q = Outbound::default();
+        q.push_published(frame(&t, 1, 10), &B);
+        q.push_published(frame(&t, 2, 10), &B);
+        q.push_notice("t", 3, 4, protocol::reason::SHARD_OVERFLOW);
+        q.push_published(frame(&t, 5, 10), &B);
+        assert_eq!(
+            q.push_published(frame(&t, 6, 10), &B),
+            Enqueued::DroppedOldest {
+                dropped: 1,
+                notices: 0
+            },
+            "frame 2 still stands between the gap and the notice"
+        );
+        assert_eq!(
+            q.push_published(frame(&t, 7, 10), &B),
+            Enqueued::DroppedOldest {
+                dropped: 1,
+                notices: 1
+            },
+            "dropping 2 reaches the notice: the gap is placed before it"
+        );
+        let mut expected = protocol::gap("t", 1, 2, protocol::reason::SLOW_CONSUMER);
+        expected.extend(protocol::gap("t", 3, 4, protocol::reason::SHARD_OVERFLOW));
+        expected.extend([b'x'; 30]);
+        assert_eq!(drain(&mut q), expected, "1-2 gap, 3-4 notice, frames 5-7");
+    }
+
+    #[test]
     fn drops_oldest_and_announces_one_merged_gap_first() {
         let t: Arc<str> = "t".into();
         let mut q = Outbound::default();
@@ -448,11 +507,17 @@ mod tests {
         }
         assert_eq!(
             q.push_published(frame(&t, 4, 10), &B),
-            Enqueued::DroppedOldest(1)
+            Enqueued::DroppedOldest {
+                dropped: 1,
+                notices: 0
+            }
         );
         assert_eq!(
             q.push_published(frame(&t, 5, 10), &B),
-            Enqueued::DroppedOldest(1)
+            Enqueued::DroppedOldest {
+                dropped: 1,
+                notices: 0
+            }
         );
         assert_eq!(q.published_len(), 3);
         let wire = drain(&mut q);
@@ -470,7 +535,10 @@ mod tests {
         q.push_published(frame(&t, 1, 600), &B);
         assert_eq!(
             q.push_published(frame(&t, 2, 600), &B),
-            Enqueued::DroppedOldest(1)
+            Enqueued::DroppedOldest {
+                dropped: 1,
+                notices: 0
+            }
         );
         let wire = drain(&mut q);
         let gap = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);

@@ -441,6 +441,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     let stamp = ctx.next_stamp();
     let frame = Rc::new(frame);
     let mut dropped = 0u64;
+    let mut notices = 0u64;
     let mut delivered = 0u64;
     let mut shard_gap = false;
     let routed = ctx.table.borrow_mut().route(&frame, |conn, missed| {
@@ -457,10 +458,13 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
             );
             shard_gap = true;
         }
-        if let crate::queue::Enqueued::DroppedOldest(n) =
-            out.push_published(frame.clone(), &ctx.bounds)
+        if let crate::queue::Enqueued::DroppedOldest {
+            dropped: n,
+            notices: placed,
+        } = out.push_published(frame.clone(), &ctx.bounds)
         {
             dropped += u64::from(n);
+            notices += u64::from(placed);
         }
         drop(out);
         delivered += 1;
@@ -472,6 +476,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     m.counters.frames_in += 1;
     m.counters.deliveries += delivered;
     m.counters.dropped += dropped;
+    m.counters.gap_notices += notices;
     m.counters.shard_gaps += u64::from(shard_gap);
     if routed == Routed::Stale {
         m.counters.stale_frames += 1;
