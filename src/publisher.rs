@@ -1,19 +1,14 @@
 //! The first step of the data path: publishers hand events to the dispatcher.
 //!
-//! Two ways in: the TCP ingest (newline-delimited JSON, served on the dispatcher core, where
-//! each line is validated with simd-json) and the in-process [`Publisher`] handle (any thread).
+//! Two ways in: the TCP ingest (newline-delimited JSON, served on the dispatcher core by
+//! [`crate::ingest`], each line split out by [`Lines`] and validated with simd-json by
+//! [`parse_line`]) and the in-process [`Publisher`] handle (any thread).
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Instant;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use simd_json::prelude::*;
 
 use corecast_shards::topic::{validate_topic, TopicError};
-
-use crate::dispatcher::Dispatcher;
 
 /// Why an event was refused. Each variant names a stable `code` for the error line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -252,61 +247,6 @@ pub fn parse_stream(
     }
     lines.finish(&mut each);
     out
-}
-
-/// Serves one TCP publisher on the dispatcher core until it disconnects. Every line is one
-/// event; a bad line gets an error line back (`{"op":"error","line":N,"code":..,"message":..}`)
-/// and the stream goes on. When the publisher closes its side, a last line without a newline
-/// is published like any other, and its error (if any) is still written back. A connection
-/// that ends in an error (reset) loses only its unterminated last line.
-pub(crate) async fn serve_ingest(dispatcher: Rc<RefCell<Dispatcher>>, mut stream: TcpStream) {
-    let max_line = dispatcher.borrow().config().max_line_bytes;
-    let mut lines = Lines::new(max_line);
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut replies: Vec<u8> = Vec::new();
-    while let Ok(n) = stream.read(&mut chunk).await {
-        let ingest_at = Instant::now();
-        let mut each = |no: u64, line: Line<'_>| {
-            let result = match line {
-                Line::Text(text) => parse_line(text, ingest_at)
-                    .and_then(|event| dispatcher.borrow_mut().publish(event).map(|_| ())),
-                Line::TooLong => Err(PublishError::LineTooLong(max_line)),
-            };
-            if let Err(e) = result {
-                dispatcher.borrow_mut().stats.rejected_lines += 1;
-                error_line(&mut replies, no, &e);
-            }
-        };
-        if n == 0 {
-            lines.finish(&mut each);
-        } else {
-            lines.feed(&chunk[..n], &mut each);
-        }
-        if !replies.is_empty() {
-            if stream.write_all(&replies).await.is_err() {
-                break;
-            }
-            replies.clear();
-        }
-        if n == 0 {
-            break;
-        }
-        // A publisher that never pauses would otherwise keep the dispatcher to itself (reads
-        // complete at once while data waits): the pumps, the shards' requests and the other
-        // publishers get their pass.
-        corecast_shards::shard::let_the_executor_run().await;
-    }
-}
-
-fn error_line(out: &mut Vec<u8>, line: u64, e: &PublishError) {
-    let json = simd_json::json!({
-        "op": "error",
-        "line": line,
-        "code": e.code(),
-        "message": e.to_string(),
-    });
-    out.extend_from_slice(json.encode().as_bytes());
-    out.push(b'\n');
 }
 
 #[cfg(test)]

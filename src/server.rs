@@ -15,7 +15,8 @@ use corecast_shards::ShardSpec;
 
 use crate::config::Config;
 use crate::dispatcher::Dispatcher;
-use crate::publisher::{serve_ingest, Event, Publisher};
+use crate::ingest::serve_ingest;
+use crate::publisher::{Event, Publisher};
 use crate::report::{summary_line, SharedStats, Stats};
 
 /// Capacity of each shard -> dispatcher ring, messages.

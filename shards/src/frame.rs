@@ -108,8 +108,8 @@ impl FrameError {
     /// 1002 for every violation of the framing rules.
     pub fn close_code(&self) -> u16 {
         match self {
-            FrameError::TooBig(..) => crate::protocol::close::TOO_BIG,
-            _ => crate::protocol::close::PROTOCOL_ERROR,
+            FrameError::TooBig(..) => crate::close::TOO_BIG,
+            _ => crate::close::PROTOCOL_ERROR,
         }
     }
 }

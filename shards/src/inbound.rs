@@ -5,8 +5,8 @@
 //! (the rate limit) holds for continuation frames too: a frame that does not finish its
 //! message is an [`Event::Fragment`].
 
+use crate::close;
 use crate::frame::{parse_inbound, unmask, FrameError, Kind};
-use crate::protocol::close;
 
 /// The kind of a data message (RFC 6455 5.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,9 +25,10 @@
 //!
 //! Protocol pieces, pure and testable alone: [`topic`] (names and patterns), [`handshake`]
 //! (HTTP upgrade), [`frame`] (RFC 6455 framing), [`inbound`] (reassembly), [`protocol`]
-//! (client JSON messages, close and error codes), [`ratelimit`] (token bucket).
+//! (client JSON messages, error codes), [`close`] (close codes), [`ratelimit`] (token bucket).
 //! Configuration: [`config`]; probes: [`metrics`]; napping while idle: [`idle`].
 
+pub mod close;
 pub mod config;
 pub mod connection;
 pub mod frame;
