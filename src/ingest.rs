@@ -68,3 +68,20 @@ fn error_line(out: &mut Vec<u8>, line: u64, e: &PublishError) {
     out.extend_from_slice(json.encode().as_bytes());
     out.push(b'\n');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_names_line_and_reason() {
+        let mut out = Vec::new();
+        error_line(&mut out, 12, &PublishError::MissingData);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with('\n'));
+        let mut bytes = text.trim_end().as_bytes().to_vec();
+        let v = simd_json::to_owned_value(&mut bytes).unwrap();
+        assert_eq!(v["line"], 12);
+        assert_eq!(v["code"], "missing_data");
+    }
+}

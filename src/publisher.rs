@@ -347,16 +347,4 @@ mod tests {
         let bytes: Vec<&[u8]> = stream.as_bytes().chunks(7).collect();
         assert_eq!(outcomes(&bytes, 30), whole);
     }
-
-    #[test]
-    fn error_line_names_line_and_reason() {
-        let mut out = Vec::new();
-        error_line(&mut out, 12, &PublishError::MissingData);
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.ends_with('\n'));
-        let mut bytes = text.trim_end().as_bytes().to_vec();
-        let v = simd_json::to_owned_value(&mut bytes).unwrap();
-        assert_eq!(v["line"], 12);
-        assert_eq!(v["code"], "missing_data");
-    }
 }
