@@ -16,10 +16,15 @@
 //! # Layout
 //! In data-path order:
 //! - [`ring`]: the messages crossing between the dispatcher and a shard.
-//! - [`shard`]: the executor, acceptor, ring drain (fan-out round), heartbeat, reporter.
+//! - [`shard`]: the executor, acceptor, ring drain (fan-out round), heartbeat, reporter; its
+//!   shared state is `ctx` (configuration, table, open connections, dirty list, metrics).
 //! - [`table`]: the shard-local subscription table and frame routing.
-//! - [`connection`]: one client: handshake, inbound requests, blocked writes, close; the
-//!   readiness loop that serves every open connection from one epoll set (`readiness`).
+//! - `upgrade`: an accepted socket's HTTP upgrade, as a short task.
+//! - `open`: the readiness loop serving every open connection from one epoll set
+//!   (`readiness`): reads, blocked writes, close requests.
+//! - `requests`: what a client's frames and requests do (rate limit, subscribe, ack order).
+//! - [`connection`]: one client's state, its queue and its write side.
+//! - `ending`: a connection's goodbye, grace period and linger.
 //! - [`queue`]: a connection's bounded outbound queue with drop-oldest and gap tracking.
 //! - [`socket`]: the vectored non-blocking write.
 //!
@@ -31,20 +36,25 @@
 pub mod close;
 pub mod config;
 pub mod connection;
+mod ctx;
+mod ending;
 pub mod frame;
 pub mod handshake;
 pub mod idle;
 pub mod inbound;
 pub mod metrics;
+mod open;
 pub mod protocol;
 pub mod queue;
 pub mod ratelimit;
 mod readiness;
+mod requests;
 pub mod ring;
 pub mod shard;
 pub mod socket;
 pub mod table;
 pub mod topic;
+mod upgrade;
 
 pub use config::ShardConfig;
 pub use shard::{spawn, ShardSpec};

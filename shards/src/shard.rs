@@ -14,16 +14,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::ShardConfig;
-use crate::connection::{self, CloseRequest, Conn};
-use crate::metrics::ShardMetrics;
-use crate::queue::Bounds;
-use crate::ratelimit::Limits;
+use crate::connection::{CloseRequest, Conn};
+pub use crate::ctx::Handler;
+use crate::ctx::ShardCtx;
 use crate::ring::{ControlMsg, RingReceiver, RingSender, ShardMsg};
-use crate::table::{Routed, Table, ToDispatcher};
+use crate::table::Routed;
 
 /// Everything a shard needs to start. Built on the main thread, moved to the shard's thread.
 pub struct ShardSpec {
@@ -40,18 +39,6 @@ pub struct ShardSpec {
     pub config: ShardConfig,
     /// What the shard does with clients' messages; [`Handler::Protocol`] for a server.
     pub handler: Handler,
-}
-
-/// What a shard does with each whole message a client sends. Everything else (upgrade,
-/// framing, reassembly, limits, queues, socket writes) is the same code for both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handler {
-    /// The corecast protocol (docs/protocol.md): text messages are requests, binary messages
-    /// close the connection with 1003.
-    Protocol,
-    /// Every text and binary message is sent back as it came: the endpoint the Autobahn
-    /// conformance suite drives (`examples/echo.rs`, docs/conformance.md).
-    Echo,
 }
 
 /// Starts the shard's executor thread. The handle joins when the shard has shut down.
@@ -75,95 +62,6 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
 /// and #547 describe the same hang). Each shard and the dispatcher poll their core instead, as
 /// a poll-mode server on a dedicated host does. (A year stands for "never".)
 pub const NEVER_PARK: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// State of one shard. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
-pub(crate) struct ShardCtx {
-    pub(crate) id: usize,
-    pub(crate) handler: Handler,
-    pub(crate) config: ShardConfig,
-    pub(crate) bounds: Bounds,
-    pub(crate) limits: Limits,
-    pub(crate) table: RefCell<Table<Conn>>,
-    pub(crate) metrics: RefCell<ShardMetrics>,
-    /// The epoll set of open connections, with their pending close requests.
-    pub(crate) readiness: crate::readiness::Readiness,
-    /// Open connections by id, for the readiness loop, the heartbeat and shutdown.
-    conns: RefCell<HashMap<u64, Rc<Conn>>>,
-    /// Connections touched in this fan-out round, written once at its end.
-    dirty: RefCell<Vec<Rc<Conn>>>,
-    /// Read buffer shared by every connection: reads are synchronous once ready, so no
-    /// connection holds one while idle.
-    pub(crate) scratch: RefCell<Vec<u8>>,
-    /// Into the control pump, which forwards to the dispatcher in order.
-    control: LocalSender<ControlMsg>,
-    next_conn: Cell<u64>,
-    /// Counter of frames routed, for per-connection deduplication.
-    stamp: Cell<u64>,
-    /// Bumped by every ring round and client read; the napper watches it.
-    pub(crate) activity: Rc<crate::idle::Activity>,
-    /// Set once shutdown began; the acceptor stops and new connections are refused.
-    shutting_down: Cell<bool>,
-}
-
-impl ShardCtx {
-    pub(crate) fn next_conn_id(&self) -> u64 {
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        id
-    }
-
-    pub(crate) fn register(&self, conn: &Rc<Conn>) {
-        self.conns.borrow_mut().insert(conn.id, conn.clone());
-        self.metrics.borrow_mut().counters.open += 1;
-        if self.shutting_down.get() {
-            conn.request_close(self, CloseRequest::GoingAway);
-        }
-    }
-
-    /// A new routing stamp: a connection marked with it during one routing pass is skipped if
-    /// the pass meets it again (a topic and a pattern naming the same connection).
-    fn next_stamp(&self) -> u64 {
-        let stamp = self.stamp.get() + 1;
-        self.stamp.set(stamp);
-        stamp
-    }
-
-    /// The open connection `id`, if it is still registered.
-    pub(crate) fn conn(&self, id: u64) -> Option<Rc<Conn>> {
-        self.conns.borrow().get(&id).cloned()
-    }
-
-    pub(crate) fn unregister(&self, conn: &Rc<Conn>) {
-        self.conns.borrow_mut().remove(&conn.id);
-        self.metrics.borrow_mut().counters.open -= 1;
-    }
-
-    /// Puts `conn` on the list written at the end of the current round.
-    pub(crate) fn mark_dirty(&self, conn: &Rc<Conn>) {
-        if !conn.dirty.replace(true) {
-            self.dirty.borrow_mut().push(conn.clone());
-        }
-    }
-
-    /// Queues messages for the dispatcher, in order.
-    pub(crate) fn tell_dispatcher(&self, msgs: Vec<ToDispatcher>) {
-        for m in msgs {
-            let msg = match m {
-                ToDispatcher::Subscribe { interest, nonce } => ControlMsg::Subscribe {
-                    shard: self.id,
-                    interest,
-                    nonce,
-                },
-                ToDispatcher::Unsubscribe { interest } => ControlMsg::Unsubscribe {
-                    shard: self.id,
-                    interest,
-                },
-            };
-            // The pump lives as long as the shard; an unbounded local channel never refuses.
-            let _ = self.control.try_send(msg);
-        }
-    }
-}
 
 async fn run(spec: ShardSpec) {
     let readiness = match crate::readiness::Readiness::new() {
@@ -214,11 +112,11 @@ async fn run(spec: ShardSpec) {
         crate::socket::accept_polled(listener, ACCEPT_POLL, move |stream| {
             ctx.metrics.borrow_mut().counters.accepted += 1;
             ctx.activity.bump();
-            glommio::spawn_local(connection::serve(ctx.clone(), stream)).detach();
+            glommio::spawn_local(crate::upgrade::serve(ctx.clone(), stream)).detach();
         })
     });
 
-    glommio::spawn_local(connection::serve_open(ctx.clone())).detach();
+    glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     let (nap, nap_max) = ctx.config.idle_naps();
     glommio::spawn_local(crate::idle::nap_when_idle(
@@ -318,7 +216,7 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
                 } => {
                     let done = ctx.table.borrow_mut().on_subscribed(&interest, nonce, seq);
                     for r in done {
-                        connection::deliver_resolved(&ctx, r);
+                        crate::requests::deliver_resolved(&ctx, r);
                     }
                 }
                 ShardMsg::Shutdown => shutdown = true,

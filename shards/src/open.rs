@@ -1,0 +1,97 @@
+//! The shard's readiness loop: every open connection is served from one epoll set
+//! ([`crate::readiness`]), without a task of its own. Each pass acts on close requests, reads
+//! what became readable (answering it through [`crate::requests`]) and finishes blocked writes.
+//! Data path: socket -> **open** -> requests.
+
+use std::io;
+use std::rc::Rc;
+
+use crate::connection::Conn;
+use crate::ctx::ShardCtx;
+use crate::ending::{end_conn, Ending};
+use crate::readiness::Ready;
+use crate::requests::drain_events;
+
+/// Most reads of one connection in one pass of the readiness loop, before the others' turn.
+const READS_PER_PASS: usize = 16;
+
+/// The shard's readiness loop: serves every open connection, for as long as the shard runs.
+/// Each pass handles close requests, then every connection the epoll set reports: readable ->
+/// read into the shard's scratch buffer and answer what arrived; writable while blocked ->
+/// write again; EOF or error -> end. Then one executor pass for everyone else.
+pub(crate) async fn serve_open(ctx: Rc<ShardCtx>) {
+    let mut ready: Vec<(u64, Ready)> = Vec::with_capacity(1024);
+    let mut closing: Vec<u64> = Vec::new();
+    loop {
+        ctx.readiness.take_closing(&mut closing);
+        for id in closing.drain(..) {
+            if let Some(conn) = ctx.conn(id) {
+                if let Some(why) = conn.close.get() {
+                    end_conn(&ctx, &conn, Ending::requested(why));
+                }
+            }
+        }
+        // epoll_wait fails only for a bad set or buffer (EINTR is retried next pass): a bug.
+        ctx.readiness
+            .take_ready(&mut ready)
+            .expect("the shard's epoll set is valid");
+        if !ready.is_empty() {
+            ctx.activity.bump();
+        }
+        for (id, r) in ready.drain(..) {
+            if let Some(conn) = ctx.conn(id) {
+                on_ready(&ctx, &conn, r);
+            }
+        }
+        glommio::timer::sleep(ctx.config.ring_poll()).await;
+    }
+}
+
+fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
+    if conn.ending.get() {
+        return;
+    }
+    if let Some(why) = conn.close.get() {
+        return end_conn(ctx, conn, Ending::requested(why));
+    }
+    if r.write {
+        conn.retry_blocked(ctx);
+    }
+    if !r.read {
+        return;
+    }
+    // Requests left unread while a subscribe of this connection waited come first.
+    if conn.reader.borrow().pending() > 0 {
+        if let Some(end) = drain_events(ctx, conn) {
+            return end_conn(ctx, conn, end);
+        }
+    }
+    if conn.awaiting.get() {
+        return; // read again once the subscribe is acked (`deliver_resolved`)
+    }
+    for _ in 0..READS_PER_PASS {
+        let mut scratch = ctx.scratch.borrow_mut();
+        let n = match crate::socket::recv(conn.fd, &mut scratch) {
+            Ok(0) => return end_conn(ctx, conn, Ending::Gone),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return end_conn(ctx, conn, Ending::Gone),
+        };
+        conn.reader.borrow_mut().feed(&scratch[..n]);
+        let drained = n < scratch.len();
+        drop(scratch);
+        if let Some(end) = drain_events(ctx, conn) {
+            return end_conn(ctx, conn, end);
+        }
+        if conn.awaiting.get() {
+            return;
+        }
+        if drained && !r.closed {
+            // A short read emptied the socket; more input raises a new edge. (After the peer's
+            // FIN no edge comes: read on to the EOF.)
+            return;
+        }
+    }
+    ctx.readiness.read_again(conn.id);
+}

@@ -1,0 +1,284 @@
+//! What a client's frames do: each whole frame takes a token from the rate limit, then a
+//! request is parsed and acted on (subscribe, unsubscribe, ping), answered with an `ack`,
+//! `error` or `pong` in request order; a subscribe that waits for the dispatcher holds the
+//! requests behind it. Data path: open -> **requests** -> table / dispatcher.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::close;
+use crate::connection::Conn;
+use crate::ctx::{Handler, ShardCtx};
+use crate::ending::Ending;
+use crate::inbound::{Event, Fatal, MessageKind};
+use crate::protocol::{self, code, AckTopic, Request};
+use crate::ratelimit::Verdict;
+use crate::ring::Interest;
+use crate::table::Resolved;
+use crate::topic::{parse_selector, Selector};
+
+/// Handles every complete event in the buffer, stopping early while a subscribe waits for
+/// the dispatcher; `Some` when the connection must end.
+pub(crate) fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>) -> Option<Ending> {
+    let end = loop {
+        if conn.awaiting.get() {
+            break None;
+        }
+        let next = conn
+            .reader
+            .borrow_mut()
+            .next_event(ctx.config.max_message_bytes);
+        let event = match next {
+            Ok(Some(e)) => e,
+            Ok(None) => break None,
+            Err(Fatal { code, reason }) => {
+                ctx.metrics.borrow_mut().counters.protocol_errors += 1;
+                break Some(Ending::Close(code, reason));
+            }
+        };
+        if let Some(end) = handle_event(ctx, conn, event) {
+            break Some(end);
+        }
+    };
+    conn.flush(ctx);
+    end
+}
+
+/// Acts on one inbound frame. Every frame but a close takes a token from the rate limit,
+/// continuation frames included; a refused fragment drops its whole message.
+fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending> {
+    if let Event::Close(code) = event {
+        return Some(Ending::ClientClosed(code));
+    }
+    let now = Instant::now();
+    let verdict = conn.bucket.borrow_mut().take(&ctx.limits, now);
+    match verdict {
+        Verdict::Allow => {}
+        Verdict::Refuse(strikes) => {
+            ctx.metrics.borrow_mut().counters.rate_limited += 1;
+            let msg = format!(
+                "over {} frames/s (burst {}); refused {strikes} in a row, closing at {}",
+                ctx.limits.rate, ctx.limits.burst, ctx.limits.max_strikes
+            );
+            conn.push_own(ctx, protocol::error(None, code::RATE_LIMITED, &msg));
+            // A refused fragment refuses its whole message; a refused last frame ends the
+            // message (dropped with it). Control frames in between change nothing.
+            match event {
+                Event::Fragment(_) => conn.refused_message.set(true),
+                Event::Text(_) | Event::Binary(_) => conn.refused_message.set(false),
+                _ => {}
+            }
+            return None;
+        }
+        Verdict::Close => {
+            ctx.metrics.borrow_mut().counters.rate_limited += 1;
+            return Some(Ending::Close(
+                close::POLICY_VIOLATION,
+                "rate limit exceeded".into(),
+            ));
+        }
+    }
+    if !matches!(event, Event::Fragment(_)) {
+        conn.last_heard.set(now);
+    }
+    match event {
+        Event::Text(mut text) => {
+            if conn.refused_message.replace(false) {
+                return None;
+            }
+            match ctx.handler {
+                Handler::Protocol => {
+                    match protocol::parse_request(&mut text, ctx.config.max_topics_per_request) {
+                        Ok(req) => handle_request(ctx, conn, req),
+                        Err(r) => reject(ctx, conn, r.id, r.code, &r.message),
+                    }
+                }
+                Handler::Echo => conn.push_own(
+                    ctx,
+                    crate::frame::server_frame(crate::frame::OP_TEXT, &text),
+                ),
+            }
+            None
+        }
+        Event::Fragment(MessageKind::Text) => None,
+        Event::Binary(bytes) if ctx.handler == Handler::Echo => {
+            if !conn.refused_message.replace(false) {
+                conn.push_own(
+                    ctx,
+                    crate::frame::server_frame(crate::frame::OP_BINARY, &bytes),
+                );
+            }
+            None
+        }
+        Event::Fragment(MessageKind::Binary) if ctx.handler == Handler::Echo => None,
+        Event::Binary(_) | Event::Fragment(MessageKind::Binary) => Some(Ending::Close(
+            close::UNSUPPORTED_DATA,
+            "binary messages are not supported; send JSON text".into(),
+        )),
+        Event::Ping(payload) => {
+            conn.push_own(
+                ctx,
+                crate::frame::server_frame(crate::frame::OP_PONG, &payload),
+            );
+            None
+        }
+        Event::Pong | Event::Close(_) => None,
+    }
+}
+
+fn reject(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, code: &str, message: &str) {
+    ctx.metrics.borrow_mut().counters.rejected_requests += 1;
+    conn.push_own(ctx, protocol::error(id, code, message));
+}
+
+/// Parses every name of a request into interests, deduplicated; the first bad name refuses all.
+fn interests(topics: &[String]) -> Result<Vec<Interest>, String> {
+    let mut out: Vec<Interest> = Vec::with_capacity(topics.len());
+    for t in topics {
+        let i = match parse_selector(t) {
+            Ok(Selector::Topic(t)) => Interest::Topic(Arc::from(t)),
+            Ok(Selector::Prefix(p)) => Interest::Prefix(Arc::from(p)),
+            Err(e) => return Err(format!("topic {t:?}: {e}")),
+        };
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+fn interest_name(i: &Interest) -> String {
+    match i {
+        Interest::Topic(t) => t.to_string(),
+        Interest::Prefix(p) => format!("{p}.*"),
+    }
+}
+
+fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
+    match req {
+        Request::Ping { id } => conn.push_own(ctx, protocol::pong(id)),
+        Request::Subscribe { id, topics } => {
+            let wanted = match interests(&topics) {
+                Ok(w) => w,
+                Err(msg) => return reject(ctx, conn, id, code::BAD_TOPIC, &msg),
+            };
+            let items: Vec<(Interest, bool)> = {
+                let subs = conn.subs.borrow();
+                let table = ctx.table.borrow();
+                wanted
+                    .into_iter()
+                    .map(|i| table.intern(i))
+                    .map(|i| {
+                        let new = subs.binary_search(&i).is_err();
+                        (i, new)
+                    })
+                    .collect()
+            };
+            let new = items.iter().filter(|(_, n)| *n).count();
+            let have = conn.subs.borrow().len();
+            if have + new > ctx.config.max_subscriptions {
+                let msg = format!(
+                    "{have} subscriptions + {new} new is over the limit of {}",
+                    ctx.config.max_subscriptions
+                );
+                return reject(ctx, conn, id, code::TOO_MANY_SUBSCRIPTIONS, &msg);
+            }
+            let is_pattern = |i: &Interest| matches!(i, Interest::Prefix(_));
+            let new_patterns = items.iter().filter(|(i, n)| *n && is_pattern(i)).count();
+            let have_patterns = {
+                let subs = conn.subs.borrow();
+                subs.len() - subs.partition_point(|i| !is_pattern(i))
+            };
+            if have_patterns + new_patterns > ctx.config.max_patterns {
+                let msg = format!(
+                    "{have_patterns} patterns + {new_patterns} new is over the limit of {}",
+                    ctx.config.max_patterns
+                );
+                return reject(ctx, conn, id, code::TOO_MANY_PATTERNS, &msg);
+            }
+            {
+                // Exactly as long as needed: this list lives as long as the connection.
+                let mut subs = conn.subs.borrow_mut();
+                subs.reserve_exact(new);
+                subs.extend(items.iter().filter(|(_, n)| *n).map(|(i, _)| i.clone()));
+                subs.sort_unstable();
+            }
+            // Every interest of the request is to be joined when it completes (the table never
+            // adds a subscriber twice), even one an earlier pending request also named.
+            let items: Vec<(Interest, bool)> = items.into_iter().map(|(i, _)| (i, true)).collect();
+            let me = conn.clone();
+            let mut to_dispatcher = Vec::new();
+            let done = ctx
+                .table
+                .borrow_mut()
+                .subscribe(me, id, items, &mut to_dispatcher);
+            ctx.tell_dispatcher(to_dispatcher);
+            match done {
+                Some(r) => deliver_resolved(ctx, r),
+                // Later requests wait until the dispatcher's reply completes this one.
+                None => conn.awaiting.set(true),
+            }
+        }
+        Request::Unsubscribe { id, topics } => {
+            let gone = match interests(&topics) {
+                Ok(w) => w,
+                Err(msg) => return reject(ctx, conn, id, code::BAD_TOPIC, &msg),
+            };
+            let missing = {
+                let subs = conn.subs.borrow();
+                gone.iter()
+                    .find(|i| subs.binary_search(i).is_err())
+                    .cloned()
+            };
+            if let Some(missing) = missing {
+                let msg = format!("not subscribed to {:?}", interest_name(&missing));
+                return reject(ctx, conn, id, code::NOT_SUBSCRIBED, &msg);
+            }
+            let mut sorted_gone = gone.clone();
+            sorted_gone.sort_unstable();
+            conn.subs
+                .borrow_mut()
+                .retain(|i| sorted_gone.binary_search(i).is_err());
+            let me = conn.clone();
+            let mut to_dispatcher = Vec::new();
+            let mut acked = Vec::with_capacity(gone.len());
+            {
+                let mut table = ctx.table.borrow_mut();
+                for i in &gone {
+                    let seq = match i {
+                        Interest::Topic(t) => Some(table.last_seq(t).unwrap_or(0)),
+                        Interest::Prefix(_) => None,
+                    };
+                    table.unsubscribe(&me, i, &mut to_dispatcher);
+                    acked.push((interest_name(i), seq));
+                }
+            }
+            ctx.tell_dispatcher(to_dispatcher);
+            conn.out.borrow_mut().retain_published(|t| conn.covers(t));
+            conn.push_own(ctx, ack_frame(id, &acked));
+        }
+    }
+}
+
+/// The `ack` frame for topics named as the client wrote them, with their sequences.
+fn ack_frame(id: Option<u64>, named: &[(String, Option<u64>)]) -> Vec<u8> {
+    let topics: Vec<AckTopic<'_>> = named
+        .iter()
+        .map(|(topic, seq)| AckTopic { topic, seq: *seq })
+        .collect();
+    protocol::ack(id, &topics)
+}
+
+/// Sends the ack of a finished subscribe request to its connection, and lets the requests
+/// that waited behind it be read (on the readiness loop's next pass).
+pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
+    let Resolved { sub, id, topics } = r;
+    let named: Vec<(String, Option<u64>)> =
+        topics.iter().map(|(i, s)| (interest_name(i), *s)).collect();
+    sub.push_own(ctx, ack_frame(id, &named));
+    ctx.mark_dirty(&sub);
+    if sub.awaiting.replace(false) {
+        ctx.readiness.read_again(sub.id);
+    }
+}

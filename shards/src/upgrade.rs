@@ -1,0 +1,105 @@
+//! The HTTP upgrade of one accepted socket (RFC 6455 4.2), as a short task of its own: it ends
+//! once the connection is open and handed to the readiness loop ([`crate::open`]). Data path:
+//! listener -> **upgrade** -> connection.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use glommio::net::TcpStream;
+
+use crate::connection::Conn;
+use crate::ctx::{Handler, ShardCtx};
+use crate::ending::{end_conn, linger};
+use crate::handshake::{self, Parsed};
+use crate::protocol;
+use crate::ratelimit::TokenBucket;
+use crate::requests::drain_events;
+
+/// Takes one accepted socket through the handshake, then hands it to the readiness loop.
+/// Runs as its own short task on the shard; it ends once the connection is open.
+pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    if ctx.config.send_buffer_bytes > 0 {
+        // SAFETY: the fd belongs to `stream`, alive for this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let _ = socket2::SockRef::from(&fd).set_send_buffer_size(ctx.config.send_buffer_bytes);
+    }
+    // Once upgraded, the socket leaves glommio: its own fd (a duplicate, taken before the
+    // upgrade so that running out of descriptors refuses the client before it sees a 101)
+    // goes into the shard's epoll set.
+    let Ok(sock) = crate::socket::detach(&stream) else {
+        ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+        return;
+    };
+    let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
+    let path = ctx.config.path.clone();
+    let handshake = Box::pin(handshake(&mut stream, path));
+    let leftover = handshake
+        .or(async {
+            glommio::timer::sleep(timeout).await;
+            Err(())
+        })
+        .await;
+    drop(stream);
+    let Ok(leftover) = leftover else {
+        ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+        return;
+    };
+    let now = Instant::now();
+    let conn = Rc::new(Conn::new(
+        ctx.next_conn_id(),
+        sock,
+        TokenBucket::new(&ctx.limits, now),
+        now,
+    ));
+    if ctx.readiness.add(conn.fd, conn.id).is_err() {
+        // The epoll set refused it (out of memory): the socket closes with `conn`.
+        ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+        return;
+    }
+    ctx.register(&conn);
+    if ctx.handler == Handler::Protocol {
+        let welcome = protocol::welcome(
+            &format!("{}-{}", ctx.id, conn.id),
+            ctx.config.heartbeat_interval_ms,
+            ctx.config.heartbeat_timeout_ms,
+            ctx.config.max_message_bytes,
+        );
+        conn.push_own(&ctx, welcome);
+        conn.flush(&ctx);
+    }
+
+    conn.reader.borrow_mut().feed(&leftover);
+    drop(leftover);
+    if let Some(end) = drain_events(&ctx, &conn) {
+        end_conn(&ctx, &conn, end);
+    }
+}
+
+/// Reads the HTTP upgrade request and answers it. Boxed by the caller so its buffer is freed
+/// as soon as it returns. `Ok` carries bytes the client sent after the request.
+async fn handshake(stream: &mut TcpStream, path: String) -> Result<Vec<u8>, ()> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match handshake::parse(&buf, &path) {
+            Parsed::Partial => continue,
+            Parsed::Upgrade { response, consumed } => {
+                stream.write_all(&response).await.map_err(|_| ())?;
+                return Ok(buf.split_off(consumed));
+            }
+            Parsed::Reject(r) => {
+                let _ = stream.write_all(&r.response()).await;
+                linger(stream).await;
+                return Err(());
+            }
+        }
+    }
+}
