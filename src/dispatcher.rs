@@ -13,11 +13,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use serde::Deserialize;
 
-use corecast_shards::frame::{encode_header, MAX_SERVER_HEADER, OP_TEXT};
+use corecast_shards::protocol;
 use corecast_shards::ring::{ControlMsg, Frame, Interest, PushError, RingSender, ShardMsg};
 use corecast_shards::topic::{covering_prefixes, NameIndex};
 
@@ -75,28 +74,6 @@ impl DispatcherConfig {
         }
         Ok(())
     }
-}
-
-/// Builds the complete WebSocket text frame of a `msg`:
-/// `{"op":"msg","topic":T,"seq":N,"ts":N,"data":D}`. `topic` needs no escaping (validated
-/// charset) and `data` is already JSON. One allocation; the header is written in front of the
-/// payload once its length is known.
-pub fn encode_msg(topic: &str, seq: u64, ts: u64, data: &[u8]) -> Bytes {
-    use std::io::Write;
-    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + 64 + topic.len() + data.len());
-    buf.resize(MAX_SERVER_HEADER, 0);
-    buf.extend_from_slice(b"{\"op\":\"msg\",\"topic\":\"");
-    buf.extend_from_slice(topic.as_bytes());
-    // Writing integers into a Vec cannot fail.
-    let _ = write!(buf, "\",\"seq\":{seq},\"ts\":{ts},\"data\":");
-    buf.extend_from_slice(data);
-    buf.push(b'}');
-    let len = buf.len() - MAX_SERVER_HEADER;
-    let mut head = [0u8; MAX_SERVER_HEADER];
-    let n = encode_header(OP_TEXT, len, &mut head);
-    let start = MAX_SERVER_HEADER - n;
-    buf[start..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
-    Bytes::from(buf).slice(start..)
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -240,7 +217,7 @@ impl Dispatcher {
             return Ok(seq);
         }
         let ts = event.ts.unwrap_or_else(now_us);
-        let bytes = encode_msg(&state.name, seq, ts, &event.data);
+        let bytes = protocol::msg(&state.name, seq, ts, &event.data);
         let topic = state.name.clone();
         let mut mask = routes;
         while mask != 0 {
@@ -430,33 +407,5 @@ impl Pump {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn msg_frame_is_a_text_frame_of_the_documented_json() {
-        let f = encode_msg(
-            "book.BTCUSD",
-            42,
-            1_700_000_000_000_000,
-            br#"{"b":[["1","2"]]}"#,
-        );
-        let json = br#"{"op":"msg","topic":"book.BTCUSD","seq":42,"ts":1700000000000000,"data":{"b":[["1","2"]]}}"#;
-        assert_eq!(f[0], 0x81);
-        assert_eq!(f[1] as usize, json.len());
-        assert_eq!(&f[2..], &json[..]);
-    }
-
-    #[test]
-    fn long_payload_gets_extended_length() {
-        let data = format!("\"{}\"", "x".repeat(300));
-        let f = encode_msg("t", 1, 2, data.as_bytes());
-        assert_eq!(f[1], 126);
-        let len = u16::from_be_bytes([f[2], f[3]]) as usize;
-        assert_eq!(len, f.len() - 4);
     }
 }

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod demo;
 pub mod dispatcher;
+mod dispatcher_thread;
 pub mod ingest;
 pub mod publisher;
 pub mod report;

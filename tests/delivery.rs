@@ -161,25 +161,53 @@ fn slow_reader_gets_gap_notices_and_others_lose_nothing() {
     let n = 5000;
     let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
     // The fast client reads on its own thread while the slow one is stalled.
-    let mut fast_ws = fast.ws;
-    let reader = std::thread::spawn(move || {
-        expect_contiguous(&mut fast_ws, "trades.FAST", 1, n);
-    });
-    for i in 0..n {
-        server.publisher.publish("trades.FAST", &payload).unwrap();
-        if i % 10 == 9 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    reader
-        .join()
-        .expect("the fast client received every message in order");
+    publish_keeping_pace(&server, fast.ws, "trades.FAST", n, &payload);
     // Now the slow client reads: every seq is either delivered or inside an announced gap.
     let gaps = read_to_the_end(&mut slow, "trades.FAST", n, Duration::from_secs(10));
     assert!(
         !gaps.is_empty(),
         "the slow reader was told about its losses"
     );
+}
+
+/// Publishes `n` messages on `topic` while `reader` (subscribed to it) reads them on its own
+/// thread, never more than 50 ahead of it: the reader keeps up however busy the machine is,
+/// so it must receive all `n`, contiguous, while a client that does not read falls behind.
+fn publish_keeping_pace(
+    server: &TestServer,
+    mut reader: Client,
+    topic: &str,
+    n: u64,
+    payload: &str,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let read = Arc::new(AtomicU64::new(0));
+    let thread = {
+        let (read, topic) = (read.clone(), topic.to_string());
+        std::thread::spawn(move || {
+            for k in 0..n {
+                let m = next_op(&mut reader, "msg");
+                assert_eq!(m["topic"].as_str(), Some(topic.as_str()), "{m:?}");
+                assert_eq!(m["seq"].as_u64(), Some(1 + k), "contiguous seq: {m:?}");
+                read.store(k + 1, Ordering::Release);
+            }
+        })
+    };
+    for i in 0..n {
+        // Bounded: a reader that stopped (its assertion failed) is waited for 10 s at most.
+        let waited = Instant::now();
+        while i >= read.load(Ordering::Acquire) + 50
+            && waited.elapsed() < Duration::from_secs(10)
+            && !thread.is_finished()
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        server.publisher.publish(topic, payload).unwrap();
+    }
+    thread
+        .join()
+        .expect("the reader that keeps up received every message, in order");
 }
 
 /// A client with a 4 KiB receive buffer subscribed to `topic` (ack read), that reads only
@@ -265,21 +293,12 @@ fn a_drop_at_the_end_of_a_burst_is_announced_while_the_topic_stays_quiet() {
         c.shard.heartbeat_timeout_ms = 180_000;
     });
     let mut slow = slow_subscriber(&server, "burst.END");
-    // A reader that keeps up, on its own thread: once it has seen the whole burst, the shard
-    // has routed all of it, and the slow client's last drops were made by its last frames.
-    let mut fence = Bystander::new(&server, "burst.END").ws;
+    // A reader that keeps up: once it has seen the whole burst, the shard has routed all of
+    // it, and the slow client's last drops were made by its last frames.
+    let fence = Bystander::new(&server, "burst.END").ws;
     let n = 3000u64;
-    let fence = std::thread::spawn(move || expect_contiguous(&mut fence, "burst.END", 1, n));
     let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(200));
-    for i in 0..n {
-        server.publisher.publish("burst.END", &payload).unwrap();
-        if i % 10 == 9 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    fence
-        .join()
-        .expect("the keeping-up reader got the whole burst in order");
+    publish_keeping_pace(&server, fence, "burst.END", n, &payload);
     // The topic now stays quiet. The slow client reads: its gaps and the burst's last
     // message come out without anything else happening (the read timeout is a fraction of
     // the heartbeat interval).

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use corecast::dispatcher::encode_msg;
 use corecast::publisher::parse_line;
+use corecast_shards::protocol::msg as encode_msg;
 
 use corecast_benches::BOOK_LINE as LINE;
 

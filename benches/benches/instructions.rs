@@ -10,9 +10,9 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use corecast::dispatcher::encode_msg;
 use corecast::publisher::parse_line;
 use corecast_benches::{table_with, trade_frame, BOOK_LINE as LINE, BOUNDS};
+use corecast_shards::protocol::msg as encode_msg;
 
 const SUBSCRIBERS: usize = 1000;
 

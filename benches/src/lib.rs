@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use corecast::dispatcher::encode_msg;
+use corecast_shards::protocol::msg as encode_msg;
 use corecast_shards::queue::{Bounds, Outbound};
 use corecast_shards::ring::{Frame, Interest};
 use corecast_shards::table::Table;

@@ -1,11 +1,13 @@
 //! The client protocol (JSON text frames), documented in docs/protocol.md. Any thread.
 //!
 //! Client -> server: `subscribe`, `unsubscribe`, `ping`. Server -> client: `welcome`, `ack`,
-//! `msg` (built by the dispatcher, not here), `gap`, `error`, `pong`.
+//! `msg` (encoded here, once per event, by the dispatcher), `gap`, `error`, `pong`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{server_frame, OP_TEXT};
+use bytes::Bytes;
+
+use crate::frame::{encode_header, server_frame, MAX_SERVER_HEADER, OP_TEXT};
 
 /// Close codes, kept at their old path (`protocol::close`): see [`crate::close`].
 pub use crate::close;
@@ -160,6 +162,29 @@ fn text_frame(msg: &Out<'_>) -> Vec<u8> {
     server_frame(OP_TEXT, &json)
 }
 
+/// `msg` frame, the one frame the dispatcher encodes per published event and every
+/// subscriber shares:
+/// `{"op":"msg","topic":T,"seq":N,"ts":N,"data":D}`. `topic` needs no escaping (validated
+/// charset) and `data` is already JSON. One allocation; the header is written in front of the
+/// payload once its length is known.
+pub fn msg(topic: &str, seq: u64, ts: u64, data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + 64 + topic.len() + data.len());
+    buf.resize(MAX_SERVER_HEADER, 0);
+    buf.extend_from_slice(b"{\"op\":\"msg\",\"topic\":\"");
+    buf.extend_from_slice(topic.as_bytes());
+    // Writing integers into a Vec cannot fail.
+    let _ = write!(buf, "\",\"seq\":{seq},\"ts\":{ts},\"data\":");
+    buf.extend_from_slice(data);
+    buf.push(b'}');
+    let len = buf.len() - MAX_SERVER_HEADER;
+    let mut head = [0u8; MAX_SERVER_HEADER];
+    let n = encode_header(OP_TEXT, len, &mut head);
+    let start = MAX_SERVER_HEADER - n;
+    buf[start..MAX_SERVER_HEADER].copy_from_slice(&head[..n]);
+    Bytes::from(buf).slice(start..)
+}
+
 /// `welcome` frame, sent once after the handshake.
 pub fn welcome(
     conn: &str,
@@ -211,6 +236,29 @@ pub mod reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn msg_frame_is_a_text_frame_of_the_documented_json() {
+        let f = msg(
+            "book.BTCUSD",
+            42,
+            1_700_000_000_000_000,
+            br#"{"b":[["1","2"]]}"#,
+        );
+        let json = br#"{"op":"msg","topic":"book.BTCUSD","seq":42,"ts":1700000000000000,"data":{"b":[["1","2"]]}}"#;
+        assert_eq!(f[0], 0x81);
+        assert_eq!(f[1] as usize, json.len());
+        assert_eq!(&f[2..], &json[..]);
+    }
+
+    #[test]
+    fn long_payload_gets_extended_length() {
+        let data = format!("\"{}\"", "x".repeat(300));
+        let f = msg("t", 1, 2, data.as_bytes());
+        assert_eq!(f[1], 126);
+        let len = u16::from_be_bytes([f[2], f[3]]) as usize;
+        assert_eq!(len, f.len() - 4);
+    }
 
     fn parse(s: &str) -> Result<Request, Rejected> {
         parse_request(&mut s.as_bytes().to_vec(), 4)

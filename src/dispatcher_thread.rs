@@ -1,0 +1,140 @@
+//! The dispatcher's thread: everything that runs on the dispatcher core besides the
+//! [`Dispatcher`] itself. Publishers reach it through the TCP ingest ([`crate::ingest`]) and
+//! the in-process event ring; shards through their control rings. Data path:
+//! publisher -> ingest -> **dispatcher** -> ring -> shard.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use corecast_shards::ring::{ControlMsg, RingReceiver, RingSender, ShardMsg};
+
+use crate::dispatcher::Dispatcher;
+use crate::ingest::serve_ingest;
+use crate::publisher::Event;
+use crate::report::{summary_line, SharedStats};
+
+/// Everything the dispatcher thread needs. Built on the main thread, moved to the dispatcher's.
+pub(crate) struct DispatcherSpec {
+    pub(crate) config: crate::dispatcher::DispatcherConfig,
+    pub(crate) rings: Vec<RingSender<ShardMsg>>,
+    pub(crate) controls: Vec<RingReceiver<ControlMsg>>,
+    pub(crate) ingest: std::net::TcpListener,
+    pub(crate) events: RingReceiver<Event>,
+    pub(crate) shutdown: RingReceiver<()>,
+    pub(crate) stats: SharedStats,
+    /// How often idle inputs are looked at.
+    pub(crate) poll: Duration,
+    /// Shortest and longest naps while idle (zero: never nap).
+    pub(crate) naps: (Duration, Duration),
+}
+
+/// The dispatcher thread's main task: starts the ring pumps, the idle napper, one task per
+/// shard's control ring, the in-process event drain, the TCP ingest acceptor and the periodic
+/// summary; on shutdown tells the shards to close and waits (bounded) for their last reports.
+pub(crate) async fn run(spec: DispatcherSpec) {
+    let DispatcherSpec {
+        config,
+        rings,
+        controls,
+        ingest,
+        events,
+        shutdown,
+        stats,
+        poll,
+        naps,
+    } = spec;
+    let summary_every = config.summary_interval_ms;
+    let (dispatcher, pumps) = Dispatcher::new(config, rings);
+    let dispatcher = Rc::new(RefCell::new(dispatcher));
+    for p in pumps {
+        glommio::spawn_local(p.run()).detach();
+    }
+    let activity = dispatcher.borrow().activity.clone();
+    glommio::spawn_local(corecast_shards::idle::nap_when_idle(
+        activity, naps.0, naps.1,
+    ))
+    .detach();
+    let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
+    for rx in controls {
+        let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());
+        let task = async move {
+            while let Some(msg) = rx.recv(poll).await {
+                match msg {
+                    ControlMsg::Report(r) => {
+                        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                        s.update(*r);
+                        s.dispatcher = d.borrow().stats.clone();
+                    }
+                    ControlMsg::Goodbye { .. } => break,
+                    other => d.borrow_mut().on_control(other),
+                }
+            }
+            open.set(open.get() - 1);
+        };
+        glommio::spawn_local(task).detach();
+    }
+    {
+        let d = dispatcher.clone();
+        let task = async move {
+            let mut batch = Vec::with_capacity(1024);
+            while events.recv_batch(&mut batch, 1024, poll).await {
+                {
+                    let mut d = d.borrow_mut();
+                    for event in batch.drain(..) {
+                        if d.publish(event).is_err() {
+                            d.stats.rejected_events += 1;
+                        }
+                    }
+                }
+                corecast_shards::shard::let_the_executor_run().await;
+            }
+        };
+        glommio::spawn_local(task).detach();
+    }
+    let acceptor = {
+        let d = dispatcher.clone();
+        glommio::spawn_local(corecast_shards::socket::accept_polled(
+            ingest,
+            corecast_shards::shard::ACCEPT_POLL,
+            move |stream| {
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(serve_ingest(d.clone(), stream)).detach();
+            },
+        ))
+    };
+    if summary_every > 0 {
+        let stats = stats.clone();
+        glommio::spawn_local(async move {
+            let every = Duration::from_millis(summary_every);
+            let mut last: Option<(Instant, u64, u64)> = None;
+            loop {
+                glommio::timer::sleep(every).await;
+                let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                let totals = s.totals();
+                let now = Instant::now();
+                let rates = last.map(|(t, p, d)| {
+                    let secs = now.duration_since(t).as_secs_f64().max(1e-9);
+                    (
+                        (s.dispatcher.published - p) as f64 / secs,
+                        (totals.counters.deliveries - d) as f64 / secs,
+                    )
+                });
+                last = Some((now, s.dispatcher.published, totals.counters.deliveries));
+                eprintln!("corecast: {}", summary_line(&totals, &s.dispatcher, rates));
+            }
+        })
+        .detach();
+    }
+
+    let _ = shutdown.recv(Duration::from_millis(10)).await;
+    drop(acceptor);
+    dispatcher.borrow_mut().shutdown_shards();
+    // Shards close their clients, report once more, and drop their control rings.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_shards.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    s.dispatcher = dispatcher.borrow().stats.clone();
+}
