@@ -68,18 +68,15 @@ pub struct Conn {
     /// Stamp of the last frame routed here, so a frame matched twice (topic and pattern) is
     /// queued once.
     pub(crate) last_stamp: Cell<u64>,
-    /// In the shard's list of connections to write at the end of this round.
+    /// In the shard's list of connections to write at the end of this round (a mark of
+    /// membership in that list, not a state of the connection).
     pub(crate) dirty: Cell<bool>,
-    /// The socket buffer is full; written again once the readiness loop sees it writable.
-    pub(crate) blocked: Cell<bool>,
-    /// A write failed (peer gone), or the socket is closed: nothing more is written.
-    pub(crate) broken: Cell<bool>,
-    /// The connection is ending: the closing task owns the socket.
-    pub(crate) ending: Cell<bool>,
-    /// The close frame is queued: nothing else may be queued after it.
-    pub(crate) closing: Cell<bool>,
-    /// Close requested by the shard, acted on by the readiness loop.
-    pub(crate) close: Cell<Option<CloseRequest>>,
+    /// Where the connection is in its life; changed only through [`Conn`]'s transition
+    /// methods, forward only.
+    life: Cell<Lifecycle>,
+    /// Whether its socket takes writes; apart from `life` (any phase but `Closed` can be
+    /// blocked).
+    writes: Cell<Writes>,
     /// A subscribe request of this connection waits for the dispatcher: the requests behind
     /// it stay unread (in the reassembler and the socket) until it is acked, so replies come
     /// in request order and each describes the state after the requests before it.
@@ -92,6 +89,50 @@ pub struct Conn {
     pub(crate) last_heard: Cell<Instant>,
     /// Inbound rate limit.
     pub(crate) bucket: RefCell<TokenBucket>,
+}
+
+/// Where a connection is in its life. It only moves forward, and may skip a step:
+/// `Open` -> `CloseRequested` -> `Ending` -> `Closing` -> `Closed`. A client's close or EOF
+/// goes from `Open` straight to `Ending`; a connection whose peer is gone closes without a
+/// close frame (from `Ending` to `Closed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    /// Served by the readiness loop and written by the fan-out round.
+    Open,
+    /// The shard asked for the close (the first request wins); the readiness loop acts on
+    /// it within a pass.
+    CloseRequested(CloseRequest),
+    /// Out of the epoll set: the closing task owns the socket.
+    Ending,
+    /// The close frame is queued: nothing else may be queued after it.
+    Closing,
+    /// The socket is closed: nothing more is written.
+    Closed,
+}
+
+/// Whether a connection's socket takes writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writes {
+    /// Written by the fan-out round and after its own replies.
+    Ready,
+    /// The socket buffer is full: written again once the socket reports room (the readiness
+    /// loop, or the closing task), meanwhile frames queue (drop-oldest) behind it.
+    Blocked,
+    /// A write failed: the peer is gone, nothing more is written.
+    Failed,
+}
+
+/// What [`Conn::flush`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrote {
+    /// Nothing was queued, or the connection does not take writes (blocked, failed, closed).
+    Nothing,
+    /// Everything queued went to the socket.
+    Drained,
+    /// The socket buffer filled: the connection is now blocked.
+    Blocked,
+    /// The write failed: the connection is asked to close.
+    Failed,
 }
 
 /// Why the shard closes a connection of its own accord.
@@ -131,11 +172,8 @@ impl Conn {
             subs: RefCell::default(),
             last_stamp: Cell::new(0),
             dirty: Cell::new(false),
-            blocked: Cell::new(false),
-            broken: Cell::new(false),
-            ending: Cell::new(false),
-            closing: Cell::new(false),
-            close: Cell::new(None),
+            life: Cell::new(Lifecycle::Open),
+            writes: Cell::new(Writes::Ready),
             awaiting: Cell::new(false),
             refused_message: Cell::new(false),
             last_heard: Cell::new(now),
@@ -143,19 +181,64 @@ impl Conn {
         }
     }
 
+    /// Where the connection is in its life.
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.life.get()
+    }
+
     /// Asks for the connection to be closed; the readiness loop acts on it within a pass.
-    /// The first request wins.
+    /// The first request wins; a connection already ending ignores it.
     pub(crate) fn request_close(&self, host: &impl Host, why: CloseRequest) {
-        if self.close.get().is_none() {
-            self.close.set(Some(why));
+        if self.life.get() == Lifecycle::Open {
+            self.life.set(Lifecycle::CloseRequested(why));
             host.readiness().ask_close(self.id);
+        }
+    }
+
+    /// `Open` or `CloseRequested` -> `Ending`: true if this call made the move (the caller
+    /// then owns the ending), false if the connection was already ending.
+    pub(crate) fn begin_ending(&self) -> bool {
+        match self.life.get() {
+            Lifecycle::Open | Lifecycle::CloseRequested(_) => {
+                self.life.set(Lifecycle::Ending);
+                true
+            }
+            Lifecycle::Ending | Lifecycle::Closing | Lifecycle::Closed => false,
+        }
+    }
+
+    /// `Ending` -> `Closing`: the close frame is about to be queued, the last frame.
+    pub(crate) fn begin_closing(&self) {
+        debug_assert_eq!(self.life.get(), Lifecycle::Ending);
+        self.life.set(Lifecycle::Closing);
+    }
+
+    /// -> `Closed`: the socket is closed; nothing may be written any more.
+    pub(crate) fn closed(&self) {
+        self.life.set(Lifecycle::Closed);
+    }
+
+    /// True when a write failed or the socket is closed: nothing more will be written.
+    pub(crate) fn write_failed(&self) -> bool {
+        self.writes.get() == Writes::Failed || self.life.get() == Lifecycle::Closed
+    }
+
+    /// True while the socket buffer is full.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.writes.get() == Writes::Blocked
+    }
+
+    /// The socket took the head of the queue after being blocked: writable again.
+    pub(crate) fn unblocked(&self) {
+        if self.writes.get() == Writes::Blocked {
+            self.writes.set(Writes::Ready);
         }
     }
 
     /// Queues a frame of this connection's own; closes the connection if the client lets
     /// them pile up past `max_control_bytes`.
     pub(crate) fn push_own(&self, host: &impl Host, frame: Vec<u8>) {
-        if self.closing.get() {
+        if matches!(self.life.get(), Lifecycle::Closing | Lifecycle::Closed) {
             return;
         }
         let mut out = self.out.borrow_mut();
@@ -166,15 +249,16 @@ impl Conn {
         }
     }
 
-    /// Writes what is queued with one vectored system call (more only past 512 frames).
-    /// Does nothing while blocked: the readiness loop writes again once the socket has room.
-    pub(crate) fn flush(&self, host: &impl Host) {
-        if self.blocked.get() || self.broken.get() {
-            return;
+    /// Writes what is queued with one vectored system call (more only past 512 frames), and
+    /// says what happened. Does nothing while blocked (the readiness loop writes again once
+    /// the socket has room), after a failed write, or once closed.
+    pub(crate) fn flush(&self, host: &impl Host) -> Wrote {
+        if self.writes.get() != Writes::Ready || self.life.get() == Lifecycle::Closed {
+            return Wrote::Nothing;
         }
         let mut out = self.out.borrow_mut();
         if out.is_empty() {
-            return;
+            return Wrote::Nothing;
         }
         let mut m = host.metrics().borrow_mut();
         m.queue_depth.saturating_record(out.published_len() as u64);
@@ -185,26 +269,32 @@ impl Conn {
             crate::socket::send_vectored(fd, iov)
         });
         match result {
-            Ok((state, announced)) => {
+            Ok((Flushed::Drained, announced)) => {
                 m.counters.gap_notices += announced as u64;
-                if state == Flushed::Blocked {
-                    self.blocked.set(true);
-                }
+                Wrote::Drained
+            }
+            Ok((Flushed::Blocked, announced)) => {
+                m.counters.gap_notices += announced as u64;
+                self.writes.set(Writes::Blocked);
+                Wrote::Blocked
             }
             Err(_) => {
                 drop(out);
                 drop(m);
-                self.broken.set(true);
+                self.writes.set(Writes::Failed);
                 self.request_close(host, CloseRequest::WriteFailed);
+                Wrote::Failed
             }
         }
     }
 
     /// Tries a blocked write again (the socket reported room, or a periodic retry).
-    pub(crate) fn retry_blocked(&self, host: &impl Host) {
-        if self.blocked.replace(false) {
-            self.flush(host);
+    pub(crate) fn retry_blocked(&self, host: &impl Host) -> Wrote {
+        if self.writes.get() != Writes::Blocked {
+            return Wrote::Nothing;
         }
+        self.writes.set(Writes::Ready);
+        self.flush(host)
     }
 
     /// True while a subscribe of this connection waits for the dispatcher: its later frames

@@ -36,7 +36,7 @@ impl Ending {
 /// Ends an open connection: out of the epoll set, and a closing task takes its socket.
 /// Does nothing if it is already ending.
 pub(crate) fn end_conn(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, ending: Ending) {
-    if conn.ending.replace(true) {
+    if !conn.begin_ending() {
         return;
     }
     ctx.readiness.remove(conn.fd);
@@ -51,7 +51,7 @@ pub(crate) fn end_conn(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, ending: Ending) {
         let mut stream = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
         finish(&ctx, &conn, &mut stream, ending).await;
         // The fd closes with `stream`: nothing may write to it afterwards.
-        conn.broken.set(true);
+        conn.closed();
         ctx.unregister(&conn);
     })
     .detach();
@@ -65,12 +65,12 @@ fn poll_blocked_write(
     stream: &mut TcpStream,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), ()>> {
-    while conn.blocked.get() {
+    while conn.is_blocked() {
         let mut out = conn.out.borrow_mut();
         let announced = out.announce_gaps();
         ctx.metrics.borrow_mut().counters.gap_notices += announced as u64;
         let Some(head) = out.head() else {
-            conn.blocked.set(false);
+            conn.unblocked();
             break;
         };
         match Pin::new(&mut *stream).poll_write(cx, head) {
@@ -79,7 +79,7 @@ fn poll_blocked_write(
             Poll::Ready(Ok(n)) => {
                 out.consume(n);
                 drop(out);
-                conn.blocked.set(false);
+                conn.unblocked();
                 conn.flush(ctx);
             }
         }
@@ -100,10 +100,10 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
         }
     }
     ctx.tell_dispatcher(to_dispatcher);
-    conn.closing.set(true);
+    conn.begin_closing();
     let closing = match ending {
         Ending::Gone => None,
-        _ if conn.broken.get() => None,
+        _ if conn.write_failed() => None,
         // RFC 6455 5.5.1: echo the client's code; an empty close is answered with an empty one.
         Ending::ClientClosed(Some(code)) => Some(crate::frame::close_frame(code, "")),
         Ending::ClientClosed(None) => Some(crate::frame::server_frame(crate::frame::OP_CLOSE, b"")),
@@ -116,7 +116,7 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
             conn.flush(ctx);
             match poll_blocked_write(ctx, conn, stream, cx) {
                 Poll::Ready(Err(())) => Poll::Ready(()),
-                _ if conn.broken.get() || conn.out.borrow().is_empty() => Poll::Ready(()),
+                _ if conn.write_failed() || conn.out.borrow().is_empty() => Poll::Ready(()),
                 _ => Poll::Pending,
             }
         });

@@ -6,7 +6,7 @@
 use std::io;
 use std::rc::Rc;
 
-use crate::connection::Conn;
+use crate::connection::{Conn, Lifecycle};
 use crate::ctx::ShardCtx;
 use crate::ending::{end_conn, Ending};
 use crate::readiness::Ready;
@@ -26,7 +26,7 @@ pub(crate) async fn serve_open(ctx: Rc<ShardCtx>) {
         ctx.readiness.take_closing(&mut closing);
         for id in closing.drain(..) {
             if let Some(conn) = ctx.conn(id) {
-                if let Some(why) = conn.close.get() {
+                if let Lifecycle::CloseRequested(why) = conn.lifecycle() {
                     end_conn(&ctx, &conn, Ending::requested(why));
                 }
             }
@@ -48,10 +48,12 @@ pub(crate) async fn serve_open(ctx: Rc<ShardCtx>) {
 }
 
 fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
-    if conn.ending.get() {
-        return;
-    }
-    if let Some(why) = conn.close.get() {
+    let why = match conn.lifecycle() {
+        Lifecycle::Open => None,
+        Lifecycle::CloseRequested(why) => Some(why),
+        Lifecycle::Ending | Lifecycle::Closing | Lifecycle::Closed => return,
+    };
+    if let Some(why) = why {
         return end_conn(ctx, conn, Ending::requested(why));
     }
     if r.write {
