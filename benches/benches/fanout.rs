@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use corecast_benches::{table_with, trade_frame, BOUNDS};
+use corecast_benches::{table_with, table_with_patterns, trade_frame, BOUNDS};
 use corecast_shards::queue::{Bounds, Outbound};
 use corecast_shards::ratelimit::{Limits, TokenBucket};
 
@@ -32,6 +32,40 @@ fn fanout_per_subscriber(c: &mut Criterion) {
                 }
             })
         });
+    }
+    g.finish();
+}
+
+/// Routing cost against the number of live patterns on the shard: a frame looks up each of
+/// its topic's covering prefixes (`trades` for `trades.BTCUSD`) in a hash map, never scans
+/// the patterns, so 10,000 unrelated patterns should cost what none do.
+fn route_with_patterns(c: &mut Criterion) {
+    let mut g = c.benchmark_group("patterns");
+    g.throughput(Throughput::Elements(1));
+    for others in [0usize, 100, 10_000] {
+        g.bench_with_input(
+            BenchmarkId::new("route_one_frame", others),
+            &others,
+            |b, &others| {
+                let (mut table, receivers) = table_with_patterns(others);
+                let mut seq = 0u64;
+                b.iter(|| {
+                    seq += 1;
+                    let f = Rc::new(trade_frame(seq));
+                    let mut reached = 0;
+                    table.route(&f, |s, _| {
+                        reached += 1;
+                        s.borrow_mut().push_published(f.clone(), &BOUNDS);
+                    });
+                    assert_eq!(reached, 2);
+                    for s in &receivers {
+                        let _ = s
+                            .borrow_mut()
+                            .flush(|iov| Ok::<usize, io::Error>(iov.iter().map(|s| s.len()).sum()));
+                    }
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -69,6 +103,7 @@ fn token_bucket(c: &mut Criterion) {
 criterion_group!(
     benches,
     fanout_per_subscriber,
+    route_with_patterns,
     drop_oldest_queue,
     token_bucket
 );

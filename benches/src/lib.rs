@@ -11,7 +11,7 @@ use std::time::Instant;
 use corecast_shards::protocol::msg as encode_msg;
 use corecast_shards::queue::{Bounds, Outbound};
 use corecast_shards::ring::{Frame, Interest};
-use corecast_shards::table::Table;
+use corecast_shards::table::{Table, ToDispatcher};
 
 /// One order-book delta as a publisher sends it.
 pub const BOOK_LINE: &str = r#"{"topic":"book.BTCUSD","data":{"symbol":"BTCUSD","bids":[["43210.50","1.2000"]],"asks":[["43211.00","0.0000"]]},"ts":1700000000000000}"#;
@@ -54,4 +54,38 @@ pub fn table_with(n: usize) -> (Table<RefCell<Outbound>>, Vec<Queue>) {
     let done = t.on_subscribed(&topic, 1, 0);
     assert_eq!(done.len(), n);
     (t, subs)
+}
+
+/// A table with one subscriber on [`TOPIC`], one on the pattern `trades.*` that covers it,
+/// and `others` more on patterns that do not (`p0.*`, `p1.*`, ...), all live: routing a frame
+/// of [`TOPIC`] reaches two queues whatever `others` is. Returns the two queues that receive.
+pub fn table_with_patterns(others: usize) -> (Table<RefCell<Outbound>>, Vec<Queue>) {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let receivers: Vec<Queue> = (0..2)
+        .map(|_| Rc::new(RefCell::new(Outbound::default())))
+        .collect();
+    let mut subscribe = |t: &mut Table<RefCell<Outbound>>, q: Queue, i: Interest| {
+        t.subscribe(q, None, vec![(i, true)], &mut out);
+        for m in out.drain(..) {
+            if let ToDispatcher::Subscribe { interest, nonce } = m {
+                t.on_subscribed(&interest, nonce, 0);
+            }
+        }
+    };
+    subscribe(
+        &mut t,
+        receivers[0].clone(),
+        Interest::Topic(Arc::from(TOPIC)),
+    );
+    subscribe(
+        &mut t,
+        receivers[1].clone(),
+        Interest::Prefix(Arc::from("trades")),
+    );
+    for k in 0..others {
+        let q = Rc::new(RefCell::new(Outbound::default()));
+        subscribe(&mut t, q, Interest::Prefix(Arc::from(format!("p{k}"))));
+    }
+    (t, receivers)
 }
