@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Does loadgen measure the server, not itself? Alternating pairs of runs against a fresh
-# `corecast serve` each time: loadgen fanout (its own clients), then the independent minimal
+# `corecast serve` each time: loadgen fanout (its own clients) and the independent minimal
 # reader (benches/src/bin/minreader.rs) with loadgen publishing only (--connections 0), same
-# workload. Prints each pair's delivered/s, p50 and p99 from both instruments, the ratios
+# workload, the order swapped from one pair to the next. Prints each pair's delivered/s, p50 and p99 from both instruments, the ratios
 # loadgen/reader, and their medians (docs/benchmarks.md, "Does loadgen agree with an
 # independent reader?"). Loopback only; every run is bounded by its duration.
 #
@@ -43,22 +43,32 @@ stop() {
   sleep 2
 }
 
-for p in $(seq "$pairs"); do
+# One side of pair $1: loadgen with its own clients, or minreader with loadgen publishing only.
+run_loadgen() {
   serve
   "$bin/loadgen" fanout --connections "$conns" --topics "$topics" --rate "$rate" \
     --payload-bytes 100 --duration "${secs}s" --server-pid "$srv" \
-    --json "$out/$bench-$p-loadgen.json" > "$out/$bench-$p-loadgen.txt" 2>&1 || true
+    --json "$out/$bench-$1-loadgen.json" > "$out/$bench-$1-loadgen.txt" 2>&1 || true
   stop
+}
+
+run_reader() {
   serve
   "$bin/minreader" --connections "$conns" --topics "$topics" --duration-secs "$secs" --pongs 1 \
-    > "$out/$bench-$p-reader.json" 2> "$out/$bench-$p-reader.err" &
+    > "$out/$bench-$1-reader.json" 2> "$out/$bench-$1-reader.err" &
   reader=$!
-  until grep -q subscribed "$out/$bench-$p-reader.err" 2>/dev/null; do sleep 0.2; done
+  until grep -q subscribed "$out/$bench-$1-reader.err" 2>/dev/null; do sleep 0.2; done
   sleep 2
   "$bin/loadgen" fanout --connections 0 --topics "$topics" --rate "$rate" \
-    --payload-bytes 100 --duration "${secs}s" > "$out/$bench-$p-publisher.txt" 2>&1 || true
+    --payload-bytes 100 --duration "${secs}s" > "$out/$bench-$1-publisher.txt" 2>&1 || true
   wait "$reader"
   stop
+}
+
+# The second run of a pair tends to be slower whichever it is (docs/benchmarks.md, "The
+# shard's rooms rearranged"): odd pairs run loadgen first, even pairs minreader first.
+for p in $(seq "$pairs"); do
+  if [ $((p % 2)) = 1 ]; then run_loadgen "$p"; run_reader "$p"; else run_reader "$p"; run_loadgen "$p"; fi
 done
 
 python3 - "$bench" "$pairs" "$out" <<'PY'
