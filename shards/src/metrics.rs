@@ -26,6 +26,9 @@ pub struct Counters {
     pub shard_gaps: u64,
     /// Frames older than what the shard had (left over from an earlier subscription).
     pub stale_frames: u64,
+    /// Frames no subscriber on the shard wanted (the dispatcher's routes lag an unsubscribe by
+    /// one ring hop).
+    pub unrouted_frames: u64,
     /// Frames that reached the shard older than `queue_max_age_ms`: skipped, announced as gaps.
     pub late_frames: u64,
     /// Inbound frames refused by the rate limit.
@@ -51,6 +54,7 @@ impl Counters {
         self.gap_notices += o.gap_notices;
         self.shard_gaps += o.shard_gaps;
         self.stale_frames += o.stale_frames;
+        self.unrouted_frames += o.unrouted_frames;
         self.late_frames += o.late_frames;
         self.rate_limited += o.rate_limited;
         self.protocol_errors += o.protocol_errors;

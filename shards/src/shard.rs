@@ -376,8 +376,10 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     m.counters.dropped += dropped;
     m.counters.gap_notices += notices;
     m.counters.shard_gaps += u64::from(shard_gap);
-    if routed == Routed::Stale {
-        m.counters.stale_frames += 1;
+    match routed {
+        Routed::Stale => m.counters.stale_frames += 1,
+        Routed::Unrouted => m.counters.unrouted_frames += 1,
+        Routed::Delivered(_) => {}
     }
 }
 
