@@ -76,6 +76,9 @@ pub struct Live {
     pub tids: Vec<AtomicU64>,
     /// Per reader thread, its share of [`Live::tail_pending`] (`u64::MAX` until counted).
     pending: Vec<AtomicU64>,
+    /// Per topic, the lowest sequence any connection's first `ack` reported, of all reader
+    /// threads: the topic's sequence before the run published anything.
+    base: Mutex<Vec<Option<u64>>>,
     /// Slow connections read at their limited rate while set; cleared to let them drain.
     pub throttle_slow: AtomicBool,
     /// Latency (µs) recorded since the last [`Live::take_interval`], merged in every 200 ms.
@@ -105,6 +108,7 @@ impl Live {
             published: Mutex::new(None),
             tids: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             pending: (0..threads).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            base: Mutex::new(Vec::new()),
             throttle_slow: AtomicBool::new(true),
             interval: Mutex::new(latency_histogram()),
         }
@@ -124,6 +128,26 @@ impl Live {
             sum += v;
         }
         sum
+    }
+
+    /// Notes what a connection's first `ack` said of its topics (`(topic, next expected)`):
+    /// each topic's base is the lowest `next - 1` seen by any reader.
+    fn note_base(&self, topics: usize, subs: &[(u32, u64)]) {
+        let mut base = self.base.lock().expect("not poisoned");
+        if base.len() < topics {
+            base.resize(topics, None);
+        }
+        for &(t, next) in subs {
+            if next > 0 {
+                let b = &mut base[t as usize];
+                *b = Some(b.map_or(next - 1, |b| b.min(next - 1)));
+            }
+        }
+    }
+
+    /// Per topic, its sequence before the run (`None` where no `ack` said it yet).
+    pub fn base(&self) -> Vec<Option<u64>> {
+        self.base.lock().expect("not poisoned").clone()
     }
 
     /// The latency recorded since the previous call (lags the clients by up to 200 ms).
@@ -204,8 +228,6 @@ pub struct Finished {
     report: ClientReport,
     /// Connections open and acked at the end.
     open: Vec<StreamEnd>,
-    /// Per topic, the sequence the first `ack` reported (before anything was published).
-    base: Vec<Option<u64>>,
     /// Per topic, the highest sequence any of this thread's connections saw (open or not).
     seen: Vec<u64>,
     /// Connections owned, and those still waiting to be retried.
@@ -294,8 +316,9 @@ struct Clients<'a> {
     last_handshake: Option<Instant>,
     /// Connections that still had data when their turn ended.
     again: Vec<usize>,
-    /// Per topic, the sequence the first `ack` reported (before anything was published).
-    base: Vec<Option<u64>>,
+    /// This thread's share of `--connect-rate` (0: unlimited) and `--max-in-flight`.
+    connect_rate: u32,
+    max_in_flight: usize,
 }
 
 /// A handshake not answered within this is failed (and retried).
@@ -342,7 +365,9 @@ pub fn run(
         in_flight: 0,
         last_handshake: None,
         again: Vec::new(),
-        base: vec![None; plan.topics.len()],
+        // The plan's limits hold for all readers together.
+        connect_rate: plan.connect_rate.div_ceil(part.of.max(1) as u32),
+        max_in_flight: plan.max_in_flight.div_ceil(part.of.max(1)).max(1),
     };
     let mut events = Events::with_capacity(4096);
     let started = Instant::now();
@@ -414,13 +439,12 @@ impl Clients<'_> {
         } else {
             self.conns.len()
         };
-        let allowed = if self.plan.connect_rate == 0 {
+        let allowed = if self.connect_rate == 0 {
             n
         } else {
-            ((started.elapsed().as_secs_f64() * f64::from(self.plan.connect_rate)) as usize + 1)
-                .min(n)
+            ((started.elapsed().as_secs_f64() * f64::from(self.connect_rate)) as usize + 1).min(n)
         };
-        while self.conns.len() < allowed && self.in_flight < self.plan.max_in_flight {
+        while self.conns.len() < allowed && self.in_flight < self.max_in_flight {
             let i = self.conns.len();
             let g = self.owned[i];
             let mut stream = open(self.plan, g).map_err(|e| {
@@ -446,7 +470,7 @@ impl Clients<'_> {
             });
             self.in_flight += 1;
         }
-        while self.in_flight < self.plan.max_in_flight {
+        while self.in_flight < self.max_in_flight {
             let Some(i) = self.to_retry.pop() else { break };
             if self.retries_left == 0 {
                 self.report.connect_failures += 1;
@@ -760,12 +784,7 @@ impl Clients<'_> {
                             self.acked_here += 1;
                             self.live.acked.fetch_add(1, Ordering::Relaxed);
                             // Each topic's sequence before this run published anything.
-                            for &(t, next) in &c.subs {
-                                let base = &mut self.base[t as usize];
-                                if base.is_none() && next > 0 {
-                                    *base = Some(next - 1);
-                                }
-                            }
+                            self.live.note_base(self.plan.topics.len(), &c.subs);
                         }
                         Seen::Other => {}
                     }
@@ -792,7 +811,8 @@ impl Clients<'_> {
         let published = self.live.published.lock().expect("not poisoned");
         let published = published.as_ref()?;
         Some(
-            self.base
+            self.live
+                .base()
                 .iter()
                 .zip(published)
                 .map(|(base, p)| base.map(|b| b + p))
@@ -835,7 +855,6 @@ impl Clients<'_> {
         Finished {
             open,
             seen,
-            base: self.base,
             owned: self.owned.len() as u64,
             unretried: self.to_retry.len() as u64,
             first_opened: self.conns.first().map(|c| c.first_opened_at),
@@ -848,23 +867,24 @@ impl Clients<'_> {
 /// Joins what the reader threads saw into one report. The end of each topic's stream is the
 /// highest sequence any connection of any thread saw (open at the end or not), and no less than the topic's sequence
 /// before the run plus what the publisher sent on it (`published`, when known); every open
-/// subscription short of it counts as `tail_missing`.
-pub fn merge(parts: Vec<Finished>, published: Option<&[u64]>) -> ClientReport {
+/// subscription short of it counts as `tail_missing`. `base` is each topic's sequence before
+/// the run ([`Live::base`]).
+pub fn merge(
+    parts: Vec<Finished>,
+    published: Option<&[u64]>,
+    base: &[Option<u64>],
+) -> ClientReport {
     let mut report = ClientReport::empty();
-    let topics = parts.iter().map(|p| p.base.len()).max().unwrap_or(0);
-    let mut base = vec![None; topics];
+    let topics = parts.iter().map(|p| p.seen.len()).max().unwrap_or(0);
     let mut last = vec![0u64; topics];
     for p in &parts {
-        for (t, b) in p.base.iter().enumerate() {
-            base[t] = base[t].or(*b);
-        }
         for (t, &seen) in p.seen.iter().enumerate() {
             last[t] = last[t].max(seen);
         }
     }
     if let Some(published) = published {
         for (t, l) in last.iter_mut().enumerate() {
-            if let (Some(b), Some(p)) = (base[t], published.get(t)) {
+            if let (Some(&Some(b)), Some(p)) = (base.get(t), published.get(t)) {
                 *l = (*l).max(b + p);
             }
         }
@@ -979,7 +999,6 @@ mod tests {
         Finished {
             report,
             open,
-            base: vec![Some(0), None, Some(0)],
             seen,
             owned: members.len() as u64,
             unretried: 0,
@@ -993,14 +1012,15 @@ mod tests {
         let t = trace();
         let all: Vec<usize> = (0..t.len()).collect();
         let published = [110u64, 0, 0];
-        let one = merge(vec![part(&t, &all)], Some(&published));
+        let base = [Some(0), None, Some(0)];
+        let one = merge(vec![part(&t, &all)], Some(&published), &base);
         let split = |of: usize| {
             (0..of)
                 .map(|index| part(&t, &Part { index, of }.owned(t.len())))
                 .collect::<Vec<_>>()
         };
         for of in [2, 3] {
-            let many = merge(split(of), Some(&published));
+            let many = merge(split(of), Some(&published), &base);
             assert_eq!(many.connections_ok, one.connections_ok);
             assert_eq!(many.connect_failures, one.connect_failures);
             assert_eq!(many.unexpected_disconnects, one.unexpected_disconnects);
@@ -1045,6 +1065,15 @@ mod tests {
             .filter(|(topic, _)| *topic != 0)
             .map(|&(topic, next)| last[topic as usize] - (next - 1))
             .sum()
+    }
+
+    #[test]
+    fn a_topic_base_is_the_lowest_any_reader_acked() {
+        let live = Live::new(2);
+        live.note_base(3, &[(0, 5), (1, 0)]);
+        live.note_base(3, &[(0, 3)]);
+        live.note_base(3, &[(0, 9), (2, 1)]);
+        assert_eq!(live.base(), [Some(2), None, Some(0)]);
     }
 
     #[test]

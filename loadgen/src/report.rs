@@ -182,7 +182,7 @@ impl RunReport {
         if let Some(stalls) = self.host_stalls.as_ref().filter(|s| !s.is_empty()) {
             let _ = writeln!(
                 s,
-                "loadgen: the host stopped a CPU {} time(s) (nothing ran on it, server and loadgen alike; such spells set the tail): {}{}",
+                "loadgen: a CPU ran nothing for a spell {} time(s) (not even loadgen's real-time watcher: the host took it, or the kernel held it; server and loadgen stop alike, and such spells set the tail): {}{}",
                 stalls.len(),
                 stalls[..stalls.len().min(5)].join("; "),
                 if stalls.len() > 5 { "; ... (all in the JSON)" } else { "" }

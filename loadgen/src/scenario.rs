@@ -176,7 +176,11 @@ impl ClientThread {
             );
         }
         let published = self.live.published.lock().expect("not poisoned").clone();
-        Ok(client::merge(parts, published.as_deref()))
+        Ok(client::merge(
+            parts,
+            published.as_deref(),
+            &self.live.base(),
+        ))
     }
 }
 

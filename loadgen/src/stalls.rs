@@ -5,10 +5,11 @@
 //! pinned there, a server's shard included, stops or crawls, and every reader sees the same
 //! late burst afterwards. Such a tail belongs to the host, not to the server or to loadgen,
 //! and a report has to say so. One watcher thread per CPU loadgen may run on, pinned to it at
-//! real-time priority (SCHED_FIFO 1, ahead of every ordinary thread, the polling server
-//! threads included), sleeps [`PERIOD`] at a time. A sleep that ends more than [`PIECE`] late
-//! means nothing on that CPU ran meanwhile (softirq work, which a real-time thread cannot
-//! preempt, runs at most 2 ms at a time before the kernel hands it to `ksoftirqd`). Missing
+//! real-time priority (SCHED_FIFO 2: ahead of every ordinary thread, the polling server
+//! threads included, and of loadgen's own publisher at SCHED_FIFO 1), sleeps [`PERIOD`] at a
+//! time. A sleep that ends more than [`PIECE`] late means the watcher could not run: the host
+//! took the CPU, or the kernel held it in a section nothing preempts (softirq work runs at most
+//! 2 ms at a time before the kernel hands it to `ksoftirqd`). Missing
 //! pieces less than [`MERGE`] apart make one spell; spells missing at least [`REPORTED`] are
 //! reported. Without the right to real-time priority the watch does not run (an ordinary
 //! thread is also late whenever the CPU is merely busy, and would report that).
@@ -106,7 +107,7 @@ impl Drop for StallWatch {
     }
 }
 
-/// One watcher: pinned to `cpu`, SCHED_FIFO 1, until `stop`. `None` if it could not be set
+/// One watcher: pinned to `cpu`, SCHED_FIFO 2, until `stop`. `None` if it could not be set
 /// up that way.
 fn watch(cpu: usize, started: Instant, stop: &AtomicBool) -> Option<Vec<Stall>> {
     // SAFETY: these calls change only the calling thread's affinity, scheduling class and
@@ -117,7 +118,7 @@ fn watch(cpu: usize, started: Instant, stop: &AtomicBool) -> Option<Vec<Stall>> 
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return None;
         }
-        let param = libc::sched_param { sched_priority: 1 };
+        let param = libc::sched_param { sched_priority: 2 };
         if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
             return None;
         }
@@ -187,7 +188,7 @@ mod tests {
             let pinned = unsafe {
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
                 libc::CPU_SET(cpu, &mut set);
-                let param = libc::sched_param { sched_priority: 2 };
+                let param = libc::sched_param { sched_priority: 3 };
                 libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
                     && libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0
             };

@@ -167,7 +167,18 @@ impl Outbound {
     }
 
     /// Removes every queued published frame for which `keep` says false (after an unsubscribe).
-    pub fn retain_published(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    /// Pending gaps of the topics kept are put in place first, in front of the first published
+    /// frame still queued: that frame may be one about to go, and a notice queued behind it
+    /// (for later sequences) must not end up ahead of them. Returns how many gap notices were
+    /// put in place.
+    pub fn retain_published(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        if let Some(gaps) = &mut self.gaps {
+            gaps.retain(|g| keep(&g.topic));
+            if gaps.is_empty() {
+                self.gaps = None;
+            }
+        }
+        let placed = self.announce_gaps();
         let mut index = 0usize;
         self.chunks.retain(|c| {
             let first = index == 0;
@@ -181,12 +192,7 @@ impl Outbound {
                 _ => true,
             }
         });
-        if let Some(gaps) = &mut self.gaps {
-            gaps.retain(|g| keep(&g.topic));
-            if gaps.is_empty() {
-                self.gaps = None;
-            }
-        }
+        placed
     }
 
     /// Position of the oldest published frame that may be dropped (a partly written head
@@ -496,6 +502,28 @@ mod tests {
         expected.extend(protocol::gap("t", 3, 4, protocol::reason::SHARD_OVERFLOW));
         expected.extend([b'x'; 30]);
         assert_eq!(drain(&mut q), expected, "1-2 gap, 3-4 notice, frames 5-7");
+    }
+
+    #[test]
+    fn an_unsubscribe_does_not_move_a_pending_gap_behind_a_later_notice() {
+        // Bound of 2: [t1, u1]; the shard then queues its notice that t:2-3 never reached it
+        // and t4, which drops t1 (u1 now stands where t1 was, so the gap waits). The client
+        // unsubscribes from u: u1 goes, and the gap for t:1 must still precede t:2-3.
+        let (t, u): (Arc<str>, Arc<str>) = ("t".into(), "u".into());
+        let two = Bounds {
+            max_messages: 2,
+            ..B
+        };
+        let mut q = Outbound::default();
+        q.push_published(frame(&t, 1, 10), &two);
+        q.push_published(frame(&u, 1, 10), &two);
+        q.push_notice("t", 2, 3, protocol::reason::SHARD_OVERFLOW);
+        q.push_published(frame(&t, 4, 10), &two);
+        assert_eq!(q.retain_published(|topic| topic != "u"), 1);
+        let mut expected = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
+        expected.extend(protocol::gap("t", 2, 3, protocol::reason::SHARD_OVERFLOW));
+        expected.extend([b'x'; 10]);
+        assert_eq!(drain(&mut q), expected);
     }
 
     #[test]

@@ -255,7 +255,8 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 }
             }
             ctx.tell_dispatcher(to_dispatcher);
-            conn.out.borrow_mut().retain_published(|t| conn.covers(t));
+            let placed = conn.out.borrow_mut().retain_published(|t| conn.covers(t));
+            ctx.metrics.borrow_mut().counters.gap_notices += placed as u64;
             conn.push_own(ctx, ack_frame(id, &acked));
         }
     }
