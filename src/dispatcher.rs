@@ -144,7 +144,7 @@ pub struct Dispatcher {
     config: DispatcherConfig,
     pub stats: DispatcherStats,
     /// Bumped by every publish and control message; the napper watches it.
-    pub activity: Rc<corecast_shards::idle::Activity>,
+    pub activity: Rc<corecast_shards::executor::Activity>,
 }
 
 impl Dispatcher {

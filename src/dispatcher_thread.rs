@@ -51,7 +51,7 @@ pub(crate) async fn run(spec: DispatcherSpec) {
         glommio::spawn_local(p.run()).detach();
     }
     let activity = dispatcher.borrow().activity.clone();
-    glommio::spawn_local(corecast_shards::idle::nap_when_idle(
+    glommio::spawn_local(corecast_shards::executor::nap_when_idle(
         activity, naps.0, naps.1,
     ))
     .detach();
@@ -87,7 +87,7 @@ pub(crate) async fn run(spec: DispatcherSpec) {
                         }
                     }
                 }
-                corecast_shards::shard::let_the_executor_run().await;
+                corecast_shards::executor::let_the_executor_run().await;
             }
         };
         glommio::spawn_local(task).detach();
@@ -96,7 +96,7 @@ pub(crate) async fn run(spec: DispatcherSpec) {
         let d = dispatcher.clone();
         glommio::spawn_local(corecast_shards::socket::accept_polled(
             ingest,
-            corecast_shards::shard::ACCEPT_POLL,
+            corecast_shards::executor::ACCEPT_POLL,
             move |stream| {
                 let _ = stream.set_nodelay(true);
                 glommio::spawn_local(serve_ingest(d.clone(), stream)).detach();

@@ -54,7 +54,7 @@ pub(crate) async fn serve_ingest(dispatcher: Rc<RefCell<Dispatcher>>, mut stream
         // A publisher that never pauses would otherwise keep the dispatcher to itself (reads
         // complete at once while data waits): the pumps, the shards' requests and the other
         // publishers get their pass.
-        corecast_shards::shard::let_the_executor_run().await;
+        corecast_shards::executor::let_the_executor_run().await;
     }
 }
 

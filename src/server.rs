@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use corecast_shards::ring::{self, ControlMsg, RingSender, ShardMsg};
@@ -187,10 +187,7 @@ impl Server {
             poll: config.shard.ring_poll(),
             naps: config.shard.idle_naps(),
         };
-        let dispatcher = LocalExecutorBuilder::new(placement)
-            .name("dispatcher")
-            .io_memory(256 << 10)
-            .spin_before_park(corecast_shards::shard::NEVER_PARK)
+        let dispatcher = corecast_shards::executor::builder("dispatcher", placement)
             .spawn(move || crate::dispatcher_thread::run(spec))
             .map_err(|e| StartError::Executor {
                 what: "dispatcher".into(),

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use corecast_shards::executor::NEVER_PARK;
 use corecast_shards::ring::ring;
-use corecast_shards::shard::NEVER_PARK;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 

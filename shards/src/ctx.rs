@@ -53,7 +53,7 @@ pub(crate) struct ShardCtx {
     /// Counter of frames routed, for per-connection deduplication.
     pub(crate) stamp: Cell<u64>,
     /// Bumped by every ring round and client read; the napper watches it.
-    pub(crate) activity: Rc<crate::idle::Activity>,
+    pub(crate) activity: Rc<crate::executor::Activity>,
     /// Set once shutdown began; the acceptor stops and new connections are refused.
     pub(crate) shutting_down: Cell<bool>,
 }

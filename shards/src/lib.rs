@@ -31,16 +31,16 @@
 //! Protocol pieces, pure and testable alone: [`topic`] (names and patterns), [`handshake`]
 //! (HTTP upgrade), [`frame`] (RFC 6455 framing), [`inbound`] (reassembly), [`protocol`]
 //! (client JSON messages, error codes), [`close`] (close codes), [`ratelimit`] (token bucket).
-//! Configuration: [`config`]; probes: [`metrics`]; napping while idle: [`idle`].
+//! Configuration: [`config`]; probes: [`metrics`]; executor policy (never park, polling, naps, fairness): [`executor`].
 
 pub mod close;
 pub mod config;
 pub mod connection;
 mod ctx;
 mod ending;
+pub mod executor;
 pub mod frame;
 pub mod handshake;
-pub mod idle;
 pub mod inbound;
 pub mod metrics;
 mod open;

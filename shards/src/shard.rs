@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 
 use crate::config::ShardConfig;
 use crate::connection::{CloseRequest, Conn};
@@ -47,21 +47,10 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         Some(core) => Placement::Fixed(core),
         None => Placement::Unbound,
     };
-    LocalExecutorBuilder::new(placement)
-        .name(&format!("shard-{}", spec.id))
-        // No file I/O here: a small registered buffer keeps locked memory low.
-        .io_memory(256 << 10)
-        .spin_before_park(NEVER_PARK)
+    crate::executor::builder(&format!("shard-{}", spec.id), placement)
         .spawn(move || run(spec))
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
-
-/// Executors never park: glommio 0.9 parks by making one io_uring poll another io_uring's fd,
-/// and on the kernels measured here (6.x) that poll does not reliably fire, so a parked executor
-/// can miss socket readiness, timers and wake-ups for seconds or for good (glommio issues #326
-/// and #547 describe the same hang). Each shard and the dispatcher poll their core instead, as
-/// a poll-mode server on a dedicated host does. (A year stands for "never".)
-pub const NEVER_PARK: Duration = Duration::from_secs(365 * 24 * 3600);
 
 async fn run(spec: ShardSpec) {
     let readiness = match crate::readiness::Readiness::new() {
@@ -109,7 +98,7 @@ async fn run(spec: ShardSpec) {
 
     let acceptor = glommio::spawn_local({
         let ctx = ctx.clone();
-        crate::socket::accept_polled(listener, ACCEPT_POLL, move |stream| {
+        crate::socket::accept_polled(listener, crate::executor::ACCEPT_POLL, move |stream| {
             ctx.metrics.borrow_mut().counters.accepted += 1;
             ctx.activity.bump();
             glommio::spawn_local(crate::upgrade::serve(ctx.clone(), stream)).detach();
@@ -119,7 +108,7 @@ async fn run(spec: ShardSpec) {
     glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     let (nap, nap_max) = ctx.config.idle_naps();
-    glommio::spawn_local(crate::idle::nap_when_idle(
+    glommio::spawn_local(crate::executor::nap_when_idle(
         ctx.activity.clone(),
         nap,
         nap_max,
@@ -155,9 +144,6 @@ impl ShardCtx {
         let _ = self.control.try_send(ControlMsg::Report(Box::new(report)));
     }
 }
-
-/// How often a shard's listener is looked at: the most a new connection waits to be accepted.
-pub const ACCEPT_POLL: Duration = Duration::from_micros(200);
 
 /// Most ring messages handled in one fan-out round.
 const ROUND_LIMIT: usize = 4096;
@@ -230,7 +216,7 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
             received.saturating_duration_since(since) < window
         };
         if hold {
-            let_the_executor_run().await;
+            crate::executor::let_the_executor_run().await;
             continue;
         }
         pending_since = None;
@@ -250,15 +236,8 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
         // the executor a pass (I/O completions, accepts, handshakes, client reads, blocked
         // writes, heartbeats) before the next round, or they starve for as long as the load
         // lasts.
-        let_the_executor_run().await;
+        crate::executor::let_the_executor_run().await;
     }
-}
-
-/// Waits for one pass of the executor's loop: every other ready task and the I/O reactor run
-/// first. A timer is used because a task that merely wakes itself stays in its queue and
-/// can run again before the reactor is polled.
-pub async fn let_the_executor_run() {
-    glommio::timer::sleep(Duration::from_micros(1)).await;
 }
 
 /// Writes every connection touched since the last write, once each.
