@@ -18,7 +18,7 @@ use crate::close;
 use crate::inbound::Reassembler;
 use crate::metrics::ShardMetrics;
 use crate::queue::{Flushed, Outbound};
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{Limits, TokenBucket, Verdict};
 use crate::readiness::Readiness;
 use crate::ring::Interest;
 use crate::topic::covering_prefixes;
@@ -52,11 +52,11 @@ impl<H: Host> Host for Rc<H> {
 /// connection is idle this is all it holds (plus its list of subscriptions).
 pub struct Conn {
     /// Shard-local id, shown to the client as `<shard>-<id>`.
-    pub(crate) id: u64,
+    id: u64,
     /// The socket, for direct reads and writes; valid while the connection is registered.
-    pub(crate) fd: RawFd,
+    fd: RawFd,
     /// Owner of `fd` while the connection is open; taken by the closing task.
-    pub(crate) sock: Cell<Option<OwnedFd>>,
+    sock: Cell<Option<OwnedFd>>,
     /// Frames waiting to be written.
     pub(crate) out: RefCell<Outbound>,
     /// Bytes received and not yet whole messages (no heap memory while none are pending).
@@ -67,10 +67,10 @@ pub struct Conn {
     pub(crate) subs: RefCell<Vec<Interest>>,
     /// Stamp of the last frame routed here, so a frame matched twice (topic and pattern) is
     /// queued once.
-    pub(crate) last_stamp: Cell<u64>,
+    last_stamp: Cell<u64>,
     /// In the shard's list of connections to write at the end of this round (a mark of
     /// membership in that list, not a state of the connection).
-    pub(crate) dirty: Cell<bool>,
+    dirty: Cell<bool>,
     /// Where the connection is in its life; changed only through [`Conn`]'s transition
     /// methods, forward only.
     life: Cell<Lifecycle>,
@@ -80,15 +80,15 @@ pub struct Conn {
     /// A subscribe request of this connection waits for the dispatcher: the requests behind
     /// it stay unread (in the reassembler and the socket) until it is acked, so replies come
     /// in request order and each describes the state after the requests before it.
-    pub(crate) awaiting: Cell<bool>,
+    awaiting: Cell<bool>,
     /// A frame of the message being reassembled was refused by the rate limit: the whole
     /// message is dropped when it completes (the refusal was already announced).
-    pub(crate) refused_message: Cell<bool>,
+    refused_message: Cell<bool>,
     /// Last time the client finished something: a whole message or a control frame (bytes
     /// of an unfinished frame, or fragments of an unfinished message, do not count).
-    pub(crate) last_heard: Cell<Instant>,
+    last_heard: Cell<Instant>,
     /// Inbound rate limit.
-    pub(crate) bucket: RefCell<TokenBucket>,
+    bucket: RefCell<TokenBucket>,
 }
 
 /// Where a connection is in its life. It only moves forward, and may skip a step:
@@ -301,6 +301,64 @@ impl Conn {
     /// (pongs included) are unread, so silence is not the client's.
     pub(crate) fn awaiting(&self) -> bool {
         self.awaiting.get()
+    }
+
+    /// Marks whether a subscribe of this connection waits for the dispatcher; returns what
+    /// was marked before.
+    pub(crate) fn set_awaiting(&self, waiting: bool) -> bool {
+        self.awaiting.replace(waiting)
+    }
+
+    /// The shard-local id, shown to the client as `<shard>-<id>`.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The socket, for reads and writes while the connection is open.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Hands the socket to the closing task (`None` if it was already taken).
+    pub(crate) fn take_socket(&self) -> Option<OwnedFd> {
+        self.sock.take()
+    }
+
+    /// True the first time it is called with `stamp` (a routing pass): a frame that reaches
+    /// the connection twice in one pass (topic and pattern) is queued once.
+    pub(crate) fn first_in_pass(&self, stamp: u64) -> bool {
+        self.last_stamp.replace(stamp) != stamp
+    }
+
+    /// Marks the connection as in the round's dirty list; true if it was not yet.
+    pub(crate) fn mark_dirty(&self) -> bool {
+        !self.dirty.replace(true)
+    }
+
+    /// Takes the connection off the round's dirty list (it is being written).
+    pub(crate) fn clear_dirty(&self) {
+        self.dirty.set(false);
+    }
+
+    /// The client finished something at `now` (a whole message or a control frame).
+    pub(crate) fn heard(&self, now: Instant) {
+        self.last_heard.set(now);
+    }
+
+    /// When the client last finished something.
+    pub(crate) fn last_heard(&self) -> Instant {
+        self.last_heard.get()
+    }
+
+    /// Takes one token from the inbound rate limit.
+    pub(crate) fn take_token(&self, limits: &Limits, now: Instant) -> Verdict {
+        self.bucket.borrow_mut().take(limits, now)
+    }
+
+    /// Marks whether the message being reassembled was refused by the rate limit (it is
+    /// dropped when it completes); returns what was marked before.
+    pub(crate) fn set_refused_message(&self, refused: bool) -> bool {
+        self.refused_message.replace(refused)
     }
 
     /// True when `topic` is still covered by one of this connection's subscriptions.

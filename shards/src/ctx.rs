@@ -66,7 +66,7 @@ impl ShardCtx {
     }
 
     pub(crate) fn register(&self, conn: &Rc<Conn>) {
-        self.conns.borrow_mut().insert(conn.id, conn.clone());
+        self.conns.borrow_mut().insert(conn.id(), conn.clone());
         self.metrics.borrow_mut().counters.open += 1;
         if self.shutting_down.get() {
             conn.request_close(self, CloseRequest::GoingAway);
@@ -87,13 +87,13 @@ impl ShardCtx {
     }
 
     pub(crate) fn unregister(&self, conn: &Rc<Conn>) {
-        self.conns.borrow_mut().remove(&conn.id);
+        self.conns.borrow_mut().remove(&conn.id());
         self.metrics.borrow_mut().counters.open -= 1;
     }
 
     /// Puts `conn` on the list written at the end of the current round.
     pub(crate) fn mark_dirty(&self, conn: &Rc<Conn>) {
-        if !conn.dirty.replace(true) {
+        if conn.mark_dirty() {
             self.dirty.borrow_mut().push(conn.clone());
         }
     }

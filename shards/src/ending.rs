@@ -39,9 +39,9 @@ pub(crate) fn end_conn(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, ending: Ending) {
     if !conn.begin_ending() {
         return;
     }
-    ctx.readiness.remove(conn.fd);
+    ctx.readiness.remove(conn.fd());
     conn.reader.take();
-    let Some(sock) = conn.sock.take() else {
+    let Some(sock) = conn.take_socket() else {
         return;
     };
     let ctx = ctx.clone();

@@ -68,12 +68,12 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
             return end_conn(ctx, conn, end);
         }
     }
-    if conn.awaiting.get() {
+    if conn.awaiting() {
         return; // read again once the subscribe is acked (`deliver_resolved`)
     }
     for _ in 0..READS_PER_PASS {
         let mut scratch = ctx.scratch.borrow_mut();
-        let n = match crate::socket::recv(conn.fd, &mut scratch) {
+        let n = match crate::socket::recv(conn.fd(), &mut scratch) {
             Ok(0) => return end_conn(ctx, conn, Ending::Gone),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -86,7 +86,7 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
         if let Some(end) = drain_events(ctx, conn) {
             return end_conn(ctx, conn, end);
         }
-        if conn.awaiting.get() {
+        if conn.awaiting() {
             return;
         }
         if drained && !r.closed {
@@ -95,5 +95,5 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
             return;
         }
     }
-    ctx.readiness.read_again(conn.id);
+    ctx.readiness.read_again(conn.id());
 }

@@ -22,7 +22,7 @@ use crate::topic::{parse_selector, Selector};
 /// the dispatcher; `Some` when the connection must end.
 pub(crate) fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>) -> Option<Ending> {
     let end = loop {
-        if conn.awaiting.get() {
+        if conn.awaiting() {
             break None;
         }
         let next = conn
@@ -52,7 +52,7 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
         return Some(Ending::ClientClosed(code));
     }
     let now = Instant::now();
-    let verdict = conn.bucket.borrow_mut().take(&ctx.limits, now);
+    let verdict = conn.take_token(&ctx.limits, now);
     match verdict {
         Verdict::Allow => {}
         Verdict::Refuse(strikes) => {
@@ -65,8 +65,12 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
             // A refused fragment refuses its whole message; a refused last frame ends the
             // message (dropped with it). Control frames in between change nothing.
             match event {
-                Event::Fragment(_) => conn.refused_message.set(true),
-                Event::Text(_) | Event::Binary(_) => conn.refused_message.set(false),
+                Event::Fragment(_) => {
+                    conn.set_refused_message(true);
+                }
+                Event::Text(_) | Event::Binary(_) => {
+                    conn.set_refused_message(false);
+                }
                 _ => {}
             }
             return None;
@@ -80,11 +84,11 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
         }
     }
     if !matches!(event, Event::Fragment(_)) {
-        conn.last_heard.set(now);
+        conn.heard(now);
     }
     match event {
         Event::Text(mut text) => {
-            if conn.refused_message.replace(false) {
+            if conn.set_refused_message(false) {
                 return None;
             }
             match ctx.handler {
@@ -103,7 +107,7 @@ fn handle_event(ctx: &ShardCtx, conn: &Rc<Conn>, event: Event) -> Option<Ending>
         }
         Event::Fragment(MessageKind::Text) => None,
         Event::Binary(bytes) if ctx.handler == Handler::Echo => {
-            if !conn.refused_message.replace(false) {
+            if !conn.set_refused_message(false) {
                 conn.push_own(
                     ctx,
                     crate::frame::server_frame(crate::frame::OP_BINARY, &bytes),
@@ -217,7 +221,9 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             match done {
                 Some(r) => deliver_resolved(ctx, r),
                 // Later requests wait until the dispatcher's reply completes this one.
-                None => conn.awaiting.set(true),
+                None => {
+                    conn.set_awaiting(true);
+                }
             }
         }
         Request::Unsubscribe { id, topics } => {
@@ -279,7 +285,7 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
         topics.iter().map(|(i, s)| (interest_name(i), *s)).collect();
     sub.push_own(ctx, ack_frame(id, &named));
     ctx.mark_dirty(&sub);
-    if sub.awaiting.replace(false) {
-        ctx.readiness.read_again(sub.id);
+    if sub.set_awaiting(false) {
+        ctx.readiness.read_again(sub.id());
     }
 }

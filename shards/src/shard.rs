@@ -244,7 +244,7 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
 fn write_dirty(ctx: &ShardCtx) {
     let dirty = std::mem::take(&mut *ctx.dirty.borrow_mut());
     for conn in &dirty {
-        conn.dirty.set(false);
+        conn.clear_dirty();
         conn.flush(ctx);
     }
     let mut reuse = dirty;
@@ -297,7 +297,7 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
         _ => from,
     };
     table.route(&last, |conn, _| {
-        if conn.last_stamp.replace(stamp) == stamp {
+        if !conn.first_in_pass(stamp) {
             return;
         }
         conn.out.borrow_mut().push_notice(
@@ -322,7 +322,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     let mut delivered = 0u64;
     let mut shard_gap = false;
     let routed = ctx.table.borrow_mut().route(&frame, |conn, missed| {
-        if conn.last_stamp.replace(stamp) == stamp {
+        if !conn.first_in_pass(stamp) {
             return;
         }
         let mut out = conn.out.borrow_mut();
@@ -372,7 +372,7 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
         let now = Instant::now();
         let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
         for conn in conns {
-            if now.saturating_duration_since(conn.last_heard.get()) > timeout && !conn.awaiting() {
+            if now.saturating_duration_since(conn.last_heard()) > timeout && !conn.awaiting() {
                 ctx.metrics.borrow_mut().counters.heartbeat_timeouts += 1;
                 conn.request_close(&ctx, CloseRequest::HeartbeatTimeout);
             } else {

@@ -54,7 +54,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         TokenBucket::new(&ctx.limits, now),
         now,
     ));
-    if ctx.readiness.add(conn.fd, conn.id).is_err() {
+    if ctx.readiness.add(conn.fd(), conn.id()).is_err() {
         // The epoll set refused it (out of memory): the socket closes with `conn`.
         ctx.metrics.borrow_mut().counters.handshake_failed += 1;
         return;
@@ -62,7 +62,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     ctx.register(&conn);
     if ctx.handler == Handler::Protocol {
         let welcome = protocol::welcome(
-            &format!("{}-{}", ctx.id, conn.id),
+            &format!("{}-{}", ctx.id, conn.id()),
             ctx.config.heartbeat_interval_ms,
             ctx.config.heartbeat_timeout_ms,
             ctx.config.max_message_bytes,
