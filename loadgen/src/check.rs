@@ -225,7 +225,7 @@ fn now_us() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::latency_histogram;
+    use crate::live::latency_histogram;
 
     struct One {
         subs: Vec<(u32, u64)>,

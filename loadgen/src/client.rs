@@ -1,10 +1,9 @@
 //! The subscriber side: thousands of WebSocket clients spread over several loopback source
 //! addresses, each checking per-topic sequence continuity and recording latency from the
 //! message's intended send time. The connections are partitioned over one or more reader
-//! threads ([`Part`]), each with its own mio poll set, histograms and tallies; [`merge`] joins
-//! what they saw into one [`ClientReport`] once they stop (counts add, histograms add, and the
-//! end-of-stream check runs over all connections together, so the merged figures are those a
-//! single thread would have produced from the same frames).
+//! threads ([`Part`]), each with its own mio poll set, histograms and tallies; what they share
+//! while running is in [`crate::live`], and [`crate::merge`] joins what they saw once they
+//! stop.
 //!
 //! Two kinds of connection: healthy ones read everything at once and must lose nothing; slow
 //! ones (a chosen fraction) read at a fixed byte rate, so the server must drop their oldest
@@ -15,15 +14,17 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::check::{on_text, Seen, Tally};
+use crate::check::{on_text, Seen};
+use crate::live::{latency_histogram, Live};
+use crate::merge::{ClientReport, Finished, StreamEnd};
 use crate::wire;
 
 /// What the clients do.
@@ -57,148 +58,6 @@ impl ClientPlan {
     }
 }
 
-/// Live counters, readable from other threads for the progress line and stepped scenarios.
-pub struct Live {
-    pub connected: AtomicU64,
-    pub acked: AtomicU64,
-    pub delivered: AtomicU64,
-    pub gap_notices: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub disconnects: AtomicU64,
-    /// Messages covered by `gap` notices, all connections.
-    pub announced: AtomicU64,
-    /// Holes no `gap` announced, healthy connections, so far.
-    pub unannounced: AtomicU64,
-    /// Messages published per topic during the run, given before the clients stop: the tail
-    /// check then counts from what was published, not only from what other clients saw.
-    pub published: Mutex<Option<Vec<u64>>>,
-    /// Kernel thread id of each reader thread (for its CPU time in /proc; 0 until started).
-    pub tids: Vec<AtomicU64>,
-    /// Per reader thread, its share of [`Live::tail_pending`] (`u64::MAX` until counted).
-    pending: Vec<AtomicU64>,
-    /// Per topic, the lowest sequence any connection's first `ack` reported, of all reader
-    /// threads: the topic's sequence before the run published anything.
-    base: Mutex<Vec<Option<u64>>>,
-    /// Slow connections read at their limited rate while set; cleared to let them drain.
-    pub throttle_slow: AtomicBool,
-    /// Latency (µs) recorded since the last [`Live::take_interval`], merged in every 200 ms.
-    interval: Mutex<Histogram<u64>>,
-}
-
-impl Default for Live {
-    /// One reader thread.
-    fn default() -> Self {
-        Live::new(1)
-    }
-}
-
-impl Live {
-    /// Counters for `threads` reader threads (at least one).
-    pub fn new(threads: usize) -> Self {
-        let threads = threads.max(1);
-        Live {
-            connected: AtomicU64::new(0),
-            acked: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            gap_notices: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-            disconnects: AtomicU64::new(0),
-            announced: AtomicU64::new(0),
-            unannounced: AtomicU64::new(0),
-            published: Mutex::new(None),
-            tids: (0..threads).map(|_| AtomicU64::new(0)).collect(),
-            pending: (0..threads).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            base: Mutex::new(Vec::new()),
-            throttle_slow: AtomicBool::new(true),
-            interval: Mutex::new(latency_histogram()),
-        }
-    }
-
-    /// Once `published` is given: subscriptions of open connections that have not yet
-    /// reached their topic's last published message (delivered, or announced by a `gap`),
-    /// all reader threads together. `u64::MAX` until every thread has counted once. The
-    /// drain waits for 0: every stream seen to its end.
-    pub fn tail_pending(&self) -> u64 {
-        let mut sum = 0u64;
-        for p in &self.pending {
-            let v = p.load(Ordering::Relaxed);
-            if v == u64::MAX {
-                return u64::MAX;
-            }
-            sum += v;
-        }
-        sum
-    }
-
-    /// Notes what a connection's first `ack` said of its topics (`(topic, next expected)`):
-    /// each topic's base is the lowest `next - 1` seen by any reader.
-    fn note_base(&self, topics: usize, subs: &[(u32, u64)]) {
-        let mut base = self.base.lock().expect("not poisoned");
-        if base.len() < topics {
-            base.resize(topics, None);
-        }
-        for &(t, next) in subs {
-            if next > 0 {
-                let b = &mut base[t as usize];
-                *b = Some(b.map_or(next - 1, |b| b.min(next - 1)));
-            }
-        }
-    }
-
-    /// Per topic, its sequence before the run (`None` where no `ack` said it yet).
-    pub fn base(&self) -> Vec<Option<u64>> {
-        self.base.lock().expect("not poisoned").clone()
-    }
-
-    /// The latency recorded since the previous call (lags the clients by up to 200 ms).
-    pub fn take_interval(&self) -> Histogram<u64> {
-        let mut h = self.interval.lock().expect("not poisoned");
-        let out = h.clone();
-        h.reset();
-        out
-    }
-}
-
-/// A histogram of microseconds from 1 µs to 10 minutes, 3 significant digits.
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
-}
-
-/// What the clients saw.
-pub struct ClientReport {
-    pub connections_ok: u64,
-    pub connect_failures: u64,
-    pub healthy: Tally,
-    pub slow: Tally,
-    pub unexpected_disconnects: u64,
-    pub reconnects: u64,
-    /// Latency of healthy connections, µs from intended send time.
-    pub latency_us: Histogram<u64>,
-    /// From `connect()` to the `101` response, µs, first attempt of each connection.
-    pub handshake_us: Histogram<u64>,
-    /// From the first `connect()` to the last handshake completed.
-    pub connect_span: Duration,
-    /// CPU seconds each reader thread used, in reader order.
-    pub thread_cpu_secs: Vec<f64>,
-}
-
-impl ClientReport {
-    fn empty() -> Self {
-        ClientReport {
-            connections_ok: 0,
-            connect_failures: 0,
-            healthy: Tally::default(),
-            slow: Tally::default(),
-            unexpected_disconnects: 0,
-            reconnects: 0,
-            latency_us: latency_histogram(),
-            handshake_us: latency_histogram(),
-            connect_span: Duration::ZERO,
-            thread_cpu_secs: Vec::new(),
-        }
-    }
-}
-
 /// Which connections one reader thread owns: connection `i` (of the plan) belongs to reader
 /// `i % of`, so every reader gets the same mix of topics, slow readers and source addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,27 +73,6 @@ impl Part {
     pub fn owned(self, connections: usize) -> Vec<usize> {
         (self.index..connections).step_by(self.of.max(1)).collect()
     }
-}
-
-/// One open subscription's position at the end, for the end-of-stream check.
-struct StreamEnd {
-    slow: bool,
-    /// (topic index, next expected seq; 0 = not yet known).
-    subs: Vec<(u32, u64)>,
-}
-
-/// What one reader thread hands back when it stops; [`merge`] joins them.
-pub struct Finished {
-    report: ClientReport,
-    /// Connections open and acked at the end.
-    open: Vec<StreamEnd>,
-    /// Per topic, the highest sequence any of this thread's connections saw (open or not).
-    seen: Vec<u64>,
-    /// Connections owned, and those still waiting to be retried.
-    owned: u64,
-    unretried: u64,
-    first_opened: Option<Instant>,
-    last_handshake: Option<Instant>,
 }
 
 enum Phase {
@@ -402,8 +240,7 @@ pub fn run(
         }
         if now.duration_since(last_merge) >= Duration::from_millis(200) {
             last_merge = now;
-            let mut shared = live.interval.lock().expect("not poisoned");
-            let _ = shared.add(&cl.interval);
+            live.add_interval(&cl.interval);
             cl.interval.reset();
         }
         if plan.churn_per_sec > 0.0
@@ -832,7 +669,7 @@ impl Clients<'_> {
             .flat_map(|c| c.subs.iter())
             .filter(|&&(t, next)| last[t as usize].is_some_and(|l| next <= l))
             .count();
-        self.live.pending[self.part.index].store(pending as u64, Ordering::Relaxed);
+        self.live.set_pending(self.part.index, pending as u64);
     }
 
     /// Stops: what this thread saw, for [`merge`].
@@ -864,217 +701,9 @@ impl Clients<'_> {
     }
 }
 
-/// Joins what the reader threads saw into one report. The end of each topic's stream is the
-/// highest sequence any connection of any thread saw (open at the end or not), and no less than the topic's sequence
-/// before the run plus what the publisher sent on it (`published`, when known); every open
-/// subscription short of it counts as `tail_missing`. `base` is each topic's sequence before
-/// the run ([`Live::base`]).
-pub fn merge(
-    parts: Vec<Finished>,
-    published: Option<&[u64]>,
-    base: &[Option<u64>],
-) -> ClientReport {
-    let mut report = ClientReport::empty();
-    let topics = parts.iter().map(|p| p.seen.len()).max().unwrap_or(0);
-    let mut last = vec![0u64; topics];
-    for p in &parts {
-        for (t, &seen) in p.seen.iter().enumerate() {
-            last[t] = last[t].max(seen);
-        }
-    }
-    if let Some(published) = published {
-        for (t, l) in last.iter_mut().enumerate() {
-            if let (Some(&Some(b)), Some(p)) = (base.get(t), published.get(t)) {
-                *l = (*l).max(b + p);
-            }
-        }
-    }
-    let (mut owned, mut unretried) = (0, 0);
-    let mut first_opened: Option<Instant> = None;
-    let mut last_handshake: Option<Instant> = None;
-    for p in parts {
-        owned += p.owned;
-        unretried += p.unretried;
-        first_opened = match (first_opened, p.first_opened) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        last_handshake = last_handshake.max(p.last_handshake);
-        for c in &p.open {
-            report.connections_ok += 1;
-            let tally = if c.slow {
-                &mut report.slow
-            } else {
-                &mut report.healthy
-            };
-            for &(t, next) in &c.subs {
-                if next > 0 {
-                    tally.tail_missing += last[t as usize].saturating_sub(next - 1);
-                }
-            }
-        }
-        let r = p.report;
-        report.healthy.add(&r.healthy);
-        report.slow.add(&r.slow);
-        report.connect_failures += r.connect_failures;
-        report.unexpected_disconnects += r.unexpected_disconnects;
-        report.reconnects += r.reconnects;
-        let _ = report.latency_us.add(&r.latency_us);
-        let _ = report.handshake_us.add(&r.handshake_us);
-        report.thread_cpu_secs.extend(r.thread_cpu_secs);
-    }
-    if let (Some(first), Some(lastc)) = (first_opened, last_handshake) {
-        report.connect_span = lastc.saturating_duration_since(first);
-    }
-    // A connection neither working at the end nor lost after opening (counted apart) failed
-    // to connect: never opened before the deadline, stuck in its handshake, or out of
-    // retries.
-    report.connect_failures = (report.connect_failures + unretried)
-        .max(owned.saturating_sub(report.connections_ok + report.unexpected_disconnects));
-    report
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One connection's record in a synthetic trace: slow or not, its subscriptions' next
-    /// expected sequence at the end, and the latencies (µs) it recorded.
-    struct Trace {
-        slow: bool,
-        subs: Vec<(u32, u64)>,
-        latencies: Vec<u64>,
-        open: bool,
-    }
-
-    fn trace() -> Vec<Trace> {
-        // Three topics; topic 0's furthest reader is connection 5, so connection 0 (on the
-        // other thread when split in two) must be found 3 messages short of the end.
-        let mut t = Vec::new();
-        for i in 0..8u64 {
-            t.push(Trace {
-                slow: i % 4 == 3,
-                subs: vec![((i % 3) as u32, 100 + i)],
-                latencies: (1..=50).map(|k| k * 37 + i * 1000).collect(),
-                open: i != 6,
-            });
-        }
-        t[0].subs = vec![(0, 101)];
-        t[5].subs = vec![(0, 104), (1, 200)];
-        t
-    }
-
-    /// What a reader thread owning `members` of the trace hands back.
-    fn part(trace: &[Trace], members: &[usize]) -> Finished {
-        let mut report = ClientReport::empty();
-        let mut seen = vec![0u64; 3];
-        let mut open = Vec::new();
-        for &m in members {
-            let c = &trace[m];
-            let tally = if c.slow {
-                &mut report.slow
-            } else {
-                &mut report.healthy
-            };
-            tally.delivered += c.latencies.len() as u64;
-            for &l in &c.latencies {
-                if !c.slow {
-                    report.latency_us.saturating_record(l);
-                }
-            }
-            report.handshake_us.saturating_record(1000 + m as u64);
-            for &(t, next) in &c.subs {
-                seen[t as usize] = seen[t as usize].max(next - 1);
-            }
-            if c.open {
-                open.push(StreamEnd {
-                    slow: c.slow,
-                    subs: c.subs.clone(),
-                });
-            } else {
-                report.unexpected_disconnects += 1;
-            }
-        }
-        report.thread_cpu_secs = vec![1.0];
-        Finished {
-            report,
-            open,
-            seen,
-            owned: members.len() as u64,
-            unretried: 0,
-            first_opened: None,
-            last_handshake: None,
-        }
-    }
-
-    #[test]
-    fn merged_readers_report_what_one_reader_would_on_the_same_trace() {
-        let t = trace();
-        let all: Vec<usize> = (0..t.len()).collect();
-        let published = [110u64, 0, 0];
-        let base = [Some(0), None, Some(0)];
-        let one = merge(vec![part(&t, &all)], Some(&published), &base);
-        let split = |of: usize| {
-            (0..of)
-                .map(|index| part(&t, &Part { index, of }.owned(t.len())))
-                .collect::<Vec<_>>()
-        };
-        for of in [2, 3] {
-            let many = merge(split(of), Some(&published), &base);
-            assert_eq!(many.connections_ok, one.connections_ok);
-            assert_eq!(many.connect_failures, one.connect_failures);
-            assert_eq!(many.unexpected_disconnects, one.unexpected_disconnects);
-            for (a, b) in [(&many.healthy, &one.healthy), (&many.slow, &one.slow)] {
-                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{of} readers");
-            }
-            for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
-                assert_eq!(
-                    many.latency_us.value_at_quantile(q),
-                    one.latency_us.value_at_quantile(q)
-                );
-                assert_eq!(
-                    many.handshake_us.value_at_quantile(q),
-                    one.handshake_us.value_at_quantile(q)
-                );
-            }
-            assert_eq!(many.latency_us.len(), one.latency_us.len());
-            assert_eq!(many.thread_cpu_secs.len(), of);
-        }
-        // The end of topic 0 is what was published (110), past what anyone saw (103): each
-        // open subscription on it is short by 110 minus what it saw.
-        // Open on topic 0: connection 0 (saw 100), 3 (slow, saw 102), 5 (saw 103); 6 is closed.
-        assert_eq!(
-            one.healthy.tail_missing,
-            (110 - 100) + (110 - 103) + tail_1_2(&t)
-        );
-        assert_eq!(one.connections_ok, 7);
-    }
-
-    /// Topics 1 and 2 have no published count (base unknown for 1, 0 published on 2): their
-    /// end is the furthest sequence seen, by any connection, open or closed.
-    fn tail_1_2(t: &[Trace]) -> u64 {
-        let mut last = [0u64; 3];
-        for c in t {
-            for &(topic, next) in &c.subs {
-                last[topic as usize] = last[topic as usize].max(next - 1);
-            }
-        }
-        t.iter()
-            .filter(|c| c.open && !c.slow)
-            .flat_map(|c| c.subs.iter())
-            .filter(|(topic, _)| *topic != 0)
-            .map(|&(topic, next)| last[topic as usize] - (next - 1))
-            .sum()
-    }
-
-    #[test]
-    fn a_topic_base_is_the_lowest_any_reader_acked() {
-        let live = Live::new(2);
-        live.note_base(3, &[(0, 5), (1, 0)]);
-        live.note_base(3, &[(0, 3)]);
-        live.note_base(3, &[(0, 9), (2, 1)]);
-        assert_eq!(live.base(), [Some(2), None, Some(0)]);
-    }
 
     #[test]
     fn readers_own_every_connection_once() {

@@ -12,6 +12,8 @@
 
 pub mod check;
 pub mod client;
+pub mod live;
+pub mod merge;
 pub mod monitor;
 pub mod publisher;
 pub mod report;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{latency_histogram, Live};
+use crate::live::{latency_histogram, Live};
 
 /// One periodic report (the `reports` entries of the JSON document).
 pub type Sample = crate::schema::SampleJson;

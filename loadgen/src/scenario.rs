@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::{self, ClientReport, Live};
+use crate::client;
+use crate::live::Live;
+use crate::merge::{self, ClientReport};
 use crate::monitor::Monitor;
 use crate::publisher::{self, Published};
 use crate::report::{CapacityReport, ConnectReport, IdleReport, RunReport, Step};
@@ -16,7 +18,7 @@ struct ClientThread {
     slow: Arc<Vec<bool>>,
     live: Arc<Live>,
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<std::io::Result<client::Finished>>>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<merge::Finished>>>,
 }
 
 /// Per reader thread, its CPU use between two readings of [`ClientThread::cpu_secs`], % of
@@ -176,11 +178,7 @@ impl ClientThread {
             );
         }
         let published = self.live.published.lock().expect("not poisoned").clone();
-        Ok(client::merge(
-            parts,
-            published.as_deref(),
-            &self.live.base(),
-        ))
+        Ok(merge::merge(parts, published.as_deref(), &self.live.base()))
     }
 }
 
