@@ -2,46 +2,20 @@
 # Does loadgen measure the server, not itself? Alternating pairs of runs against a fresh
 # `corecast serve` each time: loadgen fanout (its own clients) and the independent minimal
 # reader (benches/src/bin/minreader.rs) with loadgen publishing only (--connections 0), same
-# workload, the order swapped from one pair to the next. Prints each pair's delivered/s, p50 and p99 from both instruments, the ratios
-# loadgen/reader, and their medians (docs/benchmarks.md, "Does loadgen agree with an
-# independent reader?"). Loopback only; every run is bounded by its duration.
+# workload, the order swapped from one pair to the next. Prints each pair's delivered/s, p50
+# and p99 from both instruments, the ratios loadgen/reader, and their medians
+# (docs/benchmarks.md, "Does loadgen measure the server?"). Loopback only; every run is
+# bounded by its duration.
 #
 #   tuning/agreement.sh B1|B2 [PAIRS=3] [OUTDIR=target/agreement]
 #
-# B1: 10,000 connections, 100 topics, 10,000 msgs/s (1M deliveries/s), 100-byte payloads, 20 s.
-# B2: 1,000 connections, 10 topics, 1,000 msgs/s (100k deliveries/s), 100-byte payloads, 20 s.
+# B1 and B2 as in tuning/bench-common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench="${1:?B1 or B2}"
 pairs="${2:-3}"
 out="${3:-target/agreement}"
-case "$bench" in
-  B1) conns=10000 topics=100 rate=10000 ;;
-  B2) conns=1000 topics=10 rate=1000 ;;
-  *) echo "unknown benchmark $bench (B1 or B2)" >&2; exit 2 ;;
-esac
-secs=20
-mkdir -p "$out"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release -q -p corecast -p loadgen -p corecast-benches --bin minreader
-bin=target/release
-
-serve() {
-  "$bin/corecast" serve > "$out/server.log" 2>&1 &
-  srv=$!
-  for _ in $(seq 50); do
-    (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "server did not start" >&2
-  exit 1
-}
-
-stop() {
-  kill -INT "$srv" 2>/dev/null || true
-  wait "$srv" 2>/dev/null || true
-  sleep 2
-}
+. tuning/bench-common.sh
 
 # One side of pair $1: loadgen with its own clients, or minreader with loadgen publishing only.
 run_loadgen() {

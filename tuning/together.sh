@@ -13,41 +13,14 @@
 #
 #   tuning/together.sh B1|B2 [PAIRS=3] [OUTDIR=target/together]
 #
-# B1: 10,000 connections, 100 topics, 10,000 msgs/s (1M deliveries/s), 100-byte payloads, 20 s.
-# B2: 1,000 connections, 10 topics, 1,000 msgs/s (100k deliveries/s), 100-byte payloads, 20 s.
+# B1 and B2 as in tuning/bench-common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench="${1:?B1 or B2}"
 pairs="${2:-3}"
 out="${3:-target/together}"
-case "$bench" in
-  B1) conns=10000 topics=100 rate=10000 ;;
-  B2) conns=1000 topics=10 rate=1000 ;;
-  *) echo "unknown benchmark $bench (B1 or B2)" >&2; exit 2 ;;
-esac
+. tuning/bench-common.sh
 half=$((conns / 2))
-secs=20
-mkdir -p "$out"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release -q -p corecast -p loadgen -p corecast-benches --bin minreader
-bin=target/release
-
-serve() {
-  "$bin/corecast" serve > "$out/server.log" 2>&1 &
-  srv=$!
-  for _ in $(seq 50); do
-    (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "server did not start" >&2
-  exit 1
-}
-
-stop() {
-  kill -INT "$srv" 2>/dev/null || true
-  wait "$srv" 2>/dev/null || true
-  sleep 2
-}
 
 # minreader NAME: the first (or next) half of the connections, answering pings like loadgen.
 minreader() {

@@ -12,24 +12,7 @@ bench="${1:?B1 or B2}"
 pairs="${2:-3}"
 out="${3:-target/versus}"
 uws="${UWS_BIN:?set UWS_BIN to the uws_broadcast binary (../shared/peers/README.md)}"
-case "$bench" in
-  B1) conns=10000 topics=100 rate=10000 ;;
-  B2) conns=1000 topics=10 rate=1000 ;;
-  *) echo "unknown benchmark $bench (B1 or B2)" >&2; exit 2 ;;
-esac
-mkdir -p "$out"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release -q -p corecast -p loadgen
-bin=target/release
-
-wait_port() {
-  for _ in $(seq 50); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  exit 1
-}
+. tuning/bench-common.sh
 
 # CORECAST_CORES=1 gives corecast the one core uWebSockets has (core 0: dispatcher and shard
 # share it); the default is corecast's own placement (dispatcher on core 0, shard on core 1).
@@ -41,14 +24,12 @@ fi
 
 # One side of pair $1.
 run_corecast() {
-  "${corecast[@]}" > "$out/corecast.log" 2>&1 &
-  srv=$!
-  wait_port 8080
+  serve "${corecast[@]}"
   "$bin/loadgen" fanout --connections "$conns" --topics "$topics" --rate "$rate" \
-    --payload-bytes 100 --duration 20s --server-pid "$srv" \
+    --payload-bytes 100 --duration "${secs}s" --server-pid "$srv" \
     --json "$out/$bench-$1-corecast.json" --hgrm "$out/$bench-$1-corecast.hgrm" \
     > "$out/$bench-$1-corecast.txt" 2>&1 || true
-  kill -INT "$srv"; wait "$srv" 2>/dev/null || true; sleep 2
+  stop
 }
 
 run_uws() {
@@ -57,10 +38,10 @@ run_uws() {
   wait_port 20001
   "$bin/loadgen" fanout --protocol json-pubsub --server ws://127.0.0.1:20001/ws \
     --connections "$conns" --topics "$topics" --rate "$rate" \
-    --payload-bytes 100 --duration 20s --server-pid "$srv" \
+    --payload-bytes 100 --duration "${secs}s" --server-pid "$srv" \
     --json "$out/$bench-$1-uws.json" --hgrm "$out/$bench-$1-uws.hgrm" \
     > "$out/$bench-$1-uws.txt" 2>&1 || true
-  kill "$srv"; wait "$srv" 2>/dev/null || true; sleep 2
+  stop TERM
 }
 
 # The second run of a pair tends to be slower whichever server it is (docs/benchmarks.md,
