@@ -187,9 +187,7 @@ fn publish_keeping_pace(
         let (read, topic) = (read.clone(), topic.to_string());
         std::thread::spawn(move || {
             for k in 0..n {
-                let m = next_op(&mut reader, "msg");
-                assert_eq!(m["topic"].as_str(), Some(topic.as_str()), "{m:?}");
-                assert_eq!(m["seq"].as_u64(), Some(1 + k), "contiguous seq: {m:?}");
+                expect_contiguous(&mut reader, &topic, 1 + k, 1);
                 read.store(k + 1, Ordering::Release);
             }
         })

@@ -5,7 +5,7 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use corecast::publisher::parse_line;
-use corecast_shards::protocol::msg as encode_msg;
+use corecast_shards::protocol;
 
 use corecast_benches::BOOK_LINE as LINE;
 
@@ -31,7 +31,7 @@ fn frame_build(c: &mut Criterion) {
             let mut seq = 0u64;
             b.iter(|| {
                 seq += 1;
-                encode_msg("book.BTCUSD", seq, 1_700_000_000_000_000, data.as_bytes())
+                protocol::msg("book.BTCUSD", seq, 1_700_000_000_000_000, data.as_bytes())
             })
         });
     }
@@ -48,7 +48,7 @@ fn parse_sequence_frame(c: &mut Criterion) {
             buf.copy_from_slice(LINE.as_bytes());
             let e = parse_line(&mut buf, Instant::now()).expect("valid line");
             seq += 1;
-            encode_msg(&e.topic, seq, e.ts.unwrap_or(0), &e.data)
+            protocol::msg(&e.topic, seq, e.ts.unwrap_or(0), &e.data)
         })
     });
     g.finish();

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use corecast::publisher::parse_line;
 use corecast_benches::{table_with, trade_frame, BOOK_LINE as LINE, BOUNDS};
-use corecast_shards::protocol::msg as encode_msg;
+use corecast_shards::protocol;
 
 const SUBSCRIBERS: usize = 1000;
 
@@ -41,7 +41,7 @@ fn ingest(n: u64) -> u64 {
     for seq in 1..=n {
         buf.copy_from_slice(LINE.as_bytes());
         let e = parse_line(&mut buf, Instant::now()).expect("valid line");
-        bytes += encode_msg(&e.topic, seq, e.ts.unwrap_or(0), &e.data).len() as u64;
+        bytes += protocol::msg(&e.topic, seq, e.ts.unwrap_or(0), &e.data).len() as u64;
     }
     bytes
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use corecast_shards::protocol::msg as encode_msg;
+use corecast_shards::protocol;
 use corecast_shards::queue::{Bounds, Outbound};
 use corecast_shards::ring::{Frame, Interest};
 use corecast_shards::table::{Table, ToDispatcher};
@@ -32,7 +32,7 @@ pub fn trade_frame(seq: u64) -> Frame {
     Frame {
         topic: Arc::from(TOPIC),
         seq,
-        bytes: encode_msg(TOPIC, seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
+        bytes: protocol::msg(TOPIC, seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
         ingest_at: Instant::now(),
     }
 }

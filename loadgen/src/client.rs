@@ -577,6 +577,9 @@ impl Clients<'_> {
         }
         let mut used = 0;
         let mut keep = true;
+        // Added to the shared count once per read, not per message: with several reader
+        // threads a shared counter touched per message would bounce between their cores.
+        let mut delivered = 0u64;
         while let Some(f) = wire::next_frame(&c.inbuf[used..]) {
             let len = f.len;
             match f.opcode {
@@ -610,9 +613,7 @@ impl Clients<'_> {
                         self.live.unannounced.fetch_add(holes, Ordering::Relaxed);
                     }
                     match seen {
-                        Seen::Msg => {
-                            self.live.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Seen::Msg => delivered += 1,
                         Seen::Gap(n) => {
                             self.live.gap_notices.fetch_add(1, Ordering::Relaxed);
                             self.live.announced.fetch_add(n, Ordering::Relaxed);
@@ -639,6 +640,9 @@ impl Clients<'_> {
             used += len;
         }
         c.inbuf.drain(..used);
+        if delivered > 0 {
+            self.live.delivered.fetch_add(delivered, Ordering::Relaxed);
+        }
         keep
     }
 
@@ -672,7 +676,7 @@ impl Clients<'_> {
         self.live.set_pending(self.part.index, pending as u64);
     }
 
-    /// Stops: what this thread saw, for [`merge`].
+    /// Stops: what this thread saw, for [`crate::merge::merge`].
     fn finish(self) -> Finished {
         let open = self
             .conns

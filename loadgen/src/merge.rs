@@ -67,10 +67,10 @@ pub struct Finished {
 }
 
 /// Joins what the reader threads saw into one report. The end of each topic's stream is the
-/// highest sequence any connection of any thread saw (open at the end or not), and no less than the topic's sequence
-/// before the run plus what the publisher sent on it (`published`, when known); every open
-/// subscription short of it counts as `tail_missing`. `base` is each topic's sequence before
-/// the run ([`Live::base`]).
+/// highest sequence any connection of any thread saw (open at the end or not), and no less
+/// than the topic's sequence before the run plus what the publisher sent on it (`published`,
+/// when known); every open subscription short of it counts as `tail_missing`. `base` is each
+/// topic's sequence before the run ([`crate::live::Live::base`]).
 pub fn merge(
     parts: Vec<Finished>,
     published: Option<&[u64]>,

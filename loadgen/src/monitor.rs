@@ -86,8 +86,8 @@ impl Saturation {
             let wall = now.at.duration_since(before.at).as_nanos().max(1) as f64;
             // Judged only while the publisher runs: connecting and draining are not measured.
             if now.published > before.published {
-                // Readers are numbered from 1 in the reasons, as in `top -H`'s thread names
-                // (`loadgen-read-0` is reader 1).
+                // Readers are numbered from 1 in the reasons (thread `loadgen-read-0` is
+                // reader 1).
                 for (k, pair) in now.readers.iter().zip(&before.readers).enumerate() {
                     let (Some((run1, wait1)), Some((run0, wait0))) = pair else {
                         continue;

@@ -13,7 +13,7 @@ use crate::report::{CapacityReport, ConnectReport, IdleReport, RunReport, Step};
 use crate::{process_cpu_secs, stat_cpu_secs, RunPlan};
 
 /// The reader threads of a run.
-struct ClientThread {
+struct Readers {
     subs: Arc<Vec<Vec<u32>>>,
     slow: Arc<Vec<bool>>,
     live: Arc<Live>,
@@ -21,7 +21,7 @@ struct ClientThread {
     threads: Vec<std::thread::JoinHandle<std::io::Result<merge::Finished>>>,
 }
 
-/// Per reader thread, its CPU use between two readings of [`ClientThread::cpu_secs`], % of
+/// Per reader thread, its CPU use between two readings of [`Readers::cpu_secs`], % of
 /// one core.
 fn reader_cpu_pct(before: &[f64], after: &[f64], wall: Duration) -> Vec<f64> {
     let secs = wall.as_secs_f64().max(1e-9);
@@ -37,11 +37,11 @@ fn busiest(pcts: &[f64]) -> f64 {
     pcts.iter().copied().fold(0.0, f64::max)
 }
 
-impl ClientThread {
+impl Readers {
     /// Starts the reader threads (`plan.threads`, or the default of
     /// [`crate::default_reader_threads`]) and waits until every connection is subscribed (or
     /// failed), at most `connect_limit`.
-    fn start(plan: &RunPlan, connect_limit: Duration) -> std::io::Result<ClientThread> {
+    fn start(plan: &RunPlan, connect_limit: Duration) -> std::io::Result<Readers> {
         let subs = Arc::new(if plan.subscriptions_per_conn == 0 {
             vec![Vec::new(); plan.connections]
         } else {
@@ -86,7 +86,7 @@ impl ClientThread {
         {
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(ClientThread {
+        Ok(Readers {
             subs,
             slow,
             live,
@@ -184,7 +184,7 @@ impl ClientThread {
 
 /// The parts of a staged run: clients, monitor and the publisher's live count.
 struct Session {
-    clients: ClientThread,
+    clients: Readers,
     monitor: Monitor,
     stalls: crate::stalls::StallWatch,
     published: Arc<AtomicU64>,
@@ -193,12 +193,12 @@ struct Session {
 
 impl Session {
     fn start(plan: &RunPlan, connect_limit: Duration) -> anyhow::Result<Session> {
-        let clients = ClientThread::start(plan, connect_limit)?;
+        let clients = Readers::start(plan, connect_limit)?;
         let stalls = crate::stalls::StallWatch::start();
         let published = Arc::new(AtomicU64::new(0));
         let lateness = Arc::new(publisher::Lateness::default());
-        let assignments = plan.assignments();
-        let subscriptions: usize = assignments.iter().map(Vec::len).sum();
+        // The readers' own assignment of topics, not a second one.
+        let subscriptions: usize = clients.subs.iter().map(Vec::len).sum();
         let monitor = Monitor::start(
             clients.live.clone(),
             published.clone(),
@@ -380,8 +380,8 @@ pub struct CapacityPlan {
 const DELIVERED_SHARE: f64 = 0.999;
 
 /// Steps the publish rate up until delivery falls below [`DELIVERED_SHARE`] or behind the
-/// offered rate, or p99 passes the bound; reports every step and the highest sustainable one. Bounded: at most `max_steps`
-/// steps of `step` each, plus a bounded drain per step.
+/// offered rate, or p99 passes the bound; reports every step and the highest sustainable one.
+/// Bounded: at most `max_steps` steps of `step` each, plus a bounded drain per step.
 pub fn run_capacity(plan: &RunPlan, cap: &CapacityPlan) -> anyhow::Result<CapacityReport> {
     let session = Session::start(plan, Duration::from_secs(120))?;
     let live = session.clients.live.clone();
@@ -523,7 +523,7 @@ pub fn run_connect(plan: &RunPlan) -> anyhow::Result<ConnectReport> {
     let server_cpu0 = plan.server_pid.and_then(process_cpu_secs);
     let self_cpu0 = process_cpu_secs(std::process::id()).unwrap_or(0.0);
     let started = Instant::now();
-    let clients = ClientThread::start(plan, plan.duration.max(Duration::from_secs(10)))?;
+    let clients = Readers::start(plan, plan.duration.max(Duration::from_secs(10)))?;
     let wall = started.elapsed().as_secs_f64();
     let server_cpu_pct = match (plan.server_pid.and_then(process_cpu_secs), server_cpu0) {
         (Some(b), Some(a)) => Some((b - a) / wall * 100.0),
@@ -548,7 +548,7 @@ pub fn run_idle(plan: &RunPlan) -> anyhow::Result<IdleReport> {
     let rss_before = plan.server_pid.and_then(crate::process_rss_kib);
     let pages_before = crate::tcp_kernel_pages();
     let slab_before = crate::tcp_slab_bytes();
-    let clients = ClientThread::start(plan, Duration::from_secs(120))?;
+    let clients = Readers::start(plan, Duration::from_secs(120))?;
     std::thread::sleep(plan.duration);
     let rss_after = plan.server_pid.and_then(crate::process_rss_kib);
     let pages_after = crate::tcp_kernel_pages();

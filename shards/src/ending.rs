@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWrite, FutureExt};
 use glommio::net::TcpStream;
 
-use crate::connection::{CloseRequest, Conn};
+use crate::connection::{CloseRequest, Conn, Wrote};
 use crate::ctx::ShardCtx;
 
 /// How a connection ends.
@@ -113,7 +113,10 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
         conn.out.borrow_mut().push_own(frame);
         let grace = Duration::from_millis(ctx.config.shutdown_grace_ms.max(100));
         let flushed = poll_fn(|cx| {
-            conn.flush(ctx);
+            // Everything out, or the peer gone: nothing left to wait for.
+            if matches!(conn.flush(ctx), Wrote::Drained | Wrote::Failed) {
+                return Poll::Ready(());
+            }
             match poll_blocked_write(ctx, conn, stream, cx) {
                 Poll::Ready(Err(())) => Poll::Ready(()),
                 _ if conn.write_failed() || conn.out.borrow().is_empty() => Poll::Ready(()),

@@ -9,9 +9,6 @@ use bytes::Bytes;
 
 use crate::frame::{encode_header, server_frame, MAX_SERVER_HEADER, OP_TEXT};
 
-/// Close codes, kept at their old path (`protocol::close`): see [`crate::close`].
-pub use crate::close;
-
 /// Error codes of `error` messages; the connection stays open after each of them.
 pub mod code {
     pub const INVALID_JSON: &str = "invalid_json";
