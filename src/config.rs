@@ -257,6 +257,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("batch_window_us"), "{e}");
+        let e = Config::from_layers(&[&base], &["dispatcher.max_topics=4294967296".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_topics must be at most 4294967295"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

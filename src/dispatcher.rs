@@ -17,7 +17,9 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use serde::Deserialize;
 
 use corecast_shards::protocol;
-use corecast_shards::ring::{ControlMsg, Frame, Interest, PushError, RingSender, ShardMsg};
+use corecast_shards::ring::{
+    ControlMsg, Frame, Interest, PushError, RingSender, ShardMsg, TopicId,
+};
 use corecast_shards::topic::{covering_prefixes, NameIndex};
 
 use crate::publisher::{Event, PublishError};
@@ -36,7 +38,8 @@ pub struct DispatcherConfig {
     pub backlog_limit: usize,
     /// Published topics tracked at most; publishing a new topic past it is refused
     /// (`topic_limit`). Only publishing adds topics: a subscription to a topic nobody published
-    /// takes no slot. Default 100000.
+    /// takes no slot. Default 100000; at most 4294967295 (a topic's id on the node is 32 bits,
+    /// see `corecast_shards::ring::TopicId`).
     pub max_topics: usize,
     /// Longest ingest line, bytes. Default 1048576.
     pub max_line_bytes: usize,
@@ -72,6 +75,12 @@ impl DispatcherConfig {
                 return Err(format!("dispatcher.{name} must be greater than 0"));
             }
         }
+        if u32::try_from(self.max_topics).is_err() {
+            return Err(format!(
+                "dispatcher.max_topics must be at most {} (topic ids are 32 bits)",
+                u32::MAX
+            ));
+        }
         Ok(())
     }
 }
@@ -85,6 +94,8 @@ pub fn now_us() -> u64 {
 
 struct TopicState {
     name: Arc<str>,
+    /// Its number, given at its first publish (the count of topics before it).
+    id: TopicId,
     /// Last sequence assigned; 0 before the first message.
     seq: u64,
     /// Shards subscribed to this exact topic.
@@ -200,9 +211,12 @@ impl Dispatcher {
                     None => (Arc::from(event.topic.as_str()), 0),
                 };
                 let routes = exact | pattern_routes(&self.prefixes, &name);
+                // `max_topics` is at most u32::MAX (validated), so the count fits.
+                let id = TopicId(self.topics.len() as u32);
                 self.names.insert(name.clone());
                 self.topics.entry(name.clone()).or_insert(TopicState {
                     name,
+                    id,
                     seq: 0,
                     exact,
                     routes,
@@ -218,13 +232,13 @@ impl Dispatcher {
         }
         let ts = event.ts.unwrap_or_else(now_us);
         let bytes = protocol::msg(&state.name, seq, ts, &event.data);
-        let topic = state.name.clone();
+        let topic = state.id;
         let mut mask = routes;
         while mask != 0 {
             let shard = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             let frame = Frame {
-                topic: topic.clone(),
+                topic,
                 seq,
                 bytes: bytes.clone(),
                 ingest_at: event.ingest_at,

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use corecast_shards::protocol;
 use corecast_shards::queue::{Bounds, Outbound};
-use corecast_shards::ring::{Frame, Interest};
+use corecast_shards::ring::{Frame, Interest, TopicId};
 use corecast_shards::table::{Table, ToDispatcher};
 
 /// One order-book delta as a publisher sends it.
@@ -30,7 +30,7 @@ pub const TOPIC: &str = "trades.BTCUSD";
 /// A small trade frame of [`TOPIC`], sequence `seq`, as the dispatcher builds it.
 pub fn trade_frame(seq: u64) -> Frame {
     Frame {
-        topic: Arc::from(TOPIC),
+        topic: TopicId(0),
         seq,
         bytes: protocol::msg(TOPIC, seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
         ingest_at: Instant::now(),

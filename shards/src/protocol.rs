@@ -182,6 +182,21 @@ pub fn msg(topic: &str, seq: u64, ts: u64, data: &[u8]) -> Bytes {
     Bytes::from(buf).slice(start..)
 }
 
+/// The topic name inside a frame made by [`msg`]: after the WebSocket header (2, 4 or 10 bytes,
+/// RFC 6455 §5.2) and the fixed `{"op":"msg","topic":"`, up to the next `"` (topic names never
+/// need escaping, see `crate::topic`). `None` when `frame` is not one [`msg`] made.
+pub fn msg_topic(frame: &[u8]) -> Option<&str> {
+    const START: &[u8] = b"{\"op\":\"msg\",\"topic\":\"";
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let rest = frame.get(header..)?.strip_prefix(START)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 /// `welcome` frame, sent once after the handshake.
 pub fn welcome(
     conn: &str,
@@ -255,6 +270,22 @@ mod tests {
         assert_eq!(f[1], 126);
         let len = u16::from_be_bytes([f[2], f[3]]) as usize;
         assert_eq!(len, f.len() - 4);
+    }
+
+    #[test]
+    fn the_topic_is_read_back_from_a_msg_frame_of_every_header_length() {
+        // Payload length codes: the length itself (2-byte header), 126 (4), 127 (10).
+        for (len, code) in [(10usize, None), (300, Some(126u8)), (70_000, Some(127))] {
+            let data = format!("\"{}\"", "x".repeat(len));
+            let f = msg("book.ETH-USD:perp", 7, 1, data.as_bytes());
+            assert_eq!(f[1] >= 126, code.is_some());
+            if let Some(code) = code {
+                assert_eq!(f[1], code);
+            }
+            assert_eq!(msg_topic(&f), Some("book.ETH-USD:perp"));
+        }
+        assert_eq!(msg_topic(&gap("t", 1, 2, "x")), None, "not a msg frame");
+        assert_eq!(msg_topic(b"\x81"), None, "truncated");
     }
 
     fn parse(s: &str) -> Result<Request, Rejected> {

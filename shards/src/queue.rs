@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use crate::protocol;
 use crate::ring::Frame;
@@ -36,12 +35,13 @@ impl Chunk {
 }
 
 /// A run of dropped sequence numbers of one topic, not yet announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gap {
-    pub topic: Arc<str>,
-    pub from: u64,
-    pub to: u64,
-    pub reason: &'static str,
+#[derive(Debug)]
+struct Gap {
+    /// The first frame dropped: its topic id and the name its bytes carry.
+    first: Rc<Frame>,
+    from: u64,
+    to: u64,
+    reason: &'static str,
 }
 
 /// What [`Outbound::push_published`] did.
@@ -173,7 +173,7 @@ impl Outbound {
     /// put in place.
     pub fn retain_published(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
         if let Some(gaps) = &mut self.gaps {
-            gaps.retain(|g| keep(&g.topic));
+            gaps.retain(|g| keep(g.first.name()));
             if gaps.is_empty() {
                 self.gaps = None;
             }
@@ -184,7 +184,7 @@ impl Outbound {
             let first = index == 0;
             index += 1;
             match c {
-                Chunk::Published(f) if !(keep(&f.topic) || first && self.head_written > 0) => {
+                Chunk::Published(f) if !(keep(f.name()) || first && self.head_written > 0) => {
                     self.published -= 1;
                     self.published_bytes -= f.bytes.len();
                     false
@@ -220,19 +220,15 @@ impl Outbound {
         self.published -= 1;
         self.published_bytes -= f.bytes.len();
         let gaps = self.gaps.get_or_insert_with(Box::default);
-        match gaps
-            .iter_mut()
-            .rev()
-            .find(|g| Arc::ptr_eq(&g.topic, &f.topic) || *g.topic == *f.topic)
-        {
+        match gaps.iter_mut().rev().find(|g| g.first.topic == f.topic) {
             Some(g) if g.to + 1 == f.seq && g.reason == protocol::reason::SLOW_CONSUMER => {
                 g.to = f.seq
             }
             _ => gaps.push(Gap {
-                topic: f.topic.clone(),
                 from: f.seq,
                 to: f.seq,
                 reason: protocol::reason::SLOW_CONSUMER,
+                first: f,
             }),
         }
         // Pending gaps go in front of the first published frame still queued, which is right
@@ -274,7 +270,7 @@ impl Outbound {
         };
         let n = gaps.len();
         for (i, g) in gaps.into_iter().enumerate() {
-            let frame = protocol::gap(&g.topic, g.from, g.to, g.reason);
+            let frame = protocol::gap(g.first.name(), g.from, g.to, g.reason);
             self.chunks
                 .insert(at + i, Chunk::Notice(frame.into_boxed_slice()));
         }
@@ -370,15 +366,14 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::testing::frame_at;
     use std::time::Instant;
 
-    fn frame(topic: &Arc<str>, seq: u64, len: usize) -> Rc<Frame> {
-        Rc::new(Frame {
-            topic: topic.clone(),
-            seq,
-            bytes: bytes::Bytes::from(vec![b'x'; len]),
-            ingest_at: Instant::now(),
-        })
+    /// Size of the small frames the tests queue, in bytes.
+    const S: usize = 64;
+
+    fn frame(topic: &str, seq: u64, len: usize) -> Rc<Frame> {
+        Rc::new(frame_at(topic, seq, len, Instant::now()))
     }
 
     const B: Bounds = Bounds {
@@ -403,7 +398,7 @@ mod tests {
 
     #[test]
     fn frames_older_than_the_age_bound_are_dropped_and_announced() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let bounds = Bounds {
             max_messages: 100,
             max_age: Some(std::time::Duration::from_millis(100)),
@@ -411,12 +406,12 @@ mod tests {
         };
         let start = Instant::now();
         let at = |seq: u64, ms: u64| {
-            Rc::new(Frame {
-                topic: t.clone(),
+            Rc::new(frame_at(
+                t,
                 seq,
-                bytes: bytes::Bytes::from(vec![b'x'; 10]),
-                ingest_at: start + std::time::Duration::from_millis(ms),
-            })
+                S,
+                start + std::time::Duration::from_millis(ms),
+            ))
         };
         let mut q = Outbound::default();
         q.push_own(b"ack".to_vec());
@@ -444,21 +439,21 @@ mod tests {
             &gap[..],
             "the notice precedes the frames left"
         );
-        assert_eq!(wire.len(), 3 + gap.len() + 20);
+        assert_eq!(wire.len(), 3 + gap.len() + 2 * S);
     }
 
     #[test]
     fn a_queue_drained_of_its_own_frames_frees_its_buffer_a_streaming_one_keeps_it() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
         q.push_own(b"welcome".to_vec());
         assert!(q.chunks.capacity() > 0);
         assert_eq!(drain(&mut q), b"welcome");
         assert_eq!(q.chunks.capacity(), 0, "idle: no queue memory");
 
-        q.push_published(frame(&t, 1, 10), &B);
+        q.push_published(frame(t, 1, S), &B);
         q.push_own(b"pong".to_vec());
-        assert_eq!(drain(&mut q).len(), 14);
+        assert_eq!(drain(&mut q).len(), S + 4);
         assert!(q.is_empty());
         assert!(
             q.chunks.capacity() > 0,
@@ -473,17 +468,17 @@ mod tests {
     #[test]
     fn a_gap_goes_before_a_later_notice_of_the_same_topic() {
         // Frames 1-2 queued, then the shard's notice that 3-4 never reached it, then frame 5.
-        // The bound (3 frames, 10 bytes each) drops 1 and 2 to make room for 6 and 7: their
+        // The bound (3 frames) drops 1 and 2 to make room for 6 and 7: their
         // gap must reach the client before the notice for 3-4, or its stream jumps ahead
         // and the gap for 1-2 arrives for the past.
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
-        q.push_published(frame(&t, 1, 10), &B);
-        q.push_published(frame(&t, 2, 10), &B);
+        q.push_published(frame(t, 1, S), &B);
+        q.push_published(frame(t, 2, S), &B);
         q.push_notice("t", 3, 4, protocol::reason::SHARD_OVERFLOW);
-        q.push_published(frame(&t, 5, 10), &B);
+        q.push_published(frame(t, 5, S), &B);
         assert_eq!(
-            q.push_published(frame(&t, 6, 10), &B),
+            q.push_published(frame(t, 6, S), &B),
             Enqueued::DroppedOldest {
                 dropped: 1,
                 notices: 0
@@ -491,7 +486,7 @@ mod tests {
             "frame 2 still stands between the gap and the notice"
         );
         assert_eq!(
-            q.push_published(frame(&t, 7, 10), &B),
+            q.push_published(frame(t, 7, S), &B),
             Enqueued::DroppedOldest {
                 dropped: 1,
                 notices: 1
@@ -500,7 +495,9 @@ mod tests {
         );
         let mut expected = protocol::gap("t", 1, 2, protocol::reason::SLOW_CONSUMER);
         expected.extend(protocol::gap("t", 3, 4, protocol::reason::SHARD_OVERFLOW));
-        expected.extend([b'x'; 30]);
+        for seq in 5..=7 {
+            expected.extend_from_slice(&frame(t, seq, S).bytes);
+        }
         assert_eq!(drain(&mut q), expected, "1-2 gap, 3-4 notice, frames 5-7");
     }
 
@@ -509,39 +506,39 @@ mod tests {
         // Bound of 2: [t1, u1]; the shard then queues its notice that t:2-3 never reached it
         // and t4, which drops t1 (u1 now stands where t1 was, so the gap waits). The client
         // unsubscribes from u: u1 goes, and the gap for t:1 must still precede t:2-3.
-        let (t, u): (Arc<str>, Arc<str>) = ("t".into(), "u".into());
+        let (t, u) = ("t", "u");
         let two = Bounds {
             max_messages: 2,
             ..B
         };
         let mut q = Outbound::default();
-        q.push_published(frame(&t, 1, 10), &two);
-        q.push_published(frame(&u, 1, 10), &two);
+        q.push_published(frame(t, 1, S), &two);
+        q.push_published(frame(u, 1, S), &two);
         q.push_notice("t", 2, 3, protocol::reason::SHARD_OVERFLOW);
-        q.push_published(frame(&t, 4, 10), &two);
+        q.push_published(frame(t, 4, S), &two);
         assert_eq!(q.retain_published(|topic| topic != "u"), 1);
         let mut expected = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
         expected.extend(protocol::gap("t", 2, 3, protocol::reason::SHARD_OVERFLOW));
-        expected.extend([b'x'; 10]);
+        expected.extend_from_slice(&frame(t, 4, S).bytes);
         assert_eq!(drain(&mut q), expected);
     }
 
     #[test]
     fn drops_oldest_and_announces_one_merged_gap_first() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
         for seq in 1..=3 {
-            assert_eq!(q.push_published(frame(&t, seq, 10), &B), Enqueued::Queued);
+            assert_eq!(q.push_published(frame(t, seq, S), &B), Enqueued::Queued);
         }
         assert_eq!(
-            q.push_published(frame(&t, 4, 10), &B),
+            q.push_published(frame(t, 4, S), &B),
             Enqueued::DroppedOldest {
                 dropped: 1,
                 notices: 0
             }
         );
         assert_eq!(
-            q.push_published(frame(&t, 5, 10), &B),
+            q.push_published(frame(t, 5, S), &B),
             Enqueued::DroppedOldest {
                 dropped: 1,
                 notices: 0
@@ -551,18 +548,18 @@ mod tests {
         let wire = drain(&mut q);
         let gap = protocol::gap("t", 1, 2, protocol::reason::SLOW_CONSUMER);
         assert!(wire.starts_with(&gap), "gap notice comes first");
-        assert_eq!(wire.len(), gap.len() + 30);
+        assert_eq!(wire.len(), gap.len() + 3 * S);
         assert!(q.is_empty());
     }
 
     #[test]
     fn byte_bound_drops_too_and_own_frames_survive() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
         q.push_own(b"hello".to_vec());
-        q.push_published(frame(&t, 1, 600), &B);
+        q.push_published(frame(t, 1, 600), &B);
         assert_eq!(
-            q.push_published(frame(&t, 2, 600), &B),
+            q.push_published(frame(t, 2, 600), &B),
             Enqueued::DroppedOldest {
                 dropped: 1,
                 notices: 0
@@ -581,21 +578,21 @@ mod tests {
 
     #[test]
     fn partial_write_keeps_the_head_whole() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
         for seq in 1..=3 {
-            q.push_published(frame(&t, seq, 10), &B);
+            q.push_published(frame(t, seq, S), &B);
         }
-        // The socket takes 15 bytes: frame 1 whole, half of frame 2.
-        let (state, _) = q.flush(|_| Ok(15)).unwrap();
+        // The socket takes frame 1 whole and all of frame 2 but 5 bytes.
+        let (state, _) = q.flush(|_| Ok(2 * S - 5)).unwrap();
         assert_eq!(state, Flushed::Blocked);
         assert_eq!(q.head().unwrap().len(), 5);
         // Frame 2 is partly written, so frame 3 is the oldest that may be dropped.
-        q.push_published(frame(&t, 4, 10), &B);
-        q.push_published(frame(&t, 5, 10), &B);
+        q.push_published(frame(t, 4, S), &B);
+        q.push_published(frame(t, 5, S), &B);
         let wire = drain(&mut q);
         let gap = protocol::gap("t", 3, 3, protocol::reason::SLOW_CONSUMER);
-        assert_eq!(wire.len(), 5 + gap.len() + 20);
+        assert_eq!(wire.len(), 5 + gap.len() + 2 * S);
         assert_eq!(
             &wire[5..5 + gap.len()],
             &gap[..],
@@ -605,35 +602,35 @@ mod tests {
 
     #[test]
     fn later_gap_notices_follow_earlier_unwritten_ones() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
         for seq in 1..=3 {
-            q.push_published(frame(&t, seq, 10), &B);
+            q.push_published(frame(t, seq, S), &B);
         }
-        q.push_published(frame(&t, 4, 10), &B); // drops 1
-                                                // Nothing can be written: the notice for 1 is queued, unwritten.
+        q.push_published(frame(t, 4, S), &B); // drops 1
+                                              // Nothing can be written: the notice for 1 is queued, unwritten.
         q.flush(|_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
             .unwrap();
-        q.push_published(frame(&t, 5, 10), &B); // drops 2
+        q.push_published(frame(t, 5, S), &B); // drops 2
         let wire = drain(&mut q);
         let first = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
         let second = protocol::gap("t", 2, 2, protocol::reason::SLOW_CONSUMER);
         assert_eq!(&wire[..first.len()], &first[..]);
         assert_eq!(&wire[first.len()..first.len() + second.len()], &second[..]);
-        assert_eq!(wire.len(), first.len() + second.len() + 30);
+        assert_eq!(wire.len(), first.len() + second.len() + 3 * S);
     }
 
     #[test]
     fn head_of_a_blocked_queue_is_the_pending_gap_notice() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
         for seq in 1..=3 {
-            q.push_published(frame(&t, seq, 10), &B);
+            q.push_published(frame(t, seq, S), &B);
         }
         // Blocked: nothing written, then drops happen while the socket is full.
         q.flush(|_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
             .unwrap();
-        q.push_published(frame(&t, 4, 10), &B);
+        q.push_published(frame(t, 4, S), &B);
         let gap = protocol::gap("t", 1, 1, protocol::reason::SLOW_CONSUMER);
         assert_eq!(
             q.head().unwrap(),
@@ -644,9 +641,9 @@ mod tests {
 
     #[test]
     fn would_block_reports_blocked_and_keeps_everything() {
-        let t: Arc<str> = "t".into();
+        let t = "t";
         let mut q = Outbound::default();
-        q.push_published(frame(&t, 1, 10), &B);
+        q.push_published(frame(t, 1, S), &B);
         let (state, _) = q
             .flush(|_| Err(io::Error::from(io::ErrorKind::WouldBlock)))
             .unwrap();
@@ -656,13 +653,13 @@ mod tests {
 
     #[test]
     fn retain_removes_unsubscribed_topics() {
-        let a: Arc<str> = "a".into();
-        let b: Arc<str> = "b".into();
+        let a = "a";
+        let b = "b";
         let mut q = Outbound::default();
-        q.push_published(frame(&a, 1, 10), &B);
-        q.push_published(frame(&b, 1, 10), &B);
+        q.push_published(frame(a, 1, S), &B);
+        q.push_published(frame(b, 1, S), &B);
         q.retain_published(|topic| topic != "a");
         assert_eq!(q.published_len(), 1);
-        assert_eq!(drain(&mut q).len(), 10);
+        assert_eq!(drain(&mut q).len(), S);
     }
 }

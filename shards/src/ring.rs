@@ -21,20 +21,40 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::metrics::ShardReport;
 
+/// A topic's number on this node: given by the dispatcher at the topic's first publish, counting
+/// from 0, and never reused while the process runs (the dispatcher never forgets a published
+/// topic; it refuses new ones past `max_topics`, which is at most `u32::MAX`). A shard indexes
+/// its table by it, so routing a frame hashes no string and touches no counter shared with
+/// another core. It never leaves the node: clients see names only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicId(pub u32);
+
 /// A published message, framed once by the dispatcher and never re-encoded.
 ///
 /// Lives on any thread; a shard wraps it in an `Rc` so each subscriber costs a shard-local
-/// reference count, not an atomic shared across cores.
+/// reference count. The one count shared across cores is that of `bytes`, touched once per
+/// shard routed to, when the dispatcher pushes the frame and when the shard lets it go.
 #[derive(Debug)]
 pub struct Frame {
-    /// Topic the message was published on.
-    pub topic: Arc<str>,
+    /// Topic the message was published on. The name is inside `bytes` ([`Frame::name`]).
+    pub topic: TopicId,
     /// Per-topic sequence number, starting at 1, contiguous while the dispatcher runs.
     pub seq: u64,
     /// The complete WebSocket text frame (header + `msg` JSON), ready to write to any client.
     pub bytes: Bytes,
     /// When the dispatcher received the event (for the ingest-to-write histogram).
     pub ingest_at: Instant,
+}
+
+impl Frame {
+    /// The topic's name, read from the frame's own bytes, where [`crate::protocol::msg`] wrote
+    /// it. A shard reads it when it first meets a topic id, for a gap notice and after an
+    /// unsubscribe; never per subscriber. Linear in the name's length.
+    ///
+    /// Panics if `bytes` were not made by `protocol::msg` (a frame is built nowhere else).
+    pub fn name(&self) -> &str {
+        crate::protocol::msg_topic(&self.bytes).expect("a frame's bytes are made by protocol::msg")
+    }
 }
 
 /// What a subscription names, owned: a topic or a `prefix.*` pattern (prefix stored without `.*`).
@@ -229,6 +249,65 @@ impl<T> RingReceiver<T> {
             one.pop()
         } else {
             None
+        }
+    }
+}
+
+/// Frames for unit tests, made as the dispatcher makes them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Frame, TopicId};
+    use std::time::Instant;
+
+    /// The same name gets the same topic id on a thread, in order of first use.
+    fn id_of(name: &str) -> TopicId {
+        thread_local! {
+            static IDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let i = IDS.with_borrow_mut(|ids| match ids.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                ids.push(name.to_owned());
+                ids.len() - 1
+            }
+        });
+        TopicId(i as u32)
+    }
+
+    fn msg(name: &str, seq: u64, pad: usize) -> bytes::Bytes {
+        let data = format!("\"{}\"", "x".repeat(pad));
+        crate::protocol::msg(name, seq, 0, data.as_bytes())
+    }
+
+    /// A frame of `name`, exactly `len` bytes long (at least the bare `msg` frame's size,
+    /// about 50 bytes), ingested at `at`.
+    pub(crate) fn frame_at(name: &str, seq: u64, len: usize, at: Instant) -> Frame {
+        let bare = msg(name, seq, 0).len();
+        assert!(
+            len >= bare,
+            "a msg frame of {name} is at least {bare} bytes"
+        );
+        let mut bytes = msg(name, seq, len - bare);
+        // A longer payload may need a longer header (RFC 6455 §5.2).
+        if bytes.len() > len {
+            bytes = msg(name, seq, len - bare - (bytes.len() - len));
+        }
+        assert_eq!(bytes.len(), len);
+        Frame {
+            topic: id_of(name),
+            seq,
+            bytes,
+            ingest_at: at,
+        }
+    }
+
+    /// The smallest frame of `name`, ingested now.
+    pub(crate) fn frame(name: &str, seq: u64) -> Frame {
+        Frame {
+            topic: id_of(name),
+            seq,
+            bytes: msg(name, seq, 0),
+            ingest_at: Instant::now(),
         }
     }
 }

@@ -11,7 +11,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel;
@@ -21,7 +20,7 @@ use crate::config::ShardConfig;
 use crate::connection::{CloseRequest, Conn};
 pub use crate::ctx::Handler;
 use crate::ctx::ShardCtx;
-use crate::ring::{ControlMsg, RingReceiver, RingSender, ShardMsg};
+use crate::ring::{ControlMsg, RingReceiver, RingSender, ShardMsg, TopicId};
 use crate::table::Routed;
 
 /// Everything a shard needs to start. Built on the main thread, moved to the shard's thread.
@@ -156,7 +155,7 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
     let mut batch: Vec<ShardMsg> = Vec::with_capacity(256);
     let mut ingest_times: Vec<Instant> = Vec::with_capacity(256);
     // Frames that arrived older than the age bound, per topic, not yet announced.
-    let mut late: HashMap<Arc<str>, Late> = HashMap::new();
+    let mut late: HashMap<TopicId, Late> = HashMap::new();
     let window = ctx.config.batch_window();
     // When the oldest frame not yet written arrived (only with a window).
     let mut pending_since: Option<Instant> = None;
@@ -271,13 +270,13 @@ fn is_late(ctx: &ShardCtx, frame: &crate::ring::Frame, received: Instant) -> boo
 /// Skips a late frame: not routed, remembered to be announced as a gap. Costs a map update
 /// instead of a queue push per subscriber, so a shard that fell behind catches up instead of
 /// writing ever staler frames.
-fn skip_late(ctx: &ShardCtx, late: &mut HashMap<Arc<str>, Late>, frame: crate::ring::Frame) {
+fn skip_late(ctx: &ShardCtx, late: &mut HashMap<TopicId, Late>, frame: crate::ring::Frame) {
     ctx.metrics.borrow_mut().counters.late_frames += 1;
     match late.get_mut(&frame.topic) {
         Some(skipped) => skipped.last = frame,
         None => {
             let from = frame.seq;
-            late.insert(frame.topic.clone(), Late { from, last: frame });
+            late.insert(frame.topic, Late { from, last: frame });
         }
     }
 }
@@ -292,7 +291,7 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
     let mut table = ctx.table.borrow_mut();
     // From the first sequence the subscribers have not had: a hole before the skipped frames
     // joins the same notice, and skipped frames the table already passed are left out.
-    let start = match table.last_seq(&last.topic) {
+    let start = match table.last_seq_of(last.topic) {
         Some(seen) if seen > 0 => seen + 1,
         _ => from,
     };
@@ -301,7 +300,7 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
             return;
         }
         conn.out.borrow_mut().push_notice(
-            &last.topic,
+            last.name(),
             start,
             last.seq,
             crate::protocol::reason::SHARD_OVERFLOW,
@@ -328,7 +327,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         let mut out = conn.out.borrow_mut();
         if let Some((from, to)) = missed {
             out.push_notice(
-                &frame.topic,
+                frame.name(),
                 from,
                 to,
                 crate::protocol::reason::SHARD_OVERFLOW,

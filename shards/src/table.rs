@@ -5,12 +5,16 @@
 //! (`Pending`), and the last sequence seen per topic so that frames the shard itself missed
 //! are announced as gaps. Subscribe requests complete only when every interest they name is
 //! live, so the `ack` always precedes the first `msg` of its topics.
+//!
+//! Requests name topics; frames carry the dispatcher's [`TopicId`]. Topics sit in slots: a name
+//! map serves requests, and an index by topic id, filled from the first frame of each topic
+//! (which carries its name), serves routing, so a frame costs an array read, not a string hash.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::ring::{Frame, Interest};
+use crate::ring::{Frame, Interest, TopicId};
 use crate::topic::{covering_prefixes, NameIndex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +48,9 @@ impl<T> Entry<T> {
 }
 
 struct TopicEntry<T> {
+    name: Arc<str>,
+    /// The dispatcher's number for the topic, learnt from its first frame here.
+    id: Option<TopicId>,
     exact: Entry<T>,
     /// Last sequence seen on this shard; 0 when unknown (the next frame sets the baseline).
     last_seq: u64,
@@ -85,8 +92,16 @@ pub enum Routed {
 /// Shard-local subscription table. `T` is the connection type; subscribers are compared by
 /// `Rc` identity.
 pub struct Table<T> {
-    topics: HashMap<Arc<str>, TopicEntry<T>>,
-    /// The names of `topics` in order: a pattern's subscribe or release visits the topics
+    /// Topics the shard tracks (subscribed exactly, waited for, or met through a pattern);
+    /// `free` lists the empty slots.
+    slots: Vec<Option<TopicEntry<T>>>,
+    free: Vec<u32>,
+    /// Slot of each topic, by name (requests).
+    by_name: HashMap<Arc<str>, u32>,
+    /// Slot of each topic, by topic id (frames); [`NO_SLOT`] where none. As long as the
+    /// highest topic id met here, 4 bytes each.
+    by_id: Vec<u32>,
+    /// The names of the topics in order: a pattern's subscribe or release visits the topics
     /// under it, not every topic.
     names: NameIndex,
     /// Patterns by prefix (without `.*`); a frame looks up each prefix covering its topic.
@@ -98,7 +113,10 @@ pub struct Table<T> {
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            topics: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_name: HashMap::new(),
+            by_id: Vec::new(),
             names: NameIndex::default(),
             prefixes: HashMap::new(),
             requests: Vec::new(),
@@ -107,12 +125,89 @@ impl<T> Default for Table<T> {
     }
 }
 
+/// An empty entry of [`Table::by_id`].
+const NO_SLOT: u32 = u32::MAX;
+
 impl<T> Table<T> {
+    fn topic(&self, name: &str) -> Option<&TopicEntry<T>> {
+        let slot = *self.by_name.get(name)?;
+        self.slots[slot as usize].as_ref()
+    }
+
+    fn topic_mut(&mut self, name: &str) -> Option<&mut TopicEntry<T>> {
+        let slot = *self.by_name.get(name)?;
+        self.slots[slot as usize].as_mut()
+    }
+
+    /// Adds a topic the table does not have; returns its slot.
+    fn insert_topic(&mut self, name: Arc<str>) -> u32 {
+        let entry = TopicEntry {
+            name: name.clone(),
+            id: None,
+            exact: Entry::new(),
+            last_seq: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.names.insert(name.clone());
+        self.by_name.insert(name, slot);
+        slot
+    }
+
+    fn remove_topic(&mut self, name: &str) {
+        let Some(slot) = self.by_name.remove(name) else {
+            return;
+        };
+        let entry = self.slots[slot as usize]
+            .take()
+            .expect("a named slot is full");
+        if let Some(id) = entry.id {
+            self.by_id[id.0 as usize] = NO_SLOT;
+        }
+        self.names.remove(name);
+        self.free.push(slot);
+    }
+
+    /// Slot of the frame's topic: by its id, or, on the first frame of the topic here, by the
+    /// name it carries (then remembered by id). A topic the table lacks gets a slot only when
+    /// a live pattern covers it.
+    fn slot_of(&mut self, frame: &Frame) -> Option<u32> {
+        let id = frame.topic.0 as usize;
+        if let Some(&slot) = self.by_id.get(id) {
+            if slot != NO_SLOT {
+                return Some(slot);
+            }
+        }
+        let name = frame.name();
+        let slot = match self.by_name.get(name) {
+            Some(&slot) => slot,
+            None if live_pattern_covers(&self.prefixes, name) => self.insert_topic(Arc::from(name)),
+            None => return None,
+        };
+        if self.by_id.len() <= id {
+            self.by_id.resize(id + 1, NO_SLOT);
+        }
+        self.by_id[id] = slot;
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("a named slot is full")
+            .id = Some(frame.topic);
+        Some(slot)
+    }
+
     /// The table's own copy of `interest` when it already has the topic: connections then
     /// share one name allocation per topic instead of holding one each.
     pub fn intern(&self, interest: Interest) -> Interest {
         match &interest {
-            Interest::Topic(t) => match self.topics.get_key_value(t) {
+            Interest::Topic(t) => match self.by_name.get_key_value(t) {
                 Some((key, _)) => Interest::Topic(key.clone()),
                 None => interest,
             },
@@ -123,16 +218,13 @@ impl<T> Table<T> {
     fn entry_mut(&mut self, interest: &Interest) -> &mut Entry<T> {
         match interest {
             Interest::Topic(t) => {
-                if !self.topics.contains_key(t) {
-                    self.names.insert(t.clone());
-                }
-                &mut self
-                    .topics
-                    .entry(t.clone())
-                    .or_insert_with(|| TopicEntry {
-                        exact: Entry::new(),
-                        last_seq: 0,
-                    })
+                let slot = match self.by_name.get(t) {
+                    Some(&slot) => slot,
+                    None => self.insert_topic(t.clone()),
+                };
+                &mut self.slots[slot as usize]
+                    .as_mut()
+                    .expect("a named slot is full")
                     .exact
             }
             Interest::Prefix(p) => self.prefixes.entry(p.clone()).or_insert_with(Entry::new),
@@ -141,7 +233,7 @@ impl<T> Table<T> {
 
     fn state(&self, interest: &Interest) -> State {
         match interest {
-            Interest::Topic(t) => self.topics.get(t).map_or(State::Idle, |e| e.exact.state),
+            Interest::Topic(t) => self.topic(t).map_or(State::Idle, |e| e.exact.state),
             Interest::Prefix(p) => self.prefixes.get(p).map_or(State::Idle, |e| e.state),
         }
     }
@@ -149,7 +241,7 @@ impl<T> Table<T> {
     /// The sequence an `ack` reports for a live interest.
     fn ack_seq(&self, interest: &Interest) -> Option<u64> {
         match interest {
-            Interest::Topic(t) => Some(self.topics.get(t).map_or(0, |e| e.last_seq)),
+            Interest::Topic(t) => Some(self.topic(t).map_or(0, |e| e.last_seq)),
             Interest::Prefix(_) => None,
         }
     }
@@ -217,7 +309,7 @@ impl<T> Table<T> {
         }
         match interest {
             Interest::Topic(t) => {
-                let e = self.topics.get_mut(t).expect("pending topic has an entry");
+                let e = self.topic_mut(t).expect("pending topic has an entry");
                 e.exact.state = State::Live;
                 e.last_seq = seq;
             }
@@ -227,7 +319,7 @@ impl<T> Table<T> {
                 // in them is still announced.
                 for name in self.names.under(p) {
                     let tracked = live_pattern_covers(&self.prefixes, &name);
-                    if let Some(e) = self.topics.get_mut(&name) {
+                    if let Some(e) = self.topic_mut(&name) {
                         if e.exact.state != State::Live && !tracked {
                             e.last_seq = 0;
                         }
@@ -253,8 +345,7 @@ impl<T> Table<T> {
     pub fn wants(&self, sub: &Rc<T>, interest: &Interest) -> bool {
         let subscribed = match interest {
             Interest::Topic(t) => self
-                .topics
-                .get(t)
+                .topic(t)
                 .is_some_and(|e| e.exact.subscribers.iter().any(|s| Rc::ptr_eq(s, sub))),
             Interest::Prefix(p) => self
                 .prefixes
@@ -269,7 +360,17 @@ impl<T> Table<T> {
 
     /// Current sequence of a subscribed topic (for an unsubscribe ack).
     pub fn last_seq(&self, topic: &str) -> Option<u64> {
-        self.topics.get(topic).map(|e| e.last_seq)
+        self.topic(topic).map(|e| e.last_seq)
+    }
+
+    /// Last sequence the shard saw of the topic numbered `id`, if it tracks the topic and has
+    /// met a frame of it.
+    pub fn last_seq_of(&self, id: TopicId) -> Option<u64> {
+        let slot = *self.by_id.get(id.0 as usize)?;
+        if slot == NO_SLOT {
+            return None;
+        }
+        self.slots[slot as usize].as_ref().map(|e| e.last_seq)
     }
 
     /// Removes `sub` from `interest`; tells the dispatcher when the shard's last one leaves.
@@ -320,8 +421,7 @@ impl<T> Table<T> {
         match interest {
             Interest::Topic(t) => {
                 if !live_pattern_covers(&self.prefixes, t) {
-                    self.topics.remove(t);
-                    self.names.remove(t);
+                    self.remove_topic(t);
                 }
             }
             Interest::Prefix(p) => {
@@ -329,13 +429,11 @@ impl<T> Table<T> {
                 // Only topics under this pattern were kept for it.
                 for name in self.names.under(p) {
                     let keep = self
-                        .topics
-                        .get(&name)
+                        .topic(&name)
                         .is_some_and(|e| e.exact.state != State::Idle || !e.exact.unused())
                         || live_pattern_covers(&self.prefixes, &name);
                     if !keep {
-                        self.topics.remove(&name);
-                        self.names.remove(&name);
+                        self.remove_topic(&name);
                     }
                 }
             }
@@ -345,36 +443,29 @@ impl<T> Table<T> {
     /// Routes one frame: calls `deliver(subscriber, missed)` once per subscriber (a connection
     /// subscribed both exactly and by pattern is called twice; `deliver` deduplicates), where
     /// `missed` is a range of sequences the shard itself never received, to announce first.
-    /// Cost: one hash lookup, one more per dot in the topic while any pattern is subscribed
-    /// (never a scan of the patterns), and O(1) per subscriber.
+    /// Cost: an array read by topic id (a name hash the first time a topic id is met), one
+    /// hash lookup per dot in the topic while any pattern is subscribed (never a scan of the
+    /// patterns), and O(1) per subscriber.
     /// `deliver` must not touch the table.
     pub fn route(
         &mut self,
         frame: &Frame,
         mut deliver: impl FnMut(&Rc<T>, Option<(u64, u64)>),
     ) -> Routed {
-        let known = self.topics.get(&*frame.topic);
-        let exact_live = known.is_some_and(|e| e.exact.state == State::Live);
-        let known = known.is_some();
-        let by_pattern = live_pattern_covers(&self.prefixes, &frame.topic);
+        let Some(slot) = self.slot_of(frame) else {
+            return Routed::Unrouted;
+        };
+        let Table {
+            slots, prefixes, ..
+        } = self;
+        let entry = slots[slot as usize]
+            .as_mut()
+            .expect("a routed slot is full");
+        let exact_live = entry.exact.state == State::Live;
+        let by_pattern = live_pattern_covers(prefixes, &entry.name);
         if !exact_live && !by_pattern {
             return Routed::Unrouted;
         }
-        if !known {
-            // First frame of a topic seen only through a pattern.
-            self.names.insert(frame.topic.clone());
-            self.topics.insert(
-                frame.topic.clone(),
-                TopicEntry {
-                    exact: Entry::new(),
-                    last_seq: 0,
-                },
-            );
-        }
-        let entry = self
-            .topics
-            .get_mut(&*frame.topic)
-            .expect("inserted above when unknown");
         if frame.seq <= entry.last_seq {
             return Routed::Stale;
         }
@@ -389,8 +480,8 @@ impl<T> Table<T> {
             }
         }
         if by_pattern {
-            for p in covering_prefixes(&frame.topic) {
-                match self.prefixes.get(p) {
+            for p in covering_prefixes(&entry.name) {
+                match prefixes.get(p) {
                     Some(e) if e.state == State::Live => {
                         for s in &e.subscribers {
                             deliver(s, missed);
@@ -406,7 +497,11 @@ impl<T> Table<T> {
 
     /// Topics and patterns with at least one subscriber or waiting request.
     pub fn interest_count(&self) -> usize {
-        self.topics.values().filter(|e| !e.exact.unused()).count()
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|e| !e.exact.unused())
+            .count()
             + self.prefixes.values().filter(|p| !p.unused()).count()
     }
 }
@@ -445,19 +540,10 @@ mod intern_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use crate::ring::testing::frame;
 
     fn topic(s: &str) -> Interest {
         Interest::Topic(s.into())
-    }
-
-    fn frame(t: &str, seq: u64) -> Frame {
-        Frame {
-            topic: t.into(),
-            seq,
-            bytes: bytes::Bytes::new(),
-            ingest_at: Instant::now(),
-        }
     }
 
     fn delivered(table: &mut Table<u32>, f: &Frame) -> Vec<(u32, Option<(u64, u64)>)> {
@@ -531,6 +617,34 @@ mod tests {
         t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
         assert!(t.on_subscribed(&topic("x"), 1, 9).is_empty());
         assert_eq!(t.on_subscribed(&topic("x"), 2, 9).len(), 1);
+    }
+
+    #[test]
+    fn a_topic_dropped_and_subscribed_again_is_found_by_its_id_again() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let a = Rc::new(1u32);
+        t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+        t.on_subscribed(&topic("x"), 1, 0);
+        assert_eq!(delivered(&mut t, &frame("x", 1)), vec![(1, None)]);
+        assert_eq!(t.last_seq_of(frame("x", 1).topic), Some(1));
+        t.unsubscribe(&a, &topic("x"), &mut out);
+        assert_eq!(
+            t.last_seq_of(frame("x", 1).topic),
+            None,
+            "the id is forgotten"
+        );
+        assert_eq!(t.route(&frame("x", 2), |_, _| {}), Routed::Unrouted);
+        // Another topic takes the freed slot; x's id must not lead to it.
+        t.subscribe(a.clone(), None, vec![(topic("y"), true)], &mut out);
+        t.on_subscribed(&topic("y"), 2, 0);
+        assert_eq!(t.route(&frame("x", 3), |_, _| {}), Routed::Unrouted);
+        assert_eq!(delivered(&mut t, &frame("y", 1)), vec![(1, None)]);
+        t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+        t.on_subscribed(&topic("x"), 3, 3);
+        assert_eq!(delivered(&mut t, &frame("x", 4)), vec![(1, None)]);
+        assert_eq!(t.last_seq_of(frame("x", 4).topic), Some(4));
+        assert_eq!(t.last_seq_of(frame("y", 1).topic), Some(1));
     }
 
     #[test]
