@@ -1,14 +1,16 @@
 //! The connection layer over real sockets: how a client's bytes arrive must not matter. A
 //! request in the same write as the upgrade, a request a byte at a time, a message spanning
 //! many reads, and a last request arriving with the client's FIN are all answered. And when
-//! the shard itself falls behind, what it skips is announced in order.
+//! the shard itself falls behind, what it skips is announced in order. A close queued behind a
+//! full socket goes out once the client reads; a client that never reads is closed after the
+//! grace period and the linger.
 //! Frames are built and read by tungstenite (an independent codec), not by corecast's.
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use simd_json::prelude::*;
@@ -178,4 +180,67 @@ fn a_last_request_sent_with_the_fin_is_answered_and_the_connection_ends_at_once(
     assert_eq!(next_of(&mut ws, "pong")["id"].as_u64(), Some(3));
     // Then the server closes its side without waiting for a heartbeat to find the peer gone.
     expect_server_closes(&mut ws);
+}
+
+#[test]
+fn a_close_behind_a_full_socket_waits_for_the_reader_and_a_client_that_never_reads_is_closed_after_grace_and_linger(
+) {
+    const GRACE_MS: u64 = 5000;
+    let mut server = start(|c| {
+        c.shard.heartbeat_interval_ms = 200;
+        c.shard.heartbeat_timeout_ms = 600;
+        c.shard.shutdown_grace_ms = GRACE_MS;
+        c.shard.send_buffer_bytes = 8192;
+        c.shard.report_interval_ms = 50;
+    });
+    let start = Instant::now();
+    let mut never_reads = ballast(&server, "full.t");
+    let mut reads_late = connect(&server.url);
+    subscribe(&mut reads_late, 1, &["full.t"]);
+    // Fill both sockets: neither client reads, so their writes block with frames queued.
+    let data = format!("\"{}\"", "x".repeat(4000));
+    for _ in 0..300 {
+        server.publisher.publish("full.t", data.clone()).unwrap();
+    }
+    // Neither answers a ping: both are asked to close (heartbeat timeout) 0.6 to 0.8 s after
+    // they were last heard, their close frames queued behind what the sockets do not take.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, reason) = expect_close(&mut reads_late);
+    assert_eq!((code, reason.as_str()), (4000, "heartbeat timeout"));
+    drop(reads_late);
+    let open_at = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while server.totals().counters.open != n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} connections left within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    };
+    // The reader's close went out and it is gone; the other is held for the grace period
+    // (from no earlier than 0.6 s), then lingers 1 s.
+    let reader_gone = open_at(1);
+    let never_reads_gone = open_at(0);
+    assert!(
+        never_reads_gone >= Duration::from_millis(600 + GRACE_MS),
+        "held through the grace period: closed at {never_reads_gone:?}"
+    );
+    assert!(
+        reader_gone < never_reads_gone,
+        "the reader went first ({reader_gone:?}, {never_reads_gone:?})"
+    );
+    never_reads
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = vec![0u8; 1 << 16];
+    loop {
+        match never_reads.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) => panic!("the server closed the socket, so reading ends in EOF: {e}"),
+        }
+    }
+    assert!(server.shutdown());
 }

@@ -79,8 +79,8 @@ pub struct ShardConfig {
     /// Longest a published frame waits in a connection's queue for more to share its write,
     /// µs. 0 writes every fan-out round at once (lowest latency); a window gathers more
     /// messages per `send()` when each send costs far more than the bytes it carries.
-    /// Subscription acks delivered from the ring wait with the frames (the ack still precedes
-    /// the topic's first message). Default 0.
+    /// While a window is open every write of the shard waits with it, replies and pings
+    /// included (the ack still precedes the topic's first message). Default 0.
     pub batch_window_us: u64,
 }
 

@@ -2,12 +2,14 @@
 //! The tasks that drive it live beside it, named along the data path: [`crate::upgrade`] (the
 //! HTTP upgrade, a short task per accepted socket), [`crate::open`] (the readiness loop that
 //! reads every open connection and finishes blocked writes), [`crate::requests`] (what a
-//! client's frames and requests do) and [`crate::ending`] (goodbye and linger). The shard's
-//! fan-out round writes a connection once per round ([`Conn::flush`]).
+//! client's frames and requests do) and [`crate::ending`] (goodbye and linger).
 //!
-//! Writing is shared: when the socket buffer fills, the connection is marked `blocked` and
-//! the fan-out round leaves it alone until the readiness loop sees the socket writable, while
-//! new frames keep queueing (drop-oldest) behind it.
+//! A connection is written in one place: [`crate::write::write_dirty`], at the end of every
+//! fan-out round and every pass of the readiness loop, over the connections marked dirty
+//! since. Whatever queues a frame (a published frame, a reply, a ping, the close frame) marks
+//! the connection; nothing else calls [`Conn::flush`]. When the socket buffer fills, the
+//! connection is `Blocked` and skipped until the readiness loop sees the socket writable,
+//! while new frames keep queueing (drop-oldest) behind it.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -55,7 +57,7 @@ pub struct Conn {
     id: u64,
     /// The socket, for direct reads and writes; valid while the connection is registered.
     fd: RawFd,
-    /// Owner of `fd` while the connection is open; taken by the closing task.
+    /// Owner of `fd` until the connection is closed.
     sock: Cell<Option<OwnedFd>>,
     /// Frames waiting to be written.
     pub(crate) out: RefCell<Outbound>,
@@ -92,31 +94,40 @@ pub struct Conn {
 }
 
 /// Where a connection is in its life. It only moves forward, and may skip a step:
-/// `Open` -> `CloseRequested` -> `Ending` -> `Closing` -> `Closed`. A client's close or EOF
-/// goes from `Open` straight to `Ending`; a connection whose peer is gone closes without a
-/// close frame (from `Ending` to `Closed`).
+/// `Open` -> `CloseRequested` -> `Ending` -> `Closing` -> `Lingering` -> `Closed`. A client's
+/// close or EOF goes from `Open` straight to `Ending`; a connection whose peer is gone closes
+/// without a close frame (from `Ending` to `Closed`). Every phase but `Closed` keeps its socket
+/// in the shard's epoll set; the moves are made by [`crate::ending`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lifecycle {
-    /// Served by the readiness loop and written by the fan-out round.
+    /// Reads requests, receives frames.
     Open,
     /// The shard asked for the close (the first request wins); the readiness loop acts on
     /// it within a pass.
     CloseRequested(CloseRequest),
-    /// Out of the epoll set: the closing task owns the socket.
+    /// Leaving the subscription table and choosing its goodbye: a step inside one call,
+    /// never seen by another task.
     Ending,
-    /// The close frame is queued: nothing else may be queued after it.
+    /// The close frame is queued, the last frame: written until the queue is empty or the
+    /// grace period passes (the deadline is kept beside the shard's list of closing
+    /// connections, so a `Conn` stays within its allocation class).
     Closing,
-    /// The socket is closed: nothing more is written.
+    /// Our side is shut down for writing; what the client still sends is read and discarded
+    /// until its EOF or [`crate::ending::LINGER`] passes, so unread input never turns the
+    /// close into a reset.
+    Lingering,
+    /// The socket is closed: nothing more is read or written.
     Closed,
 }
 
 /// Whether a connection's socket takes writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Writes {
-    /// Written by the fan-out round and after its own replies.
+    /// Written whenever it is dirty.
     Ready,
     /// The socket buffer is full: written again once the socket reports room (the readiness
-    /// loop, or the closing task), meanwhile frames queue (drop-oldest) behind it.
+    /// loop, or the heartbeat should an edge be missed), meanwhile frames queue (drop-oldest)
+    /// behind it.
     Blocked,
     /// A write failed: the peer is gone, nothing more is written.
     Failed,
@@ -203,19 +214,39 @@ impl Conn {
                 self.life.set(Lifecycle::Ending);
                 true
             }
-            Lifecycle::Ending | Lifecycle::Closing | Lifecycle::Closed => false,
+            Lifecycle::Ending | Lifecycle::Closing | Lifecycle::Lingering | Lifecycle::Closed => {
+                false
+            }
         }
     }
 
-    /// `Ending` -> `Closing`: the close frame is about to be queued, the last frame.
-    pub(crate) fn begin_closing(&self) {
+    /// `Ending` -> `Closing`: queues the close frame, if any, as the last frame.
+    pub(crate) fn begin_closing(&self, frame: Option<Vec<u8>>) {
         debug_assert_eq!(self.life.get(), Lifecycle::Ending);
+        if let Some(frame) = frame {
+            self.out.borrow_mut().push_own(frame);
+        }
         self.life.set(Lifecycle::Closing);
     }
 
-    /// -> `Closed`: the socket is closed; nothing may be written any more.
-    pub(crate) fn closed(&self) {
+    /// `Closing` -> `Lingering`: shuts our side down for writing; input is then read and
+    /// discarded.
+    pub(crate) fn begin_lingering(&self) {
+        debug_assert_eq!(self.life.get(), Lifecycle::Closing);
+        crate::socket::shutdown_write(self.fd);
+        self.life.set(Lifecycle::Lingering);
+    }
+
+    /// -> `Closed`: out of the epoll set, and the socket closed; nothing more is read or
+    /// written. True if this call closed it.
+    pub(crate) fn close(&self, host: &impl Host) -> bool {
+        let Some(sock) = self.sock.take() else {
+            return false;
+        };
+        host.readiness().remove(self.fd);
+        drop(sock);
         self.life.set(Lifecycle::Closed);
+        true
     }
 
     /// True when a write failed or the socket is closed: nothing more will be written.
@@ -223,22 +254,28 @@ impl Conn {
         self.writes.get() == Writes::Failed || self.life.get() == Lifecycle::Closed
     }
 
-    /// True while the socket buffer is full.
-    pub(crate) fn is_blocked(&self) -> bool {
-        self.writes.get() == Writes::Blocked
-    }
-
-    /// The socket took the head of the queue after being blocked: writable again.
-    pub(crate) fn unblocked(&self) {
+    /// The socket reported room: a blocked connection takes writes again. True if it was
+    /// blocked (it then has frames waiting and should be marked dirty).
+    pub(crate) fn writable(&self) -> bool {
         if self.writes.get() == Writes::Blocked {
             self.writes.set(Writes::Ready);
+            return true;
         }
+        false
+    }
+
+    /// True when nothing is queued.
+    pub(crate) fn drained(&self) -> bool {
+        self.out.borrow().is_empty()
     }
 
     /// Queues a frame of this connection's own; closes the connection if the client lets
     /// them pile up past `max_control_bytes`.
     pub(crate) fn push_own(&self, host: &impl Host, frame: Vec<u8>) {
-        if matches!(self.life.get(), Lifecycle::Closing | Lifecycle::Closed) {
+        if matches!(
+            self.life.get(),
+            Lifecycle::Closing | Lifecycle::Lingering | Lifecycle::Closed
+        ) {
             return;
         }
         let mut out = self.out.borrow_mut();
@@ -251,9 +288,12 @@ impl Conn {
 
     /// Writes what is queued with one vectored system call (more only past 512 frames), and
     /// says what happened. Does nothing while blocked (the readiness loop writes again once
-    /// the socket has room), after a failed write, or once closed.
+    /// the socket has room), after a failed write, or once shut down for writing.
+    /// Called by [`crate::write::write_dirty`] only.
     pub(crate) fn flush(&self, host: &impl Host) -> Wrote {
-        if self.writes.get() != Writes::Ready || self.life.get() == Lifecycle::Closed {
+        if self.writes.get() != Writes::Ready
+            || matches!(self.life.get(), Lifecycle::Lingering | Lifecycle::Closed)
+        {
             return Wrote::Nothing;
         }
         let mut out = self.out.borrow_mut();
@@ -288,15 +328,6 @@ impl Conn {
         }
     }
 
-    /// Tries a blocked write again (the socket reported room, or a periodic retry).
-    pub(crate) fn retry_blocked(&self, host: &impl Host) -> Wrote {
-        if self.writes.get() != Writes::Blocked {
-            return Wrote::Nothing;
-        }
-        self.writes.set(Writes::Ready);
-        self.flush(host)
-    }
-
     /// True while a subscribe of this connection waits for the dispatcher: its later frames
     /// (pongs included) are unread, so silence is not the client's.
     pub(crate) fn awaiting(&self) -> bool {
@@ -317,11 +348,6 @@ impl Conn {
     /// The socket, for reads and writes while the connection is open.
     pub(crate) fn fd(&self) -> RawFd {
         self.fd
-    }
-
-    /// Hands the socket to the closing task (`None` if it was already taken).
-    pub(crate) fn take_socket(&self) -> Option<OwnedFd> {
-        self.sock.take()
     }
 
     /// True the first time it is called with `stamp` (a routing pass): a frame that reaches

@@ -3,8 +3,9 @@
 //! dispatcher. Shard-local (`!Send`); every task of the shard holds an `Rc` to it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::time::Instant;
 
 use glommio::channels::local_channel::LocalSender;
 
@@ -42,8 +43,19 @@ pub(crate) struct ShardCtx {
     pub(crate) readiness: Readiness,
     /// Open connections by id, for the readiness loop, the heartbeat and shutdown.
     pub(crate) conns: RefCell<HashMap<u64, Rc<Conn>>>,
-    /// Connections touched in this fan-out round, written once at its end.
+    /// Connections with frames queued since they were last written: written once each at
+    /// the end of the fan-out round or readiness pass ([`crate::write::write_dirty`]).
     pub(crate) dirty: RefCell<Vec<Rc<Conn>>>,
+    /// The fan-out round holds its dirty connections for the batch window
+    /// (`batch_window_us`): nothing is written until it closes, replies included, so the
+    /// window gathers everything a connection is sent.
+    pub(crate) holding: Cell<bool>,
+    /// Connections in `Closing` with the end of their grace period, in the order they got
+    /// there: with one grace period for all, the first deadline is the earliest. Entries of
+    /// connections that moved on are dropped when met.
+    pub(crate) flushing: RefCell<VecDeque<(Instant, Rc<Conn>)>>,
+    /// Connections in `Lingering` with the end of their linger, the same way.
+    pub(crate) lingering: RefCell<VecDeque<(Instant, Rc<Conn>)>>,
     /// Read buffer shared by every connection: reads are synchronous once ready, so no
     /// connection holds one while idle.
     pub(crate) scratch: RefCell<Vec<u8>>,
@@ -91,7 +103,7 @@ impl ShardCtx {
         self.metrics.borrow_mut().counters.open -= 1;
     }
 
-    /// Puts `conn` on the list written at the end of the current round.
+    /// Puts `conn` on the list written at the end of the current round or pass.
     pub(crate) fn mark_dirty(&self, conn: &Rc<Conn>) {
         if conn.mark_dirty() {
             self.dirty.borrow_mut().push(conn.clone());

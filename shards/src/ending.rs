@@ -1,20 +1,26 @@
-//! How a connection ends: it leaves the epoll set, a closing task takes its socket, says
-//! goodbye the way the ending calls for (echo the client's close, or our own code and
-//! reason), flushes within the grace period and lingers, so unread input never turns the close
-//! into a reset. Data path: connection -> **ending** -> socket closed.
+//! How a connection ends, inside the readiness loop like everything else an open connection
+//! does, with the same socket and the same write path. It leaves the subscription table,
+//! queues its goodbye (echo the client's close, or our own code and reason), and is written
+//! like any dirty connection until its queue is empty or the grace period passes
+//! (`Closing`). Then it half-closes and lingers: what the client still sends is read and
+//! discarded until its EOF or [`LINGER`] passes (`Lingering`), so unread input never turns the
+//! close into a reset that loses our last frames. Then the socket is closed (`Closed`).
+//! Data path: connection -> **ending** -> socket closed.
 
-use std::future::poll_fn;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::pin::Pin;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
 use std::rc::Rc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWrite, FutureExt};
-use glommio::net::TcpStream;
-
-use crate::connection::{CloseRequest, Conn, Wrote};
+use crate::connection::{CloseRequest, Conn, Lifecycle, Wrote};
 use crate::ctx::ShardCtx;
+
+/// How long a half-closed connection waits for the client's EOF before it is closed anyway.
+pub(crate) const LINGER: Duration = Duration::from_millis(1000);
+
+/// Most reads of one lingering connection in one pass, before the others' turn.
+const LINGER_READS_PER_PASS: usize = 16;
 
 /// How a connection ends.
 pub(crate) enum Ending {
@@ -33,63 +39,16 @@ impl Ending {
     }
 }
 
-/// Ends an open connection: out of the epoll set, and a closing task takes its socket.
+/// Ends an open connection: out of the subscription table, then its close frame queued and
+/// the connection marked dirty (written at the end of this pass). After the client's EOF no
+/// close frame is sent, but replies already queued still go out (the client may read after
+/// its FIN); after a failed write, or with nothing queued, the socket is closed at once.
 /// Does nothing if it is already ending.
-pub(crate) fn end_conn(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, ending: Ending) {
+pub(crate) fn end_conn(ctx: &ShardCtx, conn: &Rc<Conn>, ending: Ending) {
     if !conn.begin_ending() {
         return;
     }
-    ctx.readiness.remove(conn.fd());
     conn.reader.take();
-    let Some(sock) = conn.take_socket() else {
-        return;
-    };
-    let ctx = ctx.clone();
-    let conn = conn.clone();
-    glommio::spawn_local(async move {
-        // SAFETY: the fd is the connection's own, handed over whole.
-        let mut stream = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
-        finish(&ctx, &conn, &mut stream, ending).await;
-        // The fd closes with `stream`: nothing may write to it afterwards.
-        conn.closed();
-        ctx.unregister(&conn);
-    })
-    .detach();
-}
-
-/// While blocked, writes the head of the queue when the socket takes it, then the rest with
-/// the usual vectored flush. `Ready(Err)` when the socket failed.
-fn poll_blocked_write(
-    ctx: &ShardCtx,
-    conn: &Rc<Conn>,
-    stream: &mut TcpStream,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), ()>> {
-    while conn.is_blocked() {
-        let mut out = conn.out.borrow_mut();
-        let announced = out.announce_gaps();
-        ctx.metrics.borrow_mut().counters.gap_notices += announced as u64;
-        let Some(head) = out.head() else {
-            conn.unblocked();
-            break;
-        };
-        match Pin::new(&mut *stream).poll_write(cx, head) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-            Poll::Ready(Ok(n)) => {
-                out.consume(n);
-                drop(out);
-                conn.unblocked();
-                conn.flush(ctx);
-            }
-        }
-    }
-    Poll::Ready(Ok(()))
-}
-
-/// Says goodbye the way `ending` calls for, flushes within the grace period, and releases
-/// the connection's subscriptions.
-async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending: Ending) {
     // Leave the table first: nothing may follow our close frame (RFC 6455 5.5.1).
     let mut to_dispatcher = Vec::new();
     {
@@ -100,47 +59,97 @@ async fn finish(ctx: &ShardCtx, conn: &Rc<Conn>, stream: &mut TcpStream, ending:
         }
     }
     ctx.tell_dispatcher(to_dispatcher);
-    conn.begin_closing();
-    let closing = match ending {
+    if conn.write_failed() || matches!(ending, Ending::Gone) && conn.drained() {
+        return close(ctx, conn);
+    }
+    let frame = match ending {
         Ending::Gone => None,
-        _ if conn.write_failed() => None,
         // RFC 6455 5.5.1: echo the client's code; an empty close is answered with an empty one.
         Ending::ClientClosed(Some(code)) => Some(crate::frame::close_frame(code, "")),
         Ending::ClientClosed(None) => Some(crate::frame::server_frame(crate::frame::OP_CLOSE, b"")),
         Ending::Close(code, reason) => Some(crate::frame::close_frame(code, &reason)),
     };
-    if let Some(frame) = closing {
-        conn.out.borrow_mut().push_own(frame);
-        let grace = Duration::from_millis(ctx.config.shutdown_grace_ms.max(100));
-        let flushed = poll_fn(|cx| {
-            // Everything out, or the peer gone: nothing left to wait for.
-            if matches!(conn.flush(ctx), Wrote::Drained | Wrote::Failed) {
-                return Poll::Ready(());
-            }
-            match poll_blocked_write(ctx, conn, stream, cx) {
-                Poll::Ready(Err(())) => Poll::Ready(()),
-                _ if conn.write_failed() || conn.out.borrow().is_empty() => Poll::Ready(()),
-                _ => Poll::Pending,
-            }
-        });
-        flushed.or(glommio::timer::sleep(grace)).await;
-        linger(stream).await;
+    let grace = Duration::from_millis(ctx.config.shutdown_grace_ms.max(100));
+    conn.begin_closing(frame);
+    ctx.flushing
+        .borrow_mut()
+        .push_back((Instant::now() + grace, conn.clone()));
+    ctx.mark_dirty(conn);
+}
+
+/// A closing connection was just written ([`crate::write::write_dirty`]): once everything is
+/// out it lingers; after a failed write it is closed; while blocked it waits for room.
+pub(crate) fn after_write(ctx: &ShardCtx, conn: &Rc<Conn>, wrote: Wrote) {
+    match wrote {
+        Wrote::Failed => close(ctx, conn),
+        _ if conn.write_failed() => close(ctx, conn),
+        Wrote::Drained | Wrote::Nothing if conn.drained() => linger(ctx, conn),
+        _ => {}
     }
 }
 
-/// After our last bytes: half-close, then read and discard until the client closes (bounded),
-/// so unread input never turns our close into a reset that loses the last frames.
-pub(crate) async fn linger(stream: &mut TcpStream) {
-    crate::socket::shutdown_write(stream.as_raw_fd());
-    let mut sink = vec![0u8; 4096];
-    let drain = async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
+/// Half-closes and starts discarding input, reading what is already there.
+fn linger(ctx: &ShardCtx, conn: &Rc<Conn>) {
+    conn.begin_lingering();
+    ctx.lingering
+        .borrow_mut()
+        .push_back((Instant::now() + LINGER, conn.clone()));
+    // Input or the EOF may have come while the close frame was written, and its edge is
+    // spent: read now.
+    discard_input(ctx, conn);
+}
+
+/// A lingering connection is readable: reads and discards until the socket would block or
+/// the client's EOF (then closes). Looks again next pass past a per-pass bound.
+pub(crate) fn discard_input(ctx: &ShardCtx, conn: &Rc<Conn>) {
+    for _ in 0..LINGER_READS_PER_PASS {
+        let mut scratch = ctx.scratch.borrow_mut();
+        match crate::socket::recv(conn.fd(), &mut scratch) {
+            Ok(0) => return close(ctx, conn),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return close(ctx, conn),
         }
-    };
-    drain
-        .or(glommio::timer::sleep(Duration::from_millis(1000)))
-        .await;
+    }
+    ctx.readiness.read_again(conn.id());
+}
+
+/// Closes the socket and forgets the connection.
+fn close(ctx: &ShardCtx, conn: &Rc<Conn>) {
+    if conn.close(ctx) {
+        ctx.unregister(conn);
+    }
+}
+
+/// Moves on every ending connection whose deadline passed by `now`: a closing one that did
+/// not get its close frame out within the grace period lingers, a lingering one is closed.
+/// Called on every pass of the readiness loop; costs nothing while no deadline is due.
+pub(crate) fn expire(ctx: &ShardCtx, now: Instant) {
+    while let Some(conn) = due(&ctx.flushing, Lifecycle::Closing, now) {
+        linger(ctx, &conn);
+    }
+    while let Some(conn) = due(&ctx.lingering, Lifecycle::Lingering, now) {
+        close(ctx, &conn);
+    }
+}
+
+/// The first connection of `queue` if it is still in `phase` and its deadline passed by
+/// `now`. Entries of connections that left `phase` early are dropped on the way.
+fn due(
+    queue: &RefCell<VecDeque<(Instant, Rc<Conn>)>>,
+    phase: Lifecycle,
+    now: Instant,
+) -> Option<Rc<Conn>> {
+    let mut q = queue.borrow_mut();
+    loop {
+        let (until, conn) = q.front()?;
+        if conn.lifecycle() != phase {
+            q.pop_front();
+        } else if *until <= now {
+            return q.pop_front().map(|(_, conn)| conn);
+        } else {
+            return None;
+        }
+    }
 }

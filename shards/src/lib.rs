@@ -24,7 +24,8 @@
 //!   (`readiness`): reads, blocked writes, close requests.
 //! - `requests`: what a client's frames and requests do (rate limit, subscribe, ack order).
 //! - [`connection`]: one client's state, its queue and its write side.
-//! - `ending`: a connection's goodbye, grace period and linger.
+//! - `write`: the one place a connection is written (the dirty list, once per round or pass).
+//! - `ending`: a connection's goodbye, grace period and linger, inside the readiness loop.
 //! - [`queue`]: a connection's bounded outbound queue with drop-oldest and gap tracking.
 //! - [`socket`]: the vectored non-blocking write.
 //!
@@ -55,6 +56,7 @@ pub mod socket;
 pub mod table;
 pub mod topic;
 mod upgrade;
+mod write;
 
 pub use config::ShardConfig;
 pub use shard::{spawn, ShardSpec};

@@ -1,7 +1,9 @@
-//! The shard's readiness loop: every open connection is served from one epoll set
-//! ([`crate::readiness`]), without a task of its own. Each pass acts on close requests, reads
-//! what became readable (answering it through [`crate::requests`]) and finishes blocked writes.
-//! Data path: socket -> **open** -> requests.
+//! The shard's readiness loop: every connection, from its upgrade to its close, is served from
+//! one epoll set ([`crate::readiness`]), without a task of its own. Each pass acts on close
+//! requests and ending deadlines, reads what became readable (answering it through
+//! [`crate::requests`], or discarding it while lingering, [`crate::ending`]), marks blocked
+//! connections that got room, and ends with the one write of every dirty connection
+//! ([`crate::write`]). Data path: socket -> **open** -> requests.
 
 use std::io;
 use std::rc::Rc;
@@ -15,10 +17,11 @@ use crate::requests::drain_events;
 /// Most reads of one connection in one pass of the readiness loop, before the others' turn.
 const READS_PER_PASS: usize = 16;
 
-/// The shard's readiness loop: serves every open connection, for as long as the shard runs.
-/// Each pass handles close requests, then every connection the epoll set reports: readable ->
-/// read into the shard's scratch buffer and answer what arrived; writable while blocked ->
-/// write again; EOF or error -> end. Then one executor pass for everyone else.
+/// The shard's readiness loop: serves every connection, for as long as the shard runs.
+/// Each pass handles close requests and due ending deadlines, then every connection the epoll
+/// set reports: readable -> read into the shard's scratch buffer and answer what arrived (or
+/// discard it, lingering); writable while blocked -> marked dirty; EOF or error -> end. Then
+/// every dirty connection is written once, and one executor pass for everyone else.
 pub(crate) async fn serve_open(ctx: Rc<ShardCtx>) {
     let mut ready: Vec<(u64, Ready)> = Vec::with_capacity(1024);
     let mut closing: Vec<u64> = Vec::new();
@@ -43,21 +46,27 @@ pub(crate) async fn serve_open(ctx: Rc<ShardCtx>) {
                 on_ready(&ctx, &conn, r);
             }
         }
+        crate::ending::expire(&ctx, std::time::Instant::now());
+        crate::write::write_dirty(&ctx);
         glommio::timer::sleep(ctx.config.ring_poll()).await;
     }
 }
 
 fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
-    let why = match conn.lifecycle() {
-        Lifecycle::Open => None,
-        Lifecycle::CloseRequested(why) => Some(why),
-        Lifecycle::Ending | Lifecycle::Closing | Lifecycle::Closed => return,
-    };
-    if let Some(why) = why {
-        return end_conn(ctx, conn, Ending::requested(why));
+    if r.write && conn.writable() {
+        ctx.mark_dirty(conn);
     }
-    if r.write {
-        conn.retry_blocked(ctx);
+    match conn.lifecycle() {
+        Lifecycle::Open => {}
+        Lifecycle::CloseRequested(why) => return end_conn(ctx, conn, Ending::requested(why)),
+        // Input waits until the close frame is out; it is then read and discarded.
+        Lifecycle::Ending | Lifecycle::Closing | Lifecycle::Closed => return,
+        Lifecycle::Lingering => {
+            if r.read {
+                crate::ending::discard_input(ctx, conn);
+            }
+            return;
+        }
     }
     if !r.read {
         return;

@@ -41,7 +41,9 @@ pub(crate) fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>) -> Option<Ending> {
             break Some(end);
         }
     };
-    conn.flush(ctx);
+    if !conn.drained() {
+        ctx.mark_dirty(conn);
+    }
     end
 }
 

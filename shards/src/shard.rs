@@ -77,6 +77,9 @@ async fn run(spec: ShardSpec) {
         readiness,
         conns: RefCell::default(),
         dirty: RefCell::default(),
+        holding: Cell::new(false),
+        flushing: RefCell::default(),
+        lingering: RefCell::default(),
         scratch: RefCell::new(vec![0u8; 64 * 1024]),
         control: control_tx,
         next_conn: Cell::new(1),
@@ -214,12 +217,13 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
             let since = *pending_since.get_or_insert(received);
             received.saturating_duration_since(since) < window
         };
+        ctx.holding.set(hold);
         if hold {
             crate::executor::let_the_executor_run().await;
             continue;
         }
         pending_since = None;
-        write_dirty(&ctx);
+        crate::write::write_dirty(&ctx);
         let written = Instant::now();
         {
             let mut m = ctx.metrics.borrow_mut();
@@ -236,20 +240,6 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
         // writes, heartbeats) before the next round, or they starve for as long as the load
         // lasts.
         crate::executor::let_the_executor_run().await;
-    }
-}
-
-/// Writes every connection touched since the last write, once each.
-fn write_dirty(ctx: &ShardCtx) {
-    let dirty = std::mem::take(&mut *ctx.dirty.borrow_mut());
-    for conn in &dirty {
-        conn.clear_dirty();
-        conn.flush(ctx);
-    }
-    let mut reuse = dirty;
-    reuse.clear();
-    if ctx.dirty.borrow().is_empty() {
-        *ctx.dirty.borrow_mut() = reuse;
     }
 }
 
@@ -377,9 +367,9 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
             } else {
                 // Writability is reported by an edge; should one ever be missed, a blocked
                 // connection waits at most one interval.
-                conn.retry_blocked(&ctx);
+                conn.writable();
                 conn.push_own(&ctx, ping.clone());
-                conn.flush(&ctx);
+                ctx.mark_dirty(&conn);
             }
         }
     }

@@ -11,7 +11,7 @@ use glommio::net::TcpStream;
 
 use crate::connection::Conn;
 use crate::ctx::{Handler, ShardCtx};
-use crate::ending::{end_conn, linger};
+use crate::ending::{end_conn, LINGER};
 use crate::handshake::{self, Parsed};
 use crate::protocol;
 use crate::ratelimit::TokenBucket;
@@ -68,7 +68,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
             ctx.config.max_message_bytes,
         );
         conn.push_own(&ctx, welcome);
-        conn.flush(&ctx);
+        ctx.mark_dirty(&conn);
     }
 
     conn.reader.borrow_mut().feed(&leftover);
@@ -97,9 +97,25 @@ async fn handshake(stream: &mut TcpStream, path: String) -> Result<Vec<u8>, ()> 
             }
             Parsed::Reject(r) => {
                 let _ = stream.write_all(&r.response()).await;
-                linger(stream).await;
+                linger_refused(stream).await;
                 return Err(());
             }
         }
     }
+}
+
+/// After refusing an upgrade: half-close, then read and discard until the client closes
+/// (bounded by [`LINGER`]), so unread input never turns the refusal into a reset that loses
+/// it. (An open connection lingers the same way in the readiness loop, `crate::ending`.)
+async fn linger_refused(stream: &mut TcpStream) {
+    crate::socket::shutdown_write(stream.as_raw_fd());
+    let mut sink = vec![0u8; 4096];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    drain.or(glommio::timer::sleep(LINGER)).await;
 }
