@@ -17,11 +17,12 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::close;
-use crate::inbound::Reassembler;
+use crate::inbound::{Event, Fatal, Reassembler};
 use crate::metrics::ShardMetrics;
-use crate::queue::{Flushed, Outbound};
+use crate::queue::{Bounds, Enqueued, Flushed, Outbound};
 use crate::ratelimit::{Limits, TokenBucket, Verdict};
 use crate::readiness::Readiness;
+use crate::ring::Frame;
 use crate::ring::Interest;
 use crate::topic::covering_prefixes;
 
@@ -60,13 +61,13 @@ pub struct Conn {
     /// Owner of `fd` until the connection is closed.
     sock: Cell<Option<OwnedFd>>,
     /// Frames waiting to be written.
-    pub(crate) out: RefCell<Outbound>,
+    out: RefCell<Outbound>,
     /// Bytes received and not yet whole messages (no heap memory while none are pending).
-    pub(crate) reader: RefCell<Reassembler>,
+    reader: RefCell<Reassembler>,
     /// Topics and patterns this connection subscribed to (including requests not yet acked),
     /// sorted (topics, then patterns): a lookup costs O(log n), so no request costs the
     /// product of its size and this list's, and no queued frame costs a scan of it.
-    pub(crate) subs: RefCell<Vec<Interest>>,
+    subs: RefCell<Vec<Interest>>,
     /// Stamp of the last frame routed here, so a frame matched twice (topic and pattern) is
     /// queued once.
     last_stamp: Cell<u64>,
@@ -385,6 +386,80 @@ impl Conn {
     /// dropped when it completes); returns what was marked before.
     pub(crate) fn set_refused_message(&self, refused: bool) -> bool {
         self.refused_message.replace(refused)
+    }
+
+    /// Queues a published frame (shared, no copy) under the queue's bounds, dropping the
+    /// oldest published frames past them.
+    pub(crate) fn push_published(&self, frame: Rc<Frame>, bounds: &Bounds) -> Enqueued {
+        self.out.borrow_mut().push_published(frame, bounds)
+    }
+
+    /// Queues a `gap` notice: `from..=to` of `topic` will never reach this client.
+    pub(crate) fn push_notice(&self, topic: &str, from: u64, to: u64, reason: &'static str) {
+        self.out.borrow_mut().push_notice(topic, from, to, reason);
+    }
+
+    /// After an unsubscribe: drops the queued frames of topics no subscription covers any
+    /// more. Returns how many pending gap notices were put in place.
+    pub(crate) fn retain_covered(&self) -> usize {
+        self.out
+            .borrow_mut()
+            .retain_published(|topic| self.covers(topic))
+    }
+
+    /// Adds bytes read from the socket to the message being reassembled.
+    pub(crate) fn feed(&self, bytes: &[u8]) {
+        self.reader.borrow_mut().feed(bytes);
+    }
+
+    /// Bytes received and not yet taken as events.
+    pub(crate) fn pending_input(&self) -> usize {
+        self.reader.borrow().pending()
+    }
+
+    /// The next whole event received, messages up to `max_message_bytes`; `Err` when the
+    /// connection must close (see [`crate::inbound`]).
+    pub(crate) fn next_event(&self, max_message_bytes: usize) -> Result<Option<Event>, Fatal> {
+        self.reader.borrow_mut().next_event(max_message_bytes)
+    }
+
+    /// The connection is ending: input is no longer parsed, and its buffer is freed.
+    pub(crate) fn stop_reading(&self) {
+        self.reader.take();
+    }
+
+    /// True when `interest` is one of this connection's subscriptions (or of its requests
+    /// still waiting). O(log n).
+    pub(crate) fn is_subscribed(&self, interest: &Interest) -> bool {
+        self.subs.borrow().binary_search(interest).is_ok()
+    }
+
+    /// How many subscriptions the connection has, and how many of them are patterns.
+    pub(crate) fn subscription_counts(&self) -> (usize, usize) {
+        let subs = self.subs.borrow();
+        let topics = subs.partition_point(|i| matches!(i, Interest::Topic(_)));
+        (subs.len(), subs.len() - topics)
+    }
+
+    /// Adds subscriptions it does not have. The list grows by exactly as many (it lives as
+    /// long as the connection) and stays sorted.
+    pub(crate) fn add_subscriptions<'a>(&self, new: impl ExactSizeIterator<Item = &'a Interest>) {
+        let mut subs = self.subs.borrow_mut();
+        subs.reserve_exact(new.len());
+        subs.extend(new.cloned());
+        subs.sort_unstable();
+    }
+
+    /// Removes the subscriptions in `gone`, which is sorted.
+    pub(crate) fn remove_subscriptions(&self, gone: &[Interest]) {
+        self.subs
+            .borrow_mut()
+            .retain(|i| gone.binary_search(i).is_err());
+    }
+
+    /// Takes every subscription (the connection is ending).
+    pub(crate) fn take_subscriptions(&self) -> Vec<Interest> {
+        self.subs.take()
     }
 
     /// True when `topic` is still covered by one of this connection's subscriptions.

@@ -48,13 +48,13 @@ pub(crate) fn end_conn(ctx: &ShardCtx, conn: &Rc<Conn>, ending: Ending) {
     if !conn.begin_ending() {
         return;
     }
-    conn.reader.take();
+    conn.stop_reading();
     // Leave the table first: nothing may follow our close frame (RFC 6455 5.5.1).
     let mut to_dispatcher = Vec::new();
     {
         let mut table = ctx.table.borrow_mut();
         table.abandon_requests(conn, &mut to_dispatcher);
-        for i in conn.subs.borrow_mut().drain(..) {
+        for i in conn.take_subscriptions() {
             table.unsubscribe(conn, &i, &mut to_dispatcher);
         }
     }

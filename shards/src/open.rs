@@ -72,7 +72,7 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
         return;
     }
     // Requests left unread while a subscribe of this connection waited come first.
-    if conn.reader.borrow().pending() > 0 {
+    if conn.pending_input() > 0 {
         if let Some(end) = drain_events(ctx, conn) {
             return end_conn(ctx, conn, end);
         }
@@ -89,7 +89,7 @@ fn on_ready(ctx: &Rc<ShardCtx>, conn: &Rc<Conn>, r: Ready) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return end_conn(ctx, conn, Ending::Gone),
         };
-        conn.reader.borrow_mut().feed(&scratch[..n]);
+        conn.feed(&scratch[..n]);
         let drained = n < scratch.len();
         drop(scratch);
         if let Some(end) = drain_events(ctx, conn) {

@@ -25,10 +25,7 @@ pub(crate) fn drain_events(ctx: &ShardCtx, conn: &Rc<Conn>) -> Option<Ending> {
         if conn.awaiting() {
             break None;
         }
-        let next = conn
-            .reader
-            .borrow_mut()
-            .next_event(ctx.config.max_message_bytes);
+        let next = conn.next_event(ctx.config.max_message_bytes);
         let event = match next {
             Ok(Some(e)) => e,
             Ok(None) => break None,
@@ -170,19 +167,18 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 Err(msg) => return reject(ctx, conn, id, code::BAD_TOPIC, &msg),
             };
             let items: Vec<(Interest, bool)> = {
-                let subs = conn.subs.borrow();
                 let table = ctx.table.borrow();
                 wanted
                     .into_iter()
                     .map(|i| table.intern(i))
                     .map(|i| {
-                        let new = subs.binary_search(&i).is_err();
+                        let new = !conn.is_subscribed(&i);
                         (i, new)
                     })
                     .collect()
             };
             let new = items.iter().filter(|(_, n)| *n).count();
-            let have = conn.subs.borrow().len();
+            let (have, have_patterns) = conn.subscription_counts();
             if have + new > ctx.config.max_subscriptions {
                 let msg = format!(
                     "{have} subscriptions + {new} new is over the limit of {}",
@@ -192,10 +188,6 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             }
             let is_pattern = |i: &Interest| matches!(i, Interest::Prefix(_));
             let new_patterns = items.iter().filter(|(i, n)| *n && is_pattern(i)).count();
-            let have_patterns = {
-                let subs = conn.subs.borrow();
-                subs.len() - subs.partition_point(|i| !is_pattern(i))
-            };
             if have_patterns + new_patterns > ctx.config.max_patterns {
                 let msg = format!(
                     "{have_patterns} patterns + {new_patterns} new is over the limit of {}",
@@ -203,13 +195,8 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 );
                 return reject(ctx, conn, id, code::TOO_MANY_PATTERNS, &msg);
             }
-            {
-                // Exactly as long as needed: this list lives as long as the connection.
-                let mut subs = conn.subs.borrow_mut();
-                subs.reserve_exact(new);
-                subs.extend(items.iter().filter(|(_, n)| *n).map(|(i, _)| i.clone()));
-                subs.sort_unstable();
-            }
+            let added: Vec<&Interest> = items.iter().filter(|(_, n)| *n).map(|(i, _)| i).collect();
+            conn.add_subscriptions(added.into_iter());
             // Every interest of the request is to be joined when it completes (the table never
             // adds a subscriber twice), even one an earlier pending request also named.
             let items: Vec<(Interest, bool)> = items.into_iter().map(|(i, _)| (i, true)).collect();
@@ -233,21 +220,13 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 Ok(w) => w,
                 Err(msg) => return reject(ctx, conn, id, code::BAD_TOPIC, &msg),
             };
-            let missing = {
-                let subs = conn.subs.borrow();
-                gone.iter()
-                    .find(|i| subs.binary_search(i).is_err())
-                    .cloned()
-            };
-            if let Some(missing) = missing {
-                let msg = format!("not subscribed to {:?}", interest_name(&missing));
+            if let Some(missing) = gone.iter().find(|i| !conn.is_subscribed(i)) {
+                let msg = format!("not subscribed to {:?}", interest_name(missing));
                 return reject(ctx, conn, id, code::NOT_SUBSCRIBED, &msg);
             }
             let mut sorted_gone = gone.clone();
             sorted_gone.sort_unstable();
-            conn.subs
-                .borrow_mut()
-                .retain(|i| sorted_gone.binary_search(i).is_err());
+            conn.remove_subscriptions(&sorted_gone);
             let me = conn.clone();
             let mut to_dispatcher = Vec::new();
             let mut acked = Vec::with_capacity(gone.len());
@@ -263,7 +242,7 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 }
             }
             ctx.tell_dispatcher(to_dispatcher);
-            let placed = conn.out.borrow_mut().retain_published(|t| conn.covers(t));
+            let placed = conn.retain_covered();
             ctx.metrics.borrow_mut().counters.gap_notices += placed as u64;
             conn.push_own(ctx, ack_frame(id, &acked));
         }

@@ -289,7 +289,7 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
         if !conn.first_in_pass(stamp) {
             return;
         }
-        conn.out.borrow_mut().push_notice(
+        conn.push_notice(
             last.name(),
             start,
             last.seq,
@@ -314,9 +314,8 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         if !conn.first_in_pass(stamp) {
             return;
         }
-        let mut out = conn.out.borrow_mut();
         if let Some((from, to)) = missed {
-            out.push_notice(
+            conn.push_notice(
                 frame.name(),
                 from,
                 to,
@@ -327,12 +326,11 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         if let crate::queue::Enqueued::DroppedOldest {
             dropped: n,
             notices: placed,
-        } = out.push_published(frame.clone(), &ctx.bounds)
+        } = conn.push_published(frame.clone(), &ctx.bounds)
         {
             dropped += u64::from(n);
             notices += u64::from(placed);
         }
-        drop(out);
         delivered += 1;
         ctx.mark_dirty(conn);
     });

@@ -71,7 +71,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         ctx.mark_dirty(&conn);
     }
 
-    conn.reader.borrow_mut().feed(&leftover);
+    conn.feed(&leftover);
     drop(leftover);
     if let Some(end) = drain_events(&ctx, &conn) {
         end_conn(&ctx, &conn, end);
