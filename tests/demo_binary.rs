@@ -13,8 +13,6 @@ use simd_json::prelude::*;
 
 #[test]
 fn demo_feed_reaches_a_client_in_order_and_sigterm_says_going_away() {
-    // Same lock as the in-process servers: one polling server at a time.
-    let _turn = start_lock();
     let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
         .args([
             "demo",

@@ -1,10 +1,10 @@
 //! Shared test harness: a real server in-process on loopback, and tungstenite clients.
-//! Servers poll their cores, so tests that start one take a process-wide lock and run one at a time.
+//! Tests run their servers in parallel (cargo's default test threads): an idle server's
+//! executors nap (docs/runtime.md), so servers share the cores without starving each other.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use corecast::{Config, Publisher, Server};
@@ -18,25 +18,16 @@ use tungstenite::{Message, WebSocket};
 
 pub type Client = WebSocket<MaybeTlsStream<TcpStream>>;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
 pub struct TestServer {
     server: Option<Server>,
     pub url: String,
     pub addr: SocketAddr,
     pub ingest: SocketAddr,
     pub publisher: Publisher,
-    _turn: MutexGuard<'static, ()>,
-}
-
-/// Takes this test binary's turn to run a server.
-pub fn start_lock() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Starts a server on ephemeral loopback ports with `tweak` applied to the defaults.
 pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
-    let turn = start_lock();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.ingest = "127.0.0.1:0".parse().unwrap();
@@ -51,7 +42,6 @@ pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
         ingest: server.ingest_addr(),
         publisher: server.publisher(),
         server: Some(server),
-        _turn: turn,
     }
 }
 
