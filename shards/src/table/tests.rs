@@ -1,0 +1,237 @@
+//! Unit tests of the subscription table.
+
+use super::*;
+use crate::ring::testing::frame;
+
+fn topic(s: &str) -> Interest {
+    Interest::Topic(s.into())
+}
+
+fn delivered(table: &mut Table<u32>, f: &Frame) -> Vec<(u32, Option<(u64, u64)>)> {
+    let mut v = Vec::new();
+    table.route(f, |s, m| v.push((**s, m)));
+    v
+}
+
+#[test]
+fn ack_waits_for_the_dispatcher_then_frames_flow() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let a = Rc::new(1u32);
+    assert!(t
+        .subscribe(a.clone(), Some(7), vec![(topic("x"), true)], &mut out)
+        .is_none());
+    let nonce = match &out[..] {
+        [ToDispatcher::Subscribe { nonce, .. }] => *nonce,
+        other => panic!("{other:?}"),
+    };
+    // Frames before the reply are not routed.
+    assert_eq!(t.route(&frame("x", 3), |_, _| {}), Routed::Unrouted);
+    let done = t.on_subscribed(&topic("x"), nonce, 41);
+    match &done[..] {
+        [Resolved { id, topics, .. }] => {
+            assert_eq!(*id, Some(7));
+            assert_eq!(topics, &vec![(topic("x"), Some(41))]);
+        }
+        _ => panic!("expected one ack"),
+    }
+    assert_eq!(delivered(&mut t, &frame("x", 42)), vec![(1, None)]);
+    // A second subscriber is acked at once with the shard's last sequence.
+    let b = Rc::new(2u32);
+    let mut out2 = Vec::new();
+    match t.subscribe(b, None, vec![(topic("x"), true)], &mut out2) {
+        Some(Resolved { topics, .. }) => assert_eq!(topics[0].1, Some(42)),
+        _ => panic!("expected an immediate ack"),
+    }
+    assert!(out2.is_empty());
+}
+
+#[test]
+fn missed_frames_are_reported_and_stale_ones_ignored() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    t.subscribe(Rc::new(1u32), None, vec![(topic("x"), true)], &mut out);
+    t.on_subscribed(&topic("x"), 1, 0);
+    assert_eq!(delivered(&mut t, &frame("x", 1)), vec![(1, None)]);
+    assert_eq!(delivered(&mut t, &frame("x", 5)), vec![(1, Some((2, 4)))]);
+    assert_eq!(t.route(&frame("x", 5), |_, _| {}), Routed::Stale);
+}
+
+#[test]
+fn last_unsubscribe_tells_the_dispatcher_and_stale_reply_is_ignored() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let a = Rc::new(1u32);
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+    t.on_subscribed(&topic("x"), 1, 0);
+    out.clear();
+    t.unsubscribe(&a, &topic("x"), &mut out);
+    assert_eq!(
+        out,
+        vec![ToDispatcher::Unsubscribe {
+            interest: topic("x")
+        }]
+    );
+    assert_eq!(t.interest_count(), 0);
+    // Resubscribe: a new nonce; the old nonce's reply changes nothing.
+    out.clear();
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+    assert!(t.on_subscribed(&topic("x"), 1, 9).is_empty());
+    assert_eq!(t.on_subscribed(&topic("x"), 2, 9).len(), 1);
+}
+
+#[test]
+fn a_topic_dropped_and_subscribed_again_is_found_by_its_id_again() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let a = Rc::new(1u32);
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+    t.on_subscribed(&topic("x"), 1, 0);
+    assert_eq!(delivered(&mut t, &frame("x", 1)), vec![(1, None)]);
+    assert_eq!(t.last_seq_of(frame("x", 1).topic), Some(1));
+    t.unsubscribe(&a, &topic("x"), &mut out);
+    assert_eq!(
+        t.last_seq_of(frame("x", 1).topic),
+        None,
+        "the id is forgotten"
+    );
+    assert_eq!(t.route(&frame("x", 2), |_, _| {}), Routed::Unrouted);
+    // Another topic takes the freed slot; x's id must not lead to it.
+    t.subscribe(a.clone(), None, vec![(topic("y"), true)], &mut out);
+    t.on_subscribed(&topic("y"), 2, 0);
+    assert_eq!(t.route(&frame("x", 3), |_, _| {}), Routed::Unrouted);
+    assert_eq!(delivered(&mut t, &frame("y", 1)), vec![(1, None)]);
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
+    t.on_subscribed(&topic("x"), 3, 3);
+    assert_eq!(delivered(&mut t, &frame("x", 4)), vec![(1, None)]);
+    assert_eq!(t.last_seq_of(frame("x", 4).topic), Some(4));
+    assert_eq!(t.last_seq_of(frame("y", 1).topic), Some(1));
+}
+
+#[test]
+fn patterns_route_present_and_future_topics() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let p = Interest::Prefix("trades".into());
+    t.subscribe(Rc::new(1u32), None, vec![(p.clone(), true)], &mut out);
+    match &t.on_subscribed(&p, 1, 0)[..] {
+        [Resolved { topics, .. }] => assert_eq!(topics[0].1, None),
+        _ => panic!(),
+    }
+    assert_eq!(delivered(&mut t, &frame("trades.A", 10)), vec![(1, None)]);
+    assert_eq!(delivered(&mut t, &frame("trades.B", 1)), vec![(1, None)]);
+    assert_eq!(t.route(&frame("book.A", 1), |_, _| {}), Routed::Unrouted);
+    assert_eq!(
+        delivered(&mut t, &frame("trades.A", 12)),
+        vec![(1, Some((11, 11)))]
+    );
+}
+
+#[test]
+fn overlapping_requests_add_once_and_complete_in_order() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let a = Rc::new(1u32);
+    // id 1 wants x and y; id 2 wants y too, while id 1 is pending.
+    t.subscribe(
+        a.clone(),
+        Some(1),
+        vec![(topic("x"), true), (topic("y"), true)],
+        &mut out,
+    );
+    t.subscribe(a.clone(), Some(2), vec![(topic("y"), true)], &mut out);
+    let done = t.on_subscribed(&topic("y"), 2, 0);
+    assert!(matches!(&done[..], [Resolved { id: Some(2), .. }]));
+    assert_eq!(
+        delivered(&mut t, &frame("y", 1)),
+        vec![(1, None)],
+        "y flows at once"
+    );
+    let done = t.on_subscribed(&topic("x"), 1, 0);
+    assert!(matches!(&done[..], [Resolved { id: Some(1), .. }]));
+    assert!(t.wants(&a, &topic("y")) && t.wants(&a, &topic("x")));
+    assert_eq!(
+        delivered(&mut t, &frame("y", 2)),
+        vec![(1, None)],
+        "and is not doubled"
+    );
+}
+
+#[test]
+fn a_second_pattern_keeps_the_baseline_another_pattern_tracks() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let wide = Interest::Prefix("a".into());
+    t.subscribe(Rc::new(1u32), None, vec![(wide.clone(), true)], &mut out);
+    t.on_subscribed(&wide, 1, 0);
+    assert_eq!(delivered(&mut t, &frame("a.b.c", 10)), vec![(1, None)]);
+    let narrow = Interest::Prefix("a.b".into());
+    t.subscribe(Rc::new(2u32), None, vec![(narrow.clone(), true)], &mut out);
+    t.on_subscribed(&narrow, 2, 0);
+    // 11..15 never reached the shard: both subscribers hear of the hole.
+    let mut got = delivered(&mut t, &frame("a.b.c", 16));
+    got.sort();
+    assert_eq!(got, vec![(1, Some((11, 15))), (2, Some((11, 15)))]);
+}
+
+#[test]
+fn requests_completed_by_one_reply_resolve_in_request_order() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    for id in 1..=4u64 {
+        t.subscribe(
+            Rc::new(id as u32),
+            Some(id),
+            vec![(topic("x"), true)],
+            &mut out,
+        );
+    }
+    let ids: Vec<Option<u64>> = t
+        .on_subscribed(&topic("x"), 1, 0)
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [Some(1), Some(2), Some(3), Some(4)]);
+}
+
+#[test]
+fn many_patterns_route_by_lookup() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let sub = Rc::new(7u32);
+    for i in 0..1000 {
+        let p = Interest::Prefix(format!("p{i}").into());
+        t.subscribe(sub.clone(), None, vec![(p.clone(), true)], &mut out);
+        let nonce = match out.last() {
+            Some(ToDispatcher::Subscribe { nonce, .. }) => *nonce,
+            other => panic!("{other:?}"),
+        };
+        t.on_subscribed(&p, nonce, 0);
+    }
+    assert_eq!(delivered(&mut t, &frame("p999.x", 1)), vec![(7, None)]);
+    assert_eq!(delivered(&mut t, &frame("p5.a.b", 1)), vec![(7, None)]);
+    assert_eq!(t.route(&frame("q.x", 1), |_, _| {}), Routed::Unrouted);
+    out.clear();
+    t.unsubscribe(&sub, &Interest::Prefix("p5".into()), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(t.route(&frame("p5.a.b", 2), |_, _| {}), Routed::Unrouted);
+}
+
+#[test]
+fn interning_returns_the_tables_name() {
+    let mut t: Table<()> = Table::default();
+    let first = Interest::Topic(Arc::from("book.X"));
+    let mut out = Vec::new();
+    t.subscribe(Rc::new(()), None, vec![(first.clone(), true)], &mut out);
+    let again = t.intern(Interest::Topic(Arc::from("book.X")));
+    match (&first, &again) {
+        (Interest::Topic(a), Interest::Topic(b)) => assert!(Arc::ptr_eq(a, b)),
+        _ => unreachable!(),
+    }
+    let other = Interest::Topic(Arc::from("book.Y"));
+    assert_eq!(
+        t.intern(other.clone()),
+        other,
+        "unknown topics pass through"
+    );
+}
