@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use simd_json::prelude::*;
+use tungstenite::Message;
 
 #[test]
 fn subscribe_then_receive_in_order_with_contiguous_seq() {
@@ -416,6 +417,36 @@ fn batch_window_gathers_a_burst_into_one_write() {
     server.publish("burst", 1);
     expect_contiguous(&mut ws, "burst", first + 40, 1);
     assert!(server.shutdown());
+}
+
+#[test]
+fn a_close_answered_during_a_batch_window_longer_than_the_grace_period_still_goes_out() {
+    // The window holds every write; the grace period must not run out while it does.
+    let server = start(|c| {
+        c.shard.batch_window_us = 500_000;
+        c.shard.shutdown_grace_ms = 100;
+    });
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["held"]);
+    server.publish("held", 1);
+    // The frame is routed and held (the window lasts 500 ms); our close arrives meanwhile,
+    // and its echo waits with the frame, past the 100 ms grace period.
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = Instant::now();
+    ws.close(None).unwrap();
+    // (tungstenite drops data frames once it has sent its close; the echo is what counts.)
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the close echo was lost: {e}"),
+        }
+    }
+    assert!(
+        sent.elapsed() >= Duration::from_millis(200),
+        "the echo waited for the window ({:?}), so the grace period did pass meanwhile",
+        sent.elapsed()
+    );
 }
 
 #[test]

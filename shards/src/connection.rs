@@ -1,8 +1,9 @@
 //! One client connection, shard-local (`!Send`): its state, its queue and its write side.
-//! The tasks that drive it live beside it, named along the data path: [`crate::upgrade`] (the
-//! HTTP upgrade, a short task per accepted socket), [`crate::open`] (the readiness loop that
-//! reads every open connection and finishes blocked writes), [`crate::requests`] (what a
-//! client's frames and requests do) and [`crate::ending`] (goodbye and linger).
+//! The code that drives it lives beside it, named along the data path: [`crate::upgrade`]
+//! (the HTTP upgrade, a short task per accepted socket), [`crate::open`] (the readiness loop
+//! that reads every connection and marks blocked ones dirty again when their socket has
+//! room), [`crate::requests`] (what a client's frames and requests do) and
+//! [`crate::ending`] (goodbye and linger).
 //!
 //! A connection is written in one place: [`crate::write::write_dirty`], at the end of every
 //! fan-out round and every pass of the readiness loop, over the connections marked dirty
@@ -109,8 +110,8 @@ pub(crate) enum Lifecycle {
     /// Leaving the subscription table and choosing its goodbye: a step inside one call,
     /// never seen by another task.
     Ending,
-    /// The close frame is queued, the last frame: written until the queue is empty or the
-    /// grace period passes (the deadline is kept beside the shard's list of closing
+    /// The close frame is queued, the last frame (none after the client's EOF: then only the
+    /// replies already queued): written until the queue is empty or the grace period passes (the deadline is kept beside the shard's list of closing
     /// connections, so a `Conn` stays within its allocation class).
     Closing,
     /// Our side is shut down for writing; what the client still sends is read and discarded

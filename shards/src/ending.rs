@@ -123,10 +123,16 @@ fn close(ctx: &ShardCtx, conn: &Rc<Conn>) {
 }
 
 /// Moves on every ending connection whose deadline passed by `now`: a closing one that did
-/// not get its close frame out within the grace period lingers, a lingering one is closed.
+/// not get its close frame out within the grace period lingers (not while a batch window
+/// holds the shard's writes), a lingering one is closed.
 /// Called on every pass of the readiness loop; costs nothing while no deadline is due.
 pub(crate) fn expire(ctx: &ShardCtx, now: Instant) {
-    while let Some(conn) = due(&ctx.flushing, Lifecycle::Closing, now) {
+    // While a batch window holds every write, a close frame waiting for it has not had its
+    // chance: the grace period counts once the window closes.
+    while let Some(conn) = (!ctx.holding.get())
+        .then(|| due(&ctx.flushing, Lifecycle::Closing, now))
+        .flatten()
+    {
         linger(ctx, &conn);
     }
     while let Some(conn) = due(&ctx.lingering, Lifecycle::Lingering, now) {

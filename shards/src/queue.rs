@@ -13,7 +13,7 @@ use std::io::{self, IoSlice};
 use std::rc::Rc;
 
 use crate::protocol;
-use crate::ring::Frame;
+use crate::ring::{Frame, TopicId};
 
 /// One whole WebSocket frame waiting to be written.
 enum Chunk {
@@ -37,8 +37,9 @@ impl Chunk {
 /// A run of dropped sequence numbers of one topic, not yet announced.
 #[derive(Debug)]
 struct Gap {
-    /// The first frame dropped: its topic id and the name its bytes carry.
-    first: Rc<Frame>,
+    topic: TopicId,
+    /// The topic's name, copied out of the first frame dropped (a gap holds no frame's bytes).
+    name: Box<str>,
     from: u64,
     to: u64,
     reason: &'static str,
@@ -173,7 +174,7 @@ impl Outbound {
     /// put in place.
     pub fn retain_published(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
         if let Some(gaps) = &mut self.gaps {
-            gaps.retain(|g| keep(g.first.name()));
+            gaps.retain(|g| keep(&g.name));
             if gaps.is_empty() {
                 self.gaps = None;
             }
@@ -220,15 +221,16 @@ impl Outbound {
         self.published -= 1;
         self.published_bytes -= f.bytes.len();
         let gaps = self.gaps.get_or_insert_with(Box::default);
-        match gaps.iter_mut().rev().find(|g| g.first.topic == f.topic) {
+        match gaps.iter_mut().rev().find(|g| g.topic == f.topic) {
             Some(g) if g.to + 1 == f.seq && g.reason == protocol::reason::SLOW_CONSUMER => {
                 g.to = f.seq
             }
             _ => gaps.push(Gap {
+                topic: f.topic,
+                name: f.name().into(),
                 from: f.seq,
                 to: f.seq,
                 reason: protocol::reason::SLOW_CONSUMER,
-                first: f,
             }),
         }
         // Pending gaps go in front of the first published frame still queued, which is right
@@ -270,7 +272,7 @@ impl Outbound {
         };
         let n = gaps.len();
         for (i, g) in gaps.into_iter().enumerate() {
-            let frame = protocol::gap(g.first.name(), g.from, g.to, g.reason);
+            let frame = protocol::gap(&g.name, g.from, g.to, g.reason);
             self.chunks
                 .insert(at + i, Chunk::Notice(frame.into_boxed_slice()));
         }

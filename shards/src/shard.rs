@@ -3,8 +3,8 @@
 //! the two rings to the dispatcher.
 //!
 //! Tasks on a shard, all in glommio's default queue: the acceptor (polls the listener), a
-//! short task per handshake and per closing connection, the readiness loop (serves every open
-//! connection from one epoll set), the ring drain (polls the ring; one fan-out round at a time,
+//! short task per handshake, the readiness loop (serves every connection from its upgrade to
+//! its close from one epoll set), the ring drain (polls the ring; one fan-out round at a time,
 //! then one executor pass for everyone else), the heartbeat, the idle napper, the control pump
 //! (shard -> dispatcher), and the reporter.
 
@@ -279,18 +279,18 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
     let Late { from, last } = skipped;
     let mut notified = false;
     let mut table = ctx.table.borrow_mut();
-    // From the first sequence the subscribers have not had: a hole before the skipped frames
-    // joins the same notice, and skipped frames the table already passed are left out.
-    let start = match table.last_seq_of(last.topic) {
-        Some(seen) if seen > 0 => seen + 1,
-        _ => from,
-    };
-    table.route(&last, |conn, _| {
+    let name = last.name();
+    // Routing the last skipped frame reports what the subscribers have not had before it
+    // (`missed`: from the table's last sequence on, a hole before the skipped frames
+    // included, skipped frames the table already passed left out); without a baseline
+    // (nothing seen yet), the skipped run itself.
+    table.route(&last, |conn, missed| {
         if !conn.first_in_pass(stamp) {
             return;
         }
+        let start = missed.map_or(from, |(first, _)| first);
         conn.push_notice(
-            last.name(),
+            name,
             start,
             last.seq,
             crate::protocol::reason::SHARD_OVERFLOW,
@@ -310,13 +310,15 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     let mut notices = 0u64;
     let mut delivered = 0u64;
     let mut shard_gap = false;
+    // Read out of the frame once, and only if a subscriber has a hole to hear about.
+    let mut name: Option<&str> = None;
     let routed = ctx.table.borrow_mut().route(&frame, |conn, missed| {
         if !conn.first_in_pass(stamp) {
             return;
         }
         if let Some((from, to)) = missed {
             conn.push_notice(
-                frame.name(),
+                name.get_or_insert_with(|| frame.name()),
                 from,
                 to,
                 crate::protocol::reason::SHARD_OVERFLOW,

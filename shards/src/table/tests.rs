@@ -58,6 +58,31 @@ fn missed_frames_are_reported_and_stale_ones_ignored() {
 }
 
 #[test]
+fn the_first_frame_after_the_ack_reports_a_hole_from_the_acked_sequence() {
+    // What the shard's late-frame notice relies on: the table knows the topic by name only
+    // (no frame of it met yet), and still measures the hole from the sequence the ack gave.
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    t.subscribe(Rc::new(1u32), None, vec![(topic("late.x"), true)], &mut out);
+    t.on_subscribed(&topic("late.x"), 1, 10);
+    assert_eq!(
+        t.last_seq_of(frame("late.x", 15).topic),
+        None,
+        "not met by id yet"
+    );
+    assert_eq!(
+        delivered(&mut t, &frame("late.x", 15)),
+        vec![(1, Some((11, 14)))]
+    );
+    // Frames at or below the acked sequence belong to before the subscription.
+    let mut t = Table::default();
+    t.subscribe(Rc::new(1u32), None, vec![(topic("late.y"), true)], &mut out);
+    t.on_subscribed(&topic("late.y"), 1, 10);
+    assert_eq!(t.route(&frame("late.y", 10), |_, _| {}), Routed::Stale);
+    assert_eq!(delivered(&mut t, &frame("late.y", 11)), vec![(1, None)]);
+}
+
+#[test]
 fn last_unsubscribe_tells_the_dispatcher_and_stale_reply_is_ignored() {
     let mut t = Table::default();
     let mut out = Vec::new();
