@@ -4,10 +4,11 @@
 
 #![allow(dead_code)]
 
-use corecast::publisher::{parse_stream, PublishError};
+use corecast::publisher::{parse_stream, LineParser, PublishError};
 use corecast_shards::handshake::{self, Parsed};
 use corecast_shards::inbound::events_of;
 use corecast_shards::protocol::{parse_request, Request};
+use simd_json::prelude::*;
 
 /// Cuts `body` into chunks whose sizes (1 to 17 bytes) follow from `seed`: the way TCP might
 /// split the same bytes.
@@ -91,4 +92,27 @@ pub fn publisher_lines(data: &[u8]) {
     let whole = outcomes(&[body]);
     assert_eq!(whole, outcomes(&split(seed, body)));
     assert!(whole.windows(2).all(|w| w[0].0 < w[1].0));
+    let mut parser = LineParser::default();
+    for line in body.split(|&b| b == b'\n') {
+        agrees_with_a_value_tree(&mut parser, line.strip_suffix(b"\r").unwrap_or(line));
+    }
+}
+
+/// The line parser (a tape and a structural scan, `data` kept as sent) against simd-json's
+/// value tree of the same line: the same verdict on JSON, and an accepted line's topic, `ts`
+/// and `data` (as a value) are the tree's.
+fn agrees_with_a_value_tree(parser: &mut LineParser, line: &[u8]) {
+    let tree = simd_json::to_owned_value(&mut line.to_vec());
+    match parser.parse(line) {
+        Err(PublishError::InvalidJson(why)) => assert!(tree.is_err(), "valid JSON refused: {why}"),
+        Err(PublishError::NotAnObject) => assert!(tree.is_ok_and(|t| !t.is_object())),
+        Err(_) => assert!(tree.is_ok_and(|t| t.is_object())),
+        Ok(p) => {
+            let tree = tree.expect("an accepted line is valid JSON");
+            assert_eq!(tree.get("topic").and_then(|t| t.as_str()), Some(p.topic));
+            assert_eq!(tree.get("ts").map(|t| t.as_u64()), p.ts.map(Some));
+            let data = simd_json::to_owned_value(&mut p.data.to_vec()).expect("data is JSON");
+            assert_eq!(tree.get("data"), Some(&data));
+        }
+    }
 }

@@ -195,20 +195,34 @@ impl Dispatcher {
     }
 
     /// Sequences one event, encodes its frame once, and pushes it to every routed shard.
-    /// Returns its sequence. Cost: a hash lookup, one frame allocation if any shard is routed,
-    /// and a ring push per routed shard.
+    /// Returns its sequence. See [`Dispatcher::publish_parts`].
     pub fn publish(&mut self, event: Event) -> Result<u64, PublishError> {
+        self.publish_parts(&event.topic, &event.data, event.ts, event.ingest_at)
+    }
+
+    /// Sequences one message of `topic` (a valid name) whose `data` is JSON text already
+    /// validated, encodes its frame once, and pushes it to every routed shard. `ts`: the
+    /// publisher's µs since the epoch, or now. Returns its sequence; refuses a new topic past
+    /// `max_topics` (`topic_limit`). Cost: a hash lookup, one frame allocation (one copy of
+    /// `data`) if any shard is routed, and a ring push per routed shard.
+    pub fn publish_parts(
+        &mut self,
+        topic: &str,
+        data: &[u8],
+        ts: Option<u64>,
+        ingest_at: Instant,
+    ) -> Result<u64, PublishError> {
         self.activity.bump();
         let max = self.config.max_topics;
-        let state = match self.topics.get_mut(event.topic.as_str()) {
+        let state = match self.topics.get_mut(topic) {
             Some(s) => s,
             None => {
                 if self.topics.len() >= max {
                     return Err(PublishError::TopicLimit(max));
                 }
-                let (name, exact) = match self.unpublished.remove_entry(event.topic.as_str()) {
+                let (name, exact) = match self.unpublished.remove_entry(topic) {
                     Some((name, shards)) => (name, shards),
-                    None => (Arc::from(event.topic.as_str()), 0),
+                    None => (Arc::from(topic), 0),
                 };
                 let routes = exact | pattern_routes(&self.prefixes, &name);
                 // `max_topics` is at most u32::MAX (validated), so the count fits.
@@ -230,8 +244,8 @@ impl Dispatcher {
         if routes == 0 {
             return Ok(seq);
         }
-        let ts = event.ts.unwrap_or_else(now_us);
-        let bytes = protocol::msg(&state.name, seq, ts, &event.data);
+        let ts = ts.unwrap_or_else(now_us);
+        let bytes = protocol::msg(&state.name, seq, ts, data);
         let topic = state.id;
         let mut mask = routes;
         while mask != 0 {
@@ -241,7 +255,7 @@ impl Dispatcher {
                 topic,
                 seq,
                 bytes: bytes.clone(),
-                ingest_at: event.ingest_at,
+                ingest_at,
             };
             self.push(
                 shard,

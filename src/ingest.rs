@@ -1,6 +1,7 @@
 //! The TCP ingest, on the dispatcher core: one task per publisher connection reads its
-//! newline-delimited JSON, validates each line ([`crate::publisher::parse_line`]) and hands the
-//! event to the [`Dispatcher`]; a bad line gets an error line back and the stream goes on.
+//! newline-delimited JSON, validates each line ([`crate::publisher::LineParser`]) and hands the
+//! event to the [`Dispatcher`] without copying it; a bad line gets an error line back and the
+//! stream goes on.
 //! Data path: publisher -> **ingest** -> dispatcher.
 
 use std::cell::RefCell;
@@ -12,7 +13,7 @@ use glommio::net::TcpStream;
 use simd_json::prelude::*;
 
 use crate::dispatcher::Dispatcher;
-use crate::publisher::{parse_line, Line, Lines, PublishError};
+use crate::publisher::{Line, LineParser, Lines, PublishError};
 
 /// Serves one TCP publisher on the dispatcher core until it disconnects. Every line is one
 /// event; a bad line gets an error line back (`{"op":"error","line":N,"code":..,"message":..}`)
@@ -22,14 +23,19 @@ use crate::publisher::{parse_line, Line, Lines, PublishError};
 pub(crate) async fn serve_ingest(dispatcher: Rc<RefCell<Dispatcher>>, mut stream: TcpStream) {
     let max_line = dispatcher.borrow().config().max_line_bytes;
     let mut lines = Lines::new(max_line);
+    let mut parser = LineParser::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut replies: Vec<u8> = Vec::new();
     while let Ok(n) = stream.read(&mut chunk).await {
         let ingest_at = Instant::now();
         let mut each = |no: u64, line: Line<'_>| {
             let result = match line {
-                Line::Text(text) => parse_line(text, ingest_at)
-                    .and_then(|event| dispatcher.borrow_mut().publish(event).map(|_| ())),
+                Line::Text(text) => parser.parse(text).and_then(|p| {
+                    dispatcher
+                        .borrow_mut()
+                        .publish_parts(p.topic, p.data, p.ts, ingest_at)
+                        .map(|_| ())
+                }),
                 Line::TooLong => Err(PublishError::LineTooLong(max_line)),
             };
             if let Err(e) = result {

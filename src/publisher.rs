@@ -1,8 +1,10 @@
 //! The first step of the data path: publishers hand events to the dispatcher.
 //!
 //! Two ways in: the TCP ingest (newline-delimited JSON, served on the dispatcher core by
-//! [`crate::ingest`], each line split out by [`Lines`] and validated with simd-json by
-//! [`parse_line`]) and the in-process [`Publisher`] handle (any thread).
+//! [`crate::ingest`], each line split out by [`Lines`] and validated with simd-json by a
+//! [`LineParser`]) and the in-process [`Publisher`] handle (any thread).
+
+mod members;
 
 use std::time::Instant;
 
@@ -25,6 +27,8 @@ pub enum PublishError {
     MissingData,
     #[error("\"ts\" must be an unsigned integer (microseconds since the Unix epoch)")]
     BadTimestamp,
+    #[error("\"{0}\" appears more than once")]
+    DuplicateField(&'static str),
     #[error("line is longer than {0} bytes")]
     LineTooLong(usize),
     #[error("the dispatcher already tracks its maximum of {0} topics")]
@@ -43,6 +47,7 @@ impl PublishError {
             PublishError::BadTopic(_) => "bad_topic",
             PublishError::MissingData => "missing_data",
             PublishError::BadTimestamp => "bad_ts",
+            PublishError::DuplicateField(_) => "duplicate_field",
             PublishError::LineTooLong(_) => "line_too_long",
             PublishError::TopicLimit(_) => "topic_limit",
             PublishError::Closed => "closed",
@@ -54,7 +59,7 @@ impl PublishError {
 #[derive(Debug)]
 pub struct Event {
     pub topic: String,
-    /// The `data` value as compact JSON text.
+    /// The `data` value's JSON text, byte for byte as the publisher sent it.
     pub data: Vec<u8>,
     /// Publisher timestamp, µs since the Unix epoch; the dispatcher stamps events without one.
     pub ts: Option<u64>,
@@ -62,32 +67,128 @@ pub struct Event {
     pub ingest_at: Instant,
 }
 
-/// Validates one ingest line (`{"topic":..., "data":..., "ts":...}`) in place and returns the
-/// event. `line` is scratch: simd-json parses in place. Cost: one parse plus one compact
-/// re-serialisation of `data`.
-pub fn parse_line(line: &mut [u8], ingest_at: Instant) -> Result<Event, PublishError> {
-    let value =
-        simd_json::to_borrowed_value(line).map_err(|e| PublishError::InvalidJson(e.to_string()))?;
+/// One valid ingest line, borrowed from the line (`data`) and from the parser (`topic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// The topic, unescaped and validated ([`validate_topic`]).
+    pub topic: &'a str,
+    /// The `data` value's JSON text exactly as the line holds it (whitespace and escapes
+    /// included), so a publisher's bytes reach clients unchanged.
+    pub data: &'a [u8],
+    /// Publisher timestamp, µs since the Unix epoch.
+    pub ts: Option<u64>,
+}
+
+impl Parsed<'_> {
+    /// The owned event, as the dispatcher's input ring carries it.
+    pub fn to_event(&self, ingest_at: Instant) -> Event {
+        Event {
+            topic: self.topic.to_owned(),
+            data: self.data.to_vec(),
+            ts: self.ts,
+            ingest_at,
+        }
+    }
+}
+
+/// Validates ingest lines (`{"topic":..., "data":..., "ts":...}`), one at a time, reusing its
+/// buffers: once warm it allocates nothing per line. One per ingest connection; not `Send`
+/// (it holds simd-json's parse buffers).
+///
+/// A line is checked in this order, each failure a [`PublishError`] with its `code`:
+/// valid JSON (RFC 8259, by simd-json: `invalid_json`), an object (`not_an_object`), no key of
+/// `topic`, `data` or `ts` twice (`duplicate_field`), `topic` a string (`missing_topic`) and a
+/// valid name (`bad_topic`), `data` present (`missing_data`), `ts` absent or an unsigned
+/// integer (`bad_ts`). Other members are ignored. Cost: one copy of the line, simd-json's tape
+/// (no value tree), and one structural scan to find `data`'s bytes; `data` is never parsed
+/// into values or written out again.
+#[derive(Default)]
+pub struct LineParser {
+    /// The copy simd-json validates in place (it may rewrite escaped strings).
+    scratch: Vec<u8>,
+    buffers: simd_json::Buffers,
+    /// simd-json's tape, kept empty between lines for its allocation.
+    tape: Option<simd_json::Tape<'static>>,
+    /// Byte spans of the line's top-level member values, in order.
+    members: Vec<(usize, usize)>,
+    /// The last line's topic, unescaped.
+    topic: String,
+}
+
+impl LineParser {
+    /// Validates `line` (without its line terminator) and returns its event's parts.
+    pub fn parse<'a>(&'a mut self, line: &'a [u8]) -> Result<Parsed<'a>, PublishError> {
+        let LineParser {
+            scratch,
+            buffers,
+            tape: kept,
+            members,
+            topic,
+        } = self;
+        // Spans from the untouched line first: validation may rewrite the copy's strings.
+        let scanned = members::member_values(line, members);
+        scratch.clear();
+        scratch.extend_from_slice(line);
+        let mut tape = match kept.take() {
+            Some(t) => t.reset(),
+            None => simd_json::Tape::null().reset(),
+        };
+        let found = match simd_json::fill_tape(scratch, buffers, &mut tape) {
+            Ok(()) => fields(&tape, topic),
+            Err(e) => Err(PublishError::InvalidJson(e.to_string())),
+        };
+        *kept = Some(tape.reset());
+        let (data_member, ts) = found?;
+        // On valid JSON the scan finds every member simd-json does.
+        let Some(&(start, end)) = members.get(data_member).filter(|_| scanned) else {
+            return Err(PublishError::InvalidJson(
+                "could not locate \"data\" in the line".into(),
+            ));
+        };
+        Ok(Parsed {
+            topic,
+            data: &line[start..end],
+            ts,
+        })
+    }
+}
+
+/// Reads the validated line's fields from its tape: copies the topic into `topic` and returns
+/// the index of the `data` member among the object's members, and `ts`.
+fn fields(
+    tape: &simd_json::Tape<'_>,
+    topic: &mut String,
+) -> Result<(usize, Option<u64>), PublishError> {
+    let value = tape.as_value();
     let obj = value.as_object().ok_or(PublishError::NotAnObject)?;
-    let topic = obj
-        .get("topic")
-        .and_then(|t| t.as_str())
-        .ok_or(PublishError::MissingTopic)?;
-    validate_topic(topic).map_err(PublishError::BadTopic)?;
-    let data = obj.get("data").ok_or(PublishError::MissingData)?;
-    let ts = match obj.get("ts") {
+    let (mut topic_value, mut data, mut ts_value) = (None, None, None);
+    for (k, (key, v)) in obj.iter().enumerate() {
+        let (slot, name) = match key {
+            "topic" => (&mut topic_value, "topic"),
+            "data" => {
+                if data.replace(k).is_some() {
+                    return Err(PublishError::DuplicateField("data"));
+                }
+                continue;
+            }
+            "ts" => (&mut ts_value, "ts"),
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(PublishError::DuplicateField(name));
+        }
+    }
+    let topic_value = topic_value.ok_or(PublishError::MissingTopic)?;
+    let name = topic_value.as_str().ok_or(PublishError::MissingTopic)?;
+    validate_topic(name).map_err(PublishError::BadTopic)?;
+    topic.clear();
+    topic.push_str(name);
+    let data = data.ok_or(PublishError::MissingData)?;
+    let ts = match ts_value {
         None => None,
         Some(v) => Some(v.as_u64().ok_or(PublishError::BadTimestamp)?),
     };
-    let mut out = Vec::with_capacity(64);
-    data.write(&mut out)
-        .map_err(|e| PublishError::InvalidJson(e.to_string()))?;
-    Ok(Event {
-        topic: topic.to_owned(),
-        data: out,
-        ts,
-        ingest_at,
-    })
+    Ok((data, ts))
 }
 
 /// In-process publishing handle. Any thread; cheap to clone.
@@ -223,7 +324,7 @@ impl Lines {
     }
 }
 
-/// Feeds `chunks` through [`Lines`] and [`parse_line`], then ends the stream: every line's
+/// Feeds `chunks` through [`Lines`] and a [`LineParser`], then ends the stream: every line's
 /// number and outcome, in order. What the TCP ingest does, minus the dispatcher; the fuzz
 /// target and the tests use it.
 pub fn parse_stream(
@@ -232,11 +333,12 @@ pub fn parse_stream(
 ) -> Vec<(u64, Result<Event, PublishError>)> {
     let now = Instant::now();
     let mut out = Vec::new();
+    let mut parser = LineParser::default();
     let mut each = |no: u64, line: Line<'_>| {
         out.push((
             no,
             match line {
-                Line::Text(text) => parse_line(text, now),
+                Line::Text(text) => parser.parse(text).map(|p| p.to_event(now)),
                 Line::TooLong => Err(PublishError::LineTooLong(max_line_bytes)),
             },
         ))
@@ -254,20 +356,85 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Event, PublishError> {
-        parse_line(&mut s.as_bytes().to_vec(), Instant::now())
+        LineParser::default()
+            .parse(s.as_bytes())
+            .map(|p| p.to_event(Instant::now()))
     }
 
     #[test]
-    fn accepts_an_event_and_compacts_data() {
-        let e = parse(r#"{"topic":"book.BTCUSD","data":{ "b" : [1, 2] },"ts":17}"#).unwrap();
+    fn accepts_an_event_and_keeps_data_byte_for_byte() {
+        let e =
+            parse(r#" {"topic":"book.BTCUSD","data":{ "b" : [1, 2], "s":"\u00e9\"" } ,"ts":17}"#)
+                .unwrap();
         assert_eq!(e.topic, "book.BTCUSD");
-        assert_eq!(e.data, br#"{"b":[1,2]}"#);
+        assert_eq!(e.data, br#"{ "b" : [1, 2], "s":"\u00e9\"" }"#);
         assert_eq!(e.ts, Some(17));
+        let e = parse(r#"{"ts":1,"data":"x","topic":"b\u002ec"}"#).unwrap();
+        assert_eq!((e.topic.as_str(), &e.data[..]), ("b.c", &br#""x""#[..]));
+    }
+
+    #[test]
+    fn one_parser_keeps_no_state_between_lines() {
+        let mut p = LineParser::default();
+        let lines = [
+            r#"{"topic":"a","data":[1,{"k":"v"}]}"#,
+            "{bad",
+            r#"{"topic":"long.topic.name","data":"\"quoted\"","ts":5}"#,
+            r#"{"data":1}"#,
+            r#"{"topic":"a","data":null}"#,
+        ];
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                p.parse(l.as_bytes())
+                    .map(|e| (e.topic.to_string(), e.data.to_vec(), e.ts))
+                    .map_err(|e| e.code())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok(("a".into(), br#"[1,{"k":"v"}]"#.to_vec(), None)),
+                Err("invalid_json"),
+                Ok((
+                    "long.topic.name".into(),
+                    br#""\"quoted\"""#.to_vec(),
+                    Some(5)
+                )),
+                Err("missing_topic"),
+                Ok(("a".into(), b"null".to_vec(), None)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_field_named_twice_is_refused() {
+        for (line, field) in [
+            (r#"{"topic":"a","data":1,"data":2}"#, "data"),
+            (r#"{"topic":"a","topic":"b","data":1}"#, "topic"),
+            (r#"{"topic":"a","data":1,"ts":1,"ts":2}"#, "ts"),
+            (r#"{"topic":"a","d\u0061ta":1,"data":2}"#, "data"),
+        ] {
+            let e = parse(line).unwrap_err();
+            assert_eq!(e, PublishError::DuplicateField(field), "{line}");
+            assert_eq!(e.code(), "duplicate_field");
+        }
+        assert!(parse(r#"{"topic":"a","data":1,"other":1,"other":2}"#).is_ok());
     }
 
     #[test]
     fn refuses_bad_events_with_codes() {
         assert_eq!(parse("not json").unwrap_err().code(), "invalid_json");
+        assert_eq!(
+            parse(r#"{"topic":"a","data":1} x"#).unwrap_err().code(),
+            "invalid_json"
+        );
+        assert_eq!(
+            parse(r#"{"topic":"a","data":1,"ts":1.5}"#)
+                .unwrap_err()
+                .code(),
+            "bad_ts"
+        );
         assert_eq!(parse("[1]").unwrap_err().code(), "not_an_object");
         assert_eq!(parse(r#"{"data":1}"#).unwrap_err().code(), "missing_topic");
         assert_eq!(

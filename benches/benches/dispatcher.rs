@@ -1,10 +1,9 @@
-//! Dispatcher per-message cost: validate an ingest line (simd-json), sequence and frame it.
-
-use std::time::Instant;
+//! Dispatcher per-message cost: validate an ingest line (simd-json tape, `data` kept as sent),
+//! sequence and frame it.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use corecast::publisher::parse_line;
+use corecast::publisher::LineParser;
 use corecast_shards::protocol;
 
 use corecast_benches::BOOK_LINE as LINE;
@@ -13,10 +12,13 @@ fn ingest_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest_parse");
     g.throughput(Throughput::Elements(1));
     g.bench_function("book_delta_line", |b| {
-        let mut buf = LINE.as_bytes().to_vec();
+        let mut parser = LineParser::default();
         b.iter(|| {
-            buf.copy_from_slice(LINE.as_bytes());
-            parse_line(&mut buf, Instant::now()).expect("valid line")
+            parser
+                .parse(LINE.as_bytes())
+                .expect("valid line")
+                .data
+                .len()
         })
     });
     g.finish();
@@ -42,13 +44,12 @@ fn parse_sequence_frame(c: &mut Criterion) {
     let mut g = c.benchmark_group("dispatcher_per_message");
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse+sequence+frame", |b| {
-        let mut buf = LINE.as_bytes().to_vec();
+        let mut parser = LineParser::default();
         let mut seq = 0u64;
         b.iter(|| {
-            buf.copy_from_slice(LINE.as_bytes());
-            let e = parse_line(&mut buf, Instant::now()).expect("valid line");
+            let e = parser.parse(LINE.as_bytes()).expect("valid line");
             seq += 1;
-            protocol::msg(&e.topic, seq, e.ts.unwrap_or(0), &e.data)
+            protocol::msg(e.topic, seq, e.ts.unwrap_or(0), e.data)
         })
     });
     g.finish();

@@ -8,9 +8,8 @@
 //! published message on the dispatcher.
 
 use std::rc::Rc;
-use std::time::Instant;
 
-use corecast::publisher::parse_line;
+use corecast::publisher::LineParser;
 use corecast_benches::{table_with, trade_frame, BOOK_LINE as LINE, BOUNDS};
 use corecast_shards::protocol;
 
@@ -36,12 +35,11 @@ fn fanout(n: u64) -> u64 {
 }
 
 fn ingest(n: u64) -> u64 {
-    let mut buf = LINE.as_bytes().to_vec();
+    let mut parser = LineParser::default();
     let mut bytes = 0u64;
     for seq in 1..=n {
-        buf.copy_from_slice(LINE.as_bytes());
-        let e = parse_line(&mut buf, Instant::now()).expect("valid line");
-        bytes += protocol::msg(&e.topic, seq, e.ts.unwrap_or(0), &e.data).len() as u64;
+        let e = parser.parse(LINE.as_bytes()).expect("valid line");
+        bytes += protocol::msg(e.topic, seq, e.ts.unwrap_or(0), e.data).len() as u64;
     }
     bytes
 }
