@@ -51,8 +51,23 @@ pub(crate) async fn run(spec: DispatcherSpec) {
         glommio::spawn_local(p.run()).detach();
     }
     let activity = dispatcher.borrow().activity.clone();
+    // A nap ends when a shard or an in-process publisher pushes, or shutdown is asked for
+    // (the rings' doorbells), or a TCP publisher's socket has data.
+    let mut wakes: Vec<Box<dyn corecast_shards::executor::NapWake>> =
+        vec![Box::new(events.wake()), Box::new(shutdown.wake())];
+    wakes.extend(
+        controls
+            .iter()
+            .map(|c| Box::new(c.wake()) as Box<dyn corecast_shards::executor::NapWake>),
+    );
+    let wake = corecast_shards::executor::WakeOn {
+        wakes,
+        ..Default::default()
+    };
+    // Each TCP publisher's socket joins the nap's descriptors while it is connected.
+    let publisher_fds = wake.changing.clone();
     glommio::spawn_local(corecast_shards::executor::nap_when_idle(
-        activity, naps.0, naps.1,
+        activity, naps.0, naps.1, wake,
     ))
     .detach();
     let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
@@ -99,7 +114,17 @@ pub(crate) async fn run(spec: DispatcherSpec) {
             corecast_shards::executor::ACCEPT_POLL,
             move |stream| {
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(serve_ingest(d.clone(), stream)).detach();
+                let fds = publisher_fds.clone();
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                fds.borrow_mut().push(fd);
+                let d = d.clone();
+                glommio::spawn_local(async move {
+                    serve_ingest(d, stream).await;
+                    // The socket is closed: out of the nap's descriptors before its number is
+                    // reused.
+                    fds.borrow_mut().retain(|&f| f != fd);
+                })
+                .detach();
             },
         ))
     };

@@ -12,10 +12,13 @@
 //! its core at 100% and, on a machine shared with other work (a load generator, a laptop),
 //! take that core from it. [`nap_when_idle`] watches an activity counter and, when nothing
 //! happened since its last look, sleeps the thread for a short nap: the core is free for
-//! others, and work arriving meanwhile waits at most one nap. While work keeps arriving it
-//! never naps.
+//! others. The nap waits on what brings work ([`NapWake`]: the rings' doorbells, the epoll
+//! set of client sockets, the listener), so work arriving meanwhile ends it at once; work
+//! that has no descriptor to wait on (a timer, a glommio socket) waits at most one nap. While
+//! work keeps arriving it never naps.
 
 use std::cell::Cell;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -59,17 +62,41 @@ impl Activity {
     }
 }
 
+/// Something whose work should end an idle nap. Implemented by a ring's consumer side
+/// ([`crate::ring::RingWake`]).
+pub trait NapWake {
+    /// About to nap: from now on new work must make [`NapWake::fd`] readable. False when work
+    /// is already waiting (then there is no nap).
+    fn arm(&self) -> bool;
+    /// The nap ended; quiet again.
+    fn disarm(&self);
+    /// The descriptor that becomes readable when work arrives; `None`: none could be made.
+    fn fd(&self) -> Option<RawFd>;
+}
+
+/// What ends an executor's nap early: descriptors whose readability means work (an epoll
+/// set, a publisher's socket), fixed or added and removed while the executor runs
+/// (`changing`), and [`NapWake`]s to arm before each nap.
+#[derive(Default)]
+pub struct WakeOn {
+    pub fds: Vec<RawFd>,
+    pub changing: Rc<std::cell::RefCell<Vec<RawFd>>>,
+    pub wakes: Vec<Box<dyn NapWake>>,
+}
+
 /// Runs forever on the current executor: whenever a pass of the executor saw no activity, the
-/// thread sleeps for a nap. Naps start at `nap` and double while nothing happens, up to
-/// `nap_max`; any activity brings them back to `nap`. A nap costs a context switch (tens of
-/// microseconds of CPU on a virtual machine), so short naps alone keep an idle executor
-/// nearly as busy as polling; growing them makes a quiet executor cheap while the first
-/// message after a short pause waits at most `nap`.
-/// `nap` of zero disables napping (pure polling).
-pub async fn nap_when_idle(activity: Rc<Activity>, nap: Duration, nap_max: Duration) {
+/// thread sleeps for a nap, in `ppoll(2)` on everything in `wake` (readable: the nap ends).
+/// Naps start at `nap` and double while nothing happens, up to `nap_max`; any activity brings
+/// them back to `nap`. A nap costs a context switch (tens of microseconds of CPU on a virtual
+/// machine), so short naps alone keep an idle executor nearly as busy as polling; growing them
+/// makes a quiet executor cheap, and the wake-ups keep work that arrives from waiting it out.
+/// `nap` of zero disables napping (pure polling). The descriptors must stay open while the
+/// executor runs (they belong to the shard or dispatcher that spawned this).
+pub async fn nap_when_idle(activity: Rc<Activity>, nap: Duration, nap_max: Duration, wake: WakeOn) {
     if nap.is_zero() {
         return;
     }
+    let mut polled: Vec<libc::pollfd> = Vec::new();
     let nap_max = nap_max.max(nap);
     // Sleeps as short as asked: the default timer slack (50 µs) would stretch every nap.
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
@@ -87,7 +114,48 @@ pub async fn nap_when_idle(activity: Rc<Activity>, nap: Duration, nap_max: Durat
             next_nap = nap;
             continue;
         }
-        std::thread::sleep(next_nap);
+        // Every wake armed, and none with work already waiting: sleep until one rings.
+        let mut quiet = true;
+        for w in &wake.wakes {
+            quiet &= w.arm();
+        }
+        if quiet {
+            polled.clear();
+            let changing = wake.changing.borrow();
+            let fds = wake.fds.iter().chain(changing.iter()).copied();
+            polled.extend(
+                fds.chain(wake.wakes.iter().filter_map(|w| w.fd()))
+                    .map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    }),
+            );
+            drop(changing);
+            sleep_on(&mut polled, next_nap);
+        }
+        for w in &wake.wakes {
+            w.disarm();
+        }
         next_nap = (next_nap * 2).min(nap_max);
+    }
+}
+
+/// Sleeps until one of `fds` is readable or `timeout` passes (`ppoll(2)`, nanosecond timeout;
+/// an interrupted sleep just ends early).
+fn sleep_on(fds: &mut [libc::pollfd], timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is a live, writable array of `fds.len()` pollfd; `ts` lives for the call;
+    // a null signal mask keeps the thread's own.
+    unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        );
     }
 }

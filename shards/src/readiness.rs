@@ -60,6 +60,13 @@ impl Readiness {
         )
     }
 
+    /// The epoll set's own descriptor: readable while some watched socket has news (the
+    /// shard's idle nap waits on it).
+    pub(crate) fn fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.poll.borrow().as_raw_fd()
+    }
+
     /// Stops watching `fd`, before the socket is handed to another owner or closed.
     pub(crate) fn remove(&self, fd: RawFd) {
         // An fd that is not registered has nothing to remove.

@@ -8,11 +8,19 @@
 //! A ring is a bounded lock-free queue (crossbeam-channel's array flavour). Producers push
 //! without waiting; the consumer, a task on a polling executor, takes everything waiting and,
 //! when the ring is empty, looks again after `poll` (a glommio timer, checked on every pass of
-//! the executor's polling loop). No cross-thread wake-up is involved: glommio 0.9's
+//! the executor's polling loop). No glommio wake-up is involved: glommio 0.9's
 //! (`shared_channel` notifications, foreign wakers, and io_uring readiness of a doorbell
 //! socket) were measured here to lose or delay wake-ups by up to seconds on this kernel; see
 //! docs/architecture.md, "The ring hop".
+//!
+//! The one wake-up there is belongs to the idle nap ([`crate::executor::nap_when_idle`]): a
+//! consumer whose executor is about to sleep arms the ring's [`Doorbell`], and the next push
+//! rings it (an `eventfd` the nap waits on), so a message arriving during a nap ends it at
+//! once instead of waiting out the nap. While the consumer is awake a push costs one fence and
+//! one load of a flag only the napping consumer writes.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,15 +118,73 @@ pub enum ControlMsg {
 /// Capacity of each dispatcher -> shard ring, in messages, unless configured otherwise.
 pub const DEFAULT_RING_CAPACITY: usize = 65_536;
 
+/// How a producer wakes a consumer that naps: an `eventfd` (Linux, `eventfd(2)`) and a flag
+/// saying the consumer sleeps. Any thread.
+///
+/// The consumer sets the flag, then looks at its ring once more before it sleeps; a producer
+/// pushes, then looks at the flag (a sequentially consistent fence on each side between the
+/// two), so at least one of them sees the other: a message is never left behind a sleeping
+/// consumer for longer than its nap. If the `eventfd` cannot be made (the process is out of
+/// descriptors) the doorbell is mute and a nap ends on its timeout, as naps did before.
+pub struct Doorbell {
+    napping: AtomicBool,
+    efd: Option<OwnedFd>,
+}
+
+impl Doorbell {
+    fn new() -> Doorbell {
+        // SAFETY: eventfd returns a new descriptor we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Doorbell {
+            napping: AtomicBool::new(false),
+            // SAFETY: a valid descriptor, owned by nobody else.
+            efd: (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }),
+        }
+    }
+
+    /// Producer side, after a push: wakes the consumer if it naps. One fence and one load
+    /// while it does not; one `write(2)` for the first push of a nap.
+    #[inline]
+    pub fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.napping.load(Ordering::Relaxed) && self.napping.swap(false, Ordering::SeqCst) {
+            if let Some(fd) = &self.efd {
+                let one = 1u64.to_ne_bytes();
+                // A full counter (2^64 - 2 unread rings) cannot happen: every nap reads it.
+                // SAFETY: writes 8 bytes from a live buffer to our own eventfd.
+                let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+            }
+        }
+    }
+
+    /// Consumer side, before a nap: from here on a push rings.
+    fn arm(&self) {
+        self.napping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Consumer side, after a nap: quiet again, and the eventfd's count read away.
+    fn disarm(&self) {
+        self.napping.store(false, Ordering::Relaxed);
+        if let Some(fd) = &self.efd {
+            let mut count = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live buffer; non-blocking.
+            let _ = unsafe { libc::read(fd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        }
+    }
+}
+
 /// The producing end of a ring. Any thread; clone it for more producers.
 pub struct RingSender<T> {
     tx: Sender<T>,
+    bell: Arc<Doorbell>,
 }
 
 impl<T> Clone for RingSender<T> {
     fn clone(&self) -> Self {
         RingSender {
             tx: self.tx.clone(),
+            bell: self.bell.clone(),
         }
     }
 }
@@ -126,12 +192,40 @@ impl<T> Clone for RingSender<T> {
 /// The consuming end of a ring. Any thread; used by one consumer.
 pub struct RingReceiver<T> {
     rx: Receiver<T>,
+    bell: Arc<Doorbell>,
 }
 
-/// A bounded ring of `capacity` messages.
+/// A bounded ring of `capacity` messages, with its [`Doorbell`].
 pub fn ring<T>(capacity: usize) -> (RingSender<T>, RingReceiver<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    (RingSender { tx }, RingReceiver { rx })
+    let bell = Arc::new(Doorbell::new());
+    (
+        RingSender {
+            tx,
+            bell: bell.clone(),
+        },
+        RingReceiver { rx, bell },
+    )
+}
+
+/// What the idle nap of a ring's consumer holds: the ring's doorbell and a way to see whether
+/// the ring is empty. Made by [`RingReceiver::wake`]; used on the consumer's thread.
+pub struct RingWake<T> {
+    rx: Receiver<T>,
+    bell: Arc<Doorbell>,
+}
+
+impl<T> crate::executor::NapWake for RingWake<T> {
+    fn arm(&self) -> bool {
+        self.bell.arm();
+        self.rx.is_empty()
+    }
+    fn disarm(&self) {
+        self.bell.disarm();
+    }
+    fn fd(&self) -> Option<RawFd> {
+        self.bell.efd.as_ref().map(|fd| fd.as_raw_fd())
+    }
 }
 
 /// Every producer of the ring is gone and nothing is left in it.
@@ -151,7 +245,10 @@ impl<T> RingSender<T> {
     /// Pushes without waiting. Cost: one lock-free enqueue.
     pub fn try_push(&self, msg: T) -> Result<(), PushError<T>> {
         match self.tx.try_send(msg) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.bell.ring();
+                Ok(())
+            }
             Err(TrySendError::Full(m)) => Err(PushError::Full(m)),
             Err(TrySendError::Disconnected(m)) => Err(PushError::Closed(m)),
         }
@@ -176,11 +273,21 @@ impl<T> RingSender<T> {
     /// Pushes from a plain thread, blocking while the ring is full. Errors when the consumer
     /// is gone.
     pub fn push_blocking(&self, msg: T) -> Result<(), T> {
-        self.tx.send(msg).map_err(|e| e.into_inner())
+        self.tx.send(msg).map_err(|e| e.into_inner())?;
+        self.bell.ring();
+        Ok(())
     }
 }
 
 impl<T> RingReceiver<T> {
+    /// What the consumer's idle nap needs to be woken by this ring's pushes.
+    pub fn wake(&self) -> RingWake<T> {
+        RingWake {
+            rx: self.rx.clone(),
+            bell: self.bell.clone(),
+        }
+    }
+
     /// Moves up to `max` waiting messages into `out` without waiting. `Err` when every
     /// producer is gone and the ring is empty.
     pub fn try_take(&self, out: &mut Vec<T>, max: usize) -> Result<(), Closed> {
@@ -315,6 +422,47 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_during_a_nap_rings_the_doorbell_and_one_before_it_prevents_the_nap() {
+        use crate::executor::NapWake;
+        let (tx, rx) = ring::<u32>(8);
+        let wake = rx.wake();
+        let fd = wake.fd().expect("an eventfd");
+        tx.try_push(1).unwrap();
+        assert!(!wake.arm(), "work waiting: no nap");
+        wake.disarm();
+        let mut got = Vec::new();
+        rx.try_take(&mut got, 8).unwrap();
+        assert!(wake.arm(), "empty: nap");
+        let started = Instant::now();
+        let producer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.try_push(2).unwrap();
+            tx.try_push(3).unwrap();
+        });
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd; 10 s at most.
+        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(n, 1, "woken by the push");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        producer.join().unwrap();
+        wake.disarm();
+        pfd.revents = 0;
+        // SAFETY: as above, without waiting.
+        assert_eq!(
+            unsafe { libc::poll(&mut pfd, 1, 0) },
+            0,
+            "disarm read the count away"
+        );
+        // The producer is gone: what it pushed is taken, then the ring reports it closed.
+        assert!(rx.try_take(&mut got, 8).is_err());
+        assert_eq!(got, vec![1, 2, 3]);
+    }
 
     #[test]
     fn full_and_closed_hand_the_message_back() {

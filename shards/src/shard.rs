@@ -110,10 +110,18 @@ async fn run(spec: ShardSpec) {
     glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     let (nap, nap_max) = ctx.config.idle_naps();
+    // A nap ends when the dispatcher pushes (the ring's doorbell) or a client socket has news
+    // (the epoll set); a new connection waits for the nap's end.
+    let wake = crate::executor::WakeOn {
+        fds: vec![ctx.readiness.fd()],
+        wakes: vec![Box::new(ring.wake())],
+        ..Default::default()
+    };
     glommio::spawn_local(crate::executor::nap_when_idle(
         ctx.activity.clone(),
         nap,
         nap_max,
+        wake,
     ))
     .detach();
     if ctx.config.report_interval_ms > 0 {
