@@ -647,16 +647,17 @@ impl Clients<'_> {
     }
 
     /// The last sequence of each topic once the publisher's counts are known: the topic's
-    /// sequence before the run plus what was published on it (`None` when unknown).
+    /// sequence before the run plus what was published on it (`None` when unknown: no reader
+    /// saw the topic's base, as with `json-pubsub`, whose acks carry no sequence).
     fn last_published(&self) -> Option<Vec<Option<u64>>> {
         let published = self.live.published.lock().expect("not poisoned");
         let published = published.as_ref()?;
+        let base = self.live.base();
         Some(
-            self.live
-                .base()
+            published
                 .iter()
-                .zip(published)
-                .map(|(base, p)| base.map(|b| b + p))
+                .enumerate()
+                .map(|(t, p)| base.get(t).copied().flatten().map(|b| b + p))
                 .collect(),
         )
     }
