@@ -187,7 +187,7 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.server.listen.port(), 8080);
         assert_eq!(c.shard.path, "/ws");
-        assert_eq!(c.dispatcher.ring_capacity, 65_536);
+        assert_eq!(c.dispatcher.ring_capacity, 8_192);
     }
 
     #[test]

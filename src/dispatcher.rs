@@ -31,7 +31,8 @@ pub const MAX_SHARDS: usize = 64;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DispatcherConfig {
-    /// Capacity of each dispatcher -> shard ring, messages. Default 65536.
+    /// Capacity of each dispatcher -> shard ring, messages (allocated whole at start, about
+    /// 100 bytes each). Default 8192.
     pub ring_capacity: usize,
     /// Messages held for a shard whose ring is full before the oldest frames are dropped
     /// (the shard announces the hole as a `gap`). Default 262144.
@@ -43,7 +44,8 @@ pub struct DispatcherConfig {
     pub max_topics: usize,
     /// Longest ingest line, bytes. Default 1048576.
     pub max_line_bytes: usize,
-    /// Capacity of the in-process publisher queue, events. Default 65536.
+    /// Capacity of the in-process publisher queue, events (allocated whole at start, about
+    /// 90 bytes each). Default 8192.
     pub publisher_queue: usize,
     /// How often a one-line summary is printed to stderr, ms; 0 never. Default 10000.
     pub summary_interval_ms: u64,
@@ -56,7 +58,7 @@ impl Default for DispatcherConfig {
             backlog_limit: 262_144,
             max_topics: 100_000,
             max_line_bytes: 1 << 20,
-            publisher_queue: 65_536,
+            publisher_queue: 8_192,
             summary_interval_ms: 10_000,
         }
     }
