@@ -64,7 +64,7 @@ pub(crate) async fn run(spec: DispatcherSpec) {
         wakes,
         ..Default::default()
     };
-    // Each TCP publisher's socket joins the nap's descriptors while it is connected.
+    // Each TCP publisher's socket joins the nap's descriptors while its task waits to read.
     let publisher_fds = wake.changing.clone();
     glommio::spawn_local(corecast_shards::executor::nap_when_idle(
         activity, naps.0, naps.1, wake,
@@ -114,17 +114,8 @@ pub(crate) async fn run(spec: DispatcherSpec) {
             corecast_shards::executor::ACCEPT_POLL,
             move |stream| {
                 let _ = stream.set_nodelay(true);
-                let fds = publisher_fds.clone();
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-                fds.borrow_mut().push(fd);
-                let d = d.clone();
-                glommio::spawn_local(async move {
-                    serve_ingest(d, stream).await;
-                    // The socket is closed: out of the nap's descriptors before its number is
-                    // reused.
-                    fds.borrow_mut().retain(|&f| f != fd);
-                })
-                .detach();
+                glommio::spawn_local(serve_ingest(d.clone(), stream, publisher_fds.clone()))
+                    .detach();
             },
         ))
     };

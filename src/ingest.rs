@@ -20,13 +20,29 @@ use crate::publisher::{Line, LineParser, Lines, PublishError};
 /// and the stream goes on. When the publisher closes its side, a last line without a newline
 /// is published like any other, and its error (if any) is still written back. A connection
 /// that ends in an error (reset) loses only its unterminated last line.
-pub(crate) async fn serve_ingest(dispatcher: Rc<RefCell<Dispatcher>>, mut stream: TcpStream) {
+///
+/// While it waits to read, the socket is in `nap_fds`, the descriptors whose readability ends
+/// the dispatcher's idle nap; at any other time (parsing, writing error lines back to a
+/// publisher that does not read them) it is not, so unread input never keeps the nap from
+/// sleeping.
+pub(crate) async fn serve_ingest(
+    dispatcher: Rc<RefCell<Dispatcher>>,
+    mut stream: TcpStream,
+    nap_fds: Rc<RefCell<Vec<std::os::fd::RawFd>>>,
+) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let max_line = dispatcher.borrow().config().max_line_bytes;
     let mut lines = Lines::new(max_line);
     let mut parser = LineParser::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut replies: Vec<u8> = Vec::new();
-    while let Ok(n) = stream.read(&mut chunk).await {
+    loop {
+        nap_fds.borrow_mut().push(fd);
+        let read = stream.read(&mut chunk).await;
+        nap_fds.borrow_mut().retain(|&f| f != fd);
+        let Ok(n) = read else {
+            break;
+        };
         let ingest_at = Instant::now();
         let mut each = |no: u64, line: Line<'_>| {
             let result = match line {

@@ -192,9 +192,12 @@ impl<T> Clone for RingSender<T> {
     }
 }
 
-/// The consuming end of a ring. Any thread; used by one consumer.
+/// The consuming end of a ring. Any thread; used by one consumer. Dropping it closes the ring
+/// for its producers (their pushes fail with [`PushError::Closed`]).
 pub struct RingReceiver<T> {
-    rx: Receiver<T>,
+    // The only strong reference: the nap's [`RingWake`] holds a weak one, so it never keeps
+    // the ring open after its consumer is gone.
+    rx: Arc<Receiver<T>>,
     bell: Arc<Doorbell>,
 }
 
@@ -207,21 +210,26 @@ pub fn ring<T>(capacity: usize) -> (RingSender<T>, RingReceiver<T>) {
             tx,
             bell: bell.clone(),
         },
-        RingReceiver { rx, bell },
+        RingReceiver {
+            rx: Arc::new(rx),
+            bell,
+        },
     )
 }
 
 /// What the idle nap of a ring's consumer holds: the ring's doorbell and a way to see whether
 /// the ring is empty. Made by [`RingReceiver::wake`]; used on the consumer's thread.
 pub struct RingWake<T> {
-    rx: Receiver<T>,
+    rx: std::sync::Weak<Receiver<T>>,
     bell: Arc<Doorbell>,
 }
 
 impl<T> crate::executor::NapWake for RingWake<T> {
+    /// True (nap) when the ring is empty, or when its consumer is gone (nothing of it is
+    /// waited for any more).
     fn arm(&self) -> bool {
         self.bell.arm();
-        self.rx.is_empty()
+        self.rx.upgrade().map_or(true, |rx| rx.is_empty())
     }
     fn disarm(&self) {
         self.bell.disarm();
@@ -286,7 +294,7 @@ impl<T> RingReceiver<T> {
     /// What the consumer's idle nap needs to be woken by this ring's pushes.
     pub fn wake(&self) -> RingWake<T> {
         RingWake {
-            rx: self.rx.clone(),
+            rx: Arc::downgrade(&self.rx),
             bell: self.bell.clone(),
         }
     }
@@ -465,6 +473,18 @@ mod tests {
         // The producer is gone: what it pushed is taken, then the ring reports it closed.
         assert!(rx.try_take(&mut got, 8).is_err());
         assert_eq!(got, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_nap_never_keeps_a_finished_ring_open_or_waits_on_it() {
+        use crate::executor::NapWake;
+        let (tx, rx) = ring::<u32>(8);
+        let wake = rx.wake();
+        tx.try_push(1).unwrap();
+        assert!(!wake.arm(), "work waiting");
+        drop(rx);
+        assert!(wake.arm(), "the consumer is gone: nothing to wait for");
+        assert!(matches!(tx.try_push(2), Err(PushError::Closed(2))));
     }
 
     #[test]
