@@ -39,11 +39,8 @@ run_reader() {
   stop
 }
 
-# The second run of a pair tends to be slower whichever it is (docs/benchmarks.md, "The
-# shard's rooms rearranged"): odd pairs run loadgen first, even pairs minreader first.
-for p in $(seq "$pairs"); do
-  if [ $((p % 2)) = 1 ]; then run_loadgen "$p"; run_reader "$p"; else run_reader "$p"; run_loadgen "$p"; fi
-done
+# Odd pairs run loadgen first, even pairs minreader first.
+alternate "$pairs" run_loadgen run_reader
 
 python3 - "$bench" "$pairs" "$out" <<'PY'
 import json, statistics, sys

@@ -28,13 +28,9 @@ run() {
   stop
 }
 
-for p in $(seq "$pairs"); do
-  if [ $((p % 2)) = 1 ]; then
-    run before "$before" "$p"; run after "$after" "$p"
-  else
-    run after "$after" "$p"; run before "$before" "$p"
-  fi
-done
+run_before() { run before "$before" "$1"; }
+run_after() { run after "$after" "$1"; }
+alternate "$pairs" run_before run_after
 
 python3 - "$bench" "$pairs" "$out" <<'PY'
 import json, statistics, sys

@@ -33,6 +33,15 @@ serve() {
   wait_port 8080
 }
 
+# alternate PAIRS FIRST SECOND: runs `FIRST p` and `SECOND p` for each pair p, the order
+# swapped from one pair to the next: the second run of a pair tends to be slower whichever
+# server it is (docs/benchmarks.md, "The shard's rooms rearranged").
+alternate() {
+  for p in $(seq "$1"); do
+    if [ $((p % 2)) = 1 ]; then "$2" "$p"; "$3" "$p"; else "$3" "$p"; "$2" "$p"; fi
+  done
+}
+
 # stop [SIGNAL]: ends the server (SIGINT: corecast shuts down gracefully), then lets the
 # kernel release its sockets before the next run.
 stop() {

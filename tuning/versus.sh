@@ -44,11 +44,8 @@ run_uws() {
   stop TERM
 }
 
-# The second run of a pair tends to be slower whichever server it is (docs/benchmarks.md,
-# "The shard's rooms rearranged"): odd pairs run corecast first, even pairs uWebSockets first.
-for p in $(seq "$pairs"); do
-  if [ $((p % 2)) = 1 ]; then run_corecast "$p"; run_uws "$p"; else run_uws "$p"; run_corecast "$p"; fi
-done
+# Odd pairs run corecast first, even pairs uWebSockets first.
+alternate "$pairs" run_corecast run_uws
 
 python3 - "$bench" "$pairs" "$out" <<'PY'
 import json, statistics, sys
