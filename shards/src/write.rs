@@ -12,7 +12,7 @@ use crate::ctx::ShardCtx;
 /// Writes nothing while the fan-out round holds a batch window open (`ctx.holding`); the
 /// round writes when it closes. Returns how many connections were written to.
 pub(crate) fn write_dirty(ctx: &ShardCtx) -> usize {
-    if ctx.holding.get() {
+    if ctx.holding.get() || ctx.dirty.borrow().is_empty() {
         return 0;
     }
     let dirty = std::mem::take(&mut *ctx.dirty.borrow_mut());
