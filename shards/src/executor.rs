@@ -12,10 +12,11 @@
 //! its core at 100% and, on a machine shared with other work (a load generator, a laptop),
 //! take that core from it. [`nap_when_idle`] watches an activity counter and, when nothing
 //! happened since its last look, sleeps the thread for a short nap: the core is free for
-//! others. The nap waits on what brings work ([`NapWake`]: the rings' doorbells, the epoll
-//! set of client sockets, the listener), so work arriving meanwhile ends it at once; work
-//! that has no descriptor to wait on (a timer, a glommio socket) waits at most one nap. While
-//! work keeps arriving it never naps.
+//! others. The nap waits on what brings work ([`NapWake`]: the rings' doorbells; and
+//! descriptors: the shard's epoll set of client sockets, the dispatcher's TCP publishers), so
+//! work arriving meanwhile ends it at once; work with no descriptor to wait on (a timer, a new
+//! connection on the polled listener) waits at most one nap. While work keeps arriving it
+//! never naps.
 
 use std::cell::Cell;
 use std::os::fd::RawFd;

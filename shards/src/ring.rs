@@ -148,7 +148,7 @@ impl Doorbell {
     /// Producer side, after a push: wakes the consumer if it naps. One fence and one load
     /// while it does not; one `write(2)` for the first push of a nap.
     #[inline]
-    pub fn ring(&self) {
+    fn ring(&self) {
         fence(Ordering::SeqCst);
         if self.napping.load(Ordering::Relaxed) && self.napping.swap(false, Ordering::SeqCst) {
             if let Some(fd) = &self.efd {

@@ -4,23 +4,21 @@
 //! ping, its close frame) marks it dirty; a blocked connection is marked again when its socket
 //! reports room. Data path: shard -> connection -> **write** -> socket.
 
-use crate::connection::{Lifecycle, Wrote};
+use crate::connection::Lifecycle;
 use crate::ctx::ShardCtx;
 
 /// Writes every connection marked dirty since the last call, once each; a closing
 /// connection's ending moves on by what its write did ([`crate::ending::after_write`]).
 /// Writes nothing while the fan-out round holds a batch window open (`ctx.holding`); the
-/// round writes when it closes. Returns how many connections were written to.
-pub(crate) fn write_dirty(ctx: &ShardCtx) -> usize {
+/// round writes when it closes.
+pub(crate) fn write_dirty(ctx: &ShardCtx) {
     if ctx.holding.get() || ctx.dirty.borrow().is_empty() {
-        return 0;
+        return;
     }
     let dirty = std::mem::take(&mut *ctx.dirty.borrow_mut());
-    let mut written = 0;
     for conn in &dirty {
         conn.clear_dirty();
         let wrote = conn.flush(ctx);
-        written += usize::from(wrote != Wrote::Nothing);
         if let Lifecycle::Closing = conn.lifecycle() {
             crate::ending::after_write(ctx, conn, wrote);
         }
@@ -31,5 +29,4 @@ pub(crate) fn write_dirty(ctx: &ShardCtx) -> usize {
     if ctx.dirty.borrow().is_empty() {
         *ctx.dirty.borrow_mut() = reuse;
     }
-    written
 }
