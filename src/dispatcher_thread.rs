@@ -1,5 +1,5 @@
-//! The dispatcher's thread: everything that runs on the dispatcher core besides the
-//! [`Dispatcher`] itself. Publishers reach it through the TCP ingest ([`crate::ingest`]) and
+//! The dispatcher's tasks: everything that runs with the dispatcher (on its own executor, or
+//! on shard 0's when it shares one) besides the [`Dispatcher`] itself. Publishers reach it through the TCP ingest ([`crate::ingest`]) and
 //! the in-process event ring; shards through their control rings. Data path:
 //! publisher -> ingest -> **dispatcher** -> ring -> shard.
 
@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use corecast_shards::executor::WakeOn;
 use corecast_shards::ring::{ControlMsg, RingReceiver, RingSender, ShardMsg};
 
 use crate::dispatcher::Dispatcher;
@@ -29,10 +30,31 @@ pub(crate) struct DispatcherSpec {
     pub(crate) naps: (Duration, Duration),
 }
 
-/// The dispatcher thread's main task: starts the ring pumps, the idle napper, one task per
-/// shard's control ring, the in-process event drain, the TCP ingest acceptor and the periodic
-/// summary; on shutdown tells the shards to close and waits (bounded) for their last reports.
+/// The dispatcher on its own executor: [`start`], with a napper of its own.
 pub(crate) async fn run(spec: DispatcherSpec) {
+    let naps = spec.naps;
+    let (main, wake) = start(spec);
+    glommio::spawn_local(corecast_shards::executor::nap_when_idle(
+        naps.0, naps.1, wake,
+    ))
+    .detach();
+    main.await;
+}
+
+/// The dispatcher as a guest on shard 0's executor ([`corecast_shards::shard::Guest`]): the
+/// shard's napper watches the dispatcher's work and wakes too.
+pub(crate) fn guest(spec: DispatcherSpec) -> corecast_shards::shard::Guest {
+    Box::new(move || {
+        let (main, wake) = start(spec);
+        (Box::pin(main), wake)
+    })
+}
+
+/// Starts the dispatcher on the current executor: the ring pumps, one task per shard's control
+/// ring, the in-process event drain, the TCP ingest acceptor and the periodic summary. Returns
+/// its main future, which waits for shutdown, then tells the shards to close and waits
+/// (bounded) for their last reports; and what should keep the executor awake or end its nap.
+pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = ()>, WakeOn) {
     let DispatcherSpec {
         config,
         rings,
@@ -42,7 +64,7 @@ pub(crate) async fn run(spec: DispatcherSpec) {
         shutdown,
         stats,
         poll,
-        naps,
+        naps: _,
     } = spec;
     let summary_every = config.summary_interval_ms;
     let (dispatcher, pumps) = Dispatcher::new(config, rings);
@@ -60,16 +82,14 @@ pub(crate) async fn run(spec: DispatcherSpec) {
             .iter()
             .map(|c| Box::new(c.wake()) as Box<dyn corecast_shards::executor::NapWake>),
     );
-    let wake = corecast_shards::executor::WakeOn {
+    // Each TCP publisher's socket joins the nap's descriptors while its task waits to read.
+    let publisher_fds: Rc<RefCell<Vec<std::os::fd::RawFd>>> = Rc::default();
+    let wake = WakeOn {
+        activity: vec![activity],
+        changing: vec![publisher_fds.clone()],
         wakes,
         ..Default::default()
     };
-    // Each TCP publisher's socket joins the nap's descriptors while its task waits to read.
-    let publisher_fds = wake.changing.clone();
-    glommio::spawn_local(corecast_shards::executor::nap_when_idle(
-        activity, naps.0, naps.1, wake,
-    ))
-    .detach();
     let open_shards = Rc::new(std::cell::Cell::new(controls.len()));
     for rx in controls {
         let (d, stats, open) = (dispatcher.clone(), stats.clone(), open_shards.clone());
@@ -143,14 +163,17 @@ pub(crate) async fn run(spec: DispatcherSpec) {
         .detach();
     }
 
-    let _ = shutdown.recv(Duration::from_millis(10)).await;
-    drop(acceptor);
-    dispatcher.borrow_mut().shutdown_shards();
-    // Shards close their clients, report once more, and drop their control rings.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while open_shards.get() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-    s.dispatcher = dispatcher.borrow().stats.clone();
+    let main = async move {
+        let _ = shutdown.recv(Duration::from_millis(10)).await;
+        drop(acceptor);
+        dispatcher.borrow_mut().shutdown_shards();
+        // Shards close their clients, report once more, and drop their control rings.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while open_shards.get() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.dispatcher = dispatcher.borrow().stats.clone();
+    };
+    (main, wake)
 }

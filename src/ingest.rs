@@ -1,4 +1,4 @@
-//! The TCP ingest, on the dispatcher core: one task per publisher connection reads its
+//! The TCP ingest, on the dispatcher's executor: one task per publisher connection reads its
 //! newline-delimited JSON, validates each line ([`crate::publisher::LineParser`]) and hands the
 //! event to the [`Dispatcher`] without copying it; a bad line gets an error line back and the
 //! stream goes on.
@@ -15,7 +15,11 @@ use simd_json::prelude::*;
 use crate::dispatcher::Dispatcher;
 use crate::publisher::{Line, LineParser, Lines, PublishError};
 
-/// Serves one TCP publisher on the dispatcher core until it disconnects. Every line is one
+/// Most bytes read from one publisher before the executor runs its other tasks (~6,000 lines
+/// of 160 bytes; at ~0.5 µs per line, ~3 ms of the dispatcher's time).
+const PASS_BYTES: usize = 1 << 20;
+
+/// Serves one TCP publisher on the dispatcher's executor until it disconnects. Every line is one
 /// event; a bad line gets an error line back (`{"op":"error","line":N,"code":..,"message":..}`)
 /// and the stream goes on. When the publisher closes its side, a last line without a newline
 /// is published like any other, and its error (if any) is still written back. A connection
@@ -36,6 +40,8 @@ pub(crate) async fn serve_ingest(
     let mut parser = LineParser::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut replies: Vec<u8> = Vec::new();
+    // Bytes read since this task last let the executor run.
+    let mut this_pass = 0usize;
     loop {
         nap_fds.borrow_mut().push(fd);
         let read = stream.read(&mut chunk).await;
@@ -73,6 +79,15 @@ pub(crate) async fn serve_ingest(
         if n == 0 {
             break;
         }
+        // A read that filled the buffer left more waiting: read on at once (the next read is a
+        // plain `recv`, no trip through the reactor), up to PASS_BYTES, so what a publisher
+        // sent while the shards wrote is sequenced together and the next fan-out round carries
+        // all of it in one write per connection.
+        this_pass += n;
+        if n == chunk.len() && this_pass < PASS_BYTES {
+            continue;
+        }
+        this_pass = 0;
         // A publisher that never pauses would otherwise keep the dispatcher to itself (reads
         // complete at once while data waits): the pumps, the shards' requests and the other
         // publishers get their pass.

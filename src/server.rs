@@ -127,7 +127,10 @@ impl Server {
                 core: s.dispatcher_core,
                 cores: cores.clone(),
             })?;
-        let core_of = |i: usize| cores[(dispatcher_at + 1 + i) % cores.len()];
+        // A shared dispatcher runs on shard 0, which then sits on the dispatcher's core.
+        let shared = s.dispatcher_thread.shared(cores.len());
+        let first_shard_at = dispatcher_at + usize::from(!shared);
+        let core_of = |i: usize| cores[(first_shard_at + i) % cores.len()];
 
         let bind = |addr: SocketAddr, reuse_port: bool| {
             listener(addr, s.listen_backlog, reuse_port)
@@ -167,6 +170,7 @@ impl Server {
                 control: control_tx,
                 config: config.shard.clone(),
                 handler: corecast_shards::shard::Handler::Protocol,
+                guest: None,
             });
         }
 
@@ -187,13 +191,17 @@ impl Server {
             poll: config.shard.ring_poll(),
             naps: config.shard.idle_naps(),
         };
-        let dispatcher = corecast_shards::executor::builder("dispatcher", placement)
-            .spawn(move || crate::dispatcher_thread::run(spec))
-            .map_err(|e| StartError::Executor {
-                what: "dispatcher".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        threads.push(dispatcher);
+        if shared {
+            specs[0].guest = Some(crate::dispatcher_thread::guest(spec));
+        } else {
+            let dispatcher = corecast_shards::executor::builder("dispatcher", placement)
+                .spawn(move || crate::dispatcher_thread::run(spec))
+                .map_err(|e| StartError::Executor {
+                    what: "dispatcher".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            threads.push(dispatcher);
+        }
         for spec in specs {
             let id = spec.id;
             let handle = corecast_shards::spawn(spec).map_err(|source| StartError::Executor {

@@ -151,6 +151,57 @@ fn every_shard_receives_every_message() {
 }
 
 #[test]
+fn the_dispatcher_on_its_own_thread_or_on_shard_0_delivers_alike_and_shuts_down() {
+    use corecast::config::DispatcherThread;
+    for placement in [DispatcherThread::Own, DispatcherThread::Shared] {
+        let mut server = start(|c| {
+            c.server.shards = 2;
+            c.server.dispatcher_thread = placement;
+        });
+        // Clients on both shards (SO_REUSEPORT spreads them), one of them on the shard
+        // that hosts a shared dispatcher.
+        let mut clients = Vec::new();
+        let mut shards_seen = std::collections::BTreeSet::new();
+        while shards_seen.len() < 2 && clients.len() < 64 {
+            let mut ws = connect(&server.url);
+            let w = next_op(&mut ws, "welcome");
+            let conn = w["conn"].as_str().unwrap().to_string();
+            shards_seen.insert(conn.split('-').next().unwrap().to_string());
+            subscribe(&mut ws, 1, &["trade.X"]);
+            clients.push(ws);
+        }
+        assert_eq!(
+            shards_seen.len(),
+            2,
+            "{placement:?}: clients on both shards"
+        );
+        // Through the TCP ingest, served on shard 0's executor when shared.
+        let mut publisher = TcpStream::connect(server.ingest).unwrap();
+        let lines: String = (0..400)
+            .map(|i| format!("{{\"topic\":\"trade.X\",\"data\":{{\"i\":{i}}}}}\n"))
+            .collect();
+        publisher.write_all(lines.as_bytes()).unwrap();
+        for ws in &mut clients {
+            for k in 0..400u64 {
+                let m = next_op(ws, "msg");
+                assert_eq!(m["seq"].as_u64(), Some(1 + k), "{placement:?}");
+                assert_eq!(m["data"]["i"].as_u64(), Some(k), "{placement:?}");
+            }
+        }
+        // Every thread ends, the dispatcher included wherever it ran; clients hear "going away".
+        let closing = std::thread::spawn(move || server.shutdown());
+        for ws in &mut clients {
+            let (code, _) = expect_close(ws);
+            assert_eq!(code, 1001, "{placement:?}");
+        }
+        assert!(
+            closing.join().unwrap(),
+            "{placement:?}: every thread ended in time"
+        );
+    }
+}
+
+#[test]
 fn slow_reader_gets_gap_notices_and_others_lose_nothing() {
     let server = start(|c| {
         c.shard.queue_max_bytes = 256 * 1024;

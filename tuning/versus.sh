@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # corecast against uWebSockets (its broadcast server from ../shared/peers/, built from source
 # with ../shared/peers/uws-cpp/build.sh), the same loadgen and workload, alternating runs.
-# corecast: `corecast serve` defaults (dispatcher on core 0, one shard on core 1). uWebSockets:
+# corecast: `corecast serve` defaults (on two cores: one shard with the dispatcher on core 0;
+# CORECAST_SET="section.field=value" adds one setting). uWebSockets:
 # one thread, pinned to core 0 (`taskset -c 0`). loadgen unpinned, `--protocol json-pubsub`
 # against uWebSockets. Prints each run's figures and the medians. Loopback only; bounded.
 #
@@ -14,12 +15,15 @@ out="${3:-target/versus}"
 uws="${UWS_BIN:?set UWS_BIN to the uws_broadcast binary (../shared/peers/README.md)}"
 . tuning/bench-common.sh
 
-# CORECAST_CORES=1 gives corecast the one core uWebSockets has (core 0: dispatcher and shard
-# share it); the default is corecast's own placement (dispatcher on core 0, shard on core 1).
+# CORECAST_CORES=1 confines corecast to the one core uWebSockets has (`taskset -c 0`); the
+# default is corecast's own placement.
 if [ "${CORECAST_CORES:-}" = 1 ]; then
   corecast=(taskset -c 0 "$bin/corecast" serve --set server.pin_cores=false)
 else
   corecast=("$bin/corecast" serve)
+fi
+if [ -n "${CORECAST_SET:-}" ]; then
+  corecast+=(--set "$CORECAST_SET")
 fi
 
 # One side of pair $1.

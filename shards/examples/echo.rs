@@ -50,6 +50,7 @@ fn main() {
         control: control_tx,
         config,
         handler: Handler::Echo,
+        guest: None,
     })
     .expect("start the shard");
     eprintln!("echo: ws://{addr}/ (any path)");

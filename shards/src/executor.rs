@@ -75,25 +75,47 @@ pub trait NapWake {
     fn fd(&self) -> Option<RawFd>;
 }
 
-/// What ends an executor's nap early: descriptors whose readability means work (an epoll
-/// set, a publisher's socket), fixed or added and removed while the executor runs
-/// (`changing`), and [`NapWake`]s to arm before each nap.
+/// What keeps an executor awake and what ends its nap early: counters of work done (a pass
+/// that moved none of them may nap), descriptors whose readability means work (an epoll set,
+/// a publisher's socket), fixed or added and removed while the executor runs (`changing`),
+/// and [`NapWake`]s to arm before each nap. Work that shares an executor (the dispatcher on a
+/// shard's, see `ShardSpec::guest`) brings its own, [`WakeOn::join`]ed into one napper's.
 #[derive(Default)]
 pub struct WakeOn {
+    pub activity: Vec<Rc<Activity>>,
     pub fds: Vec<RawFd>,
-    pub changing: Rc<std::cell::RefCell<Vec<RawFd>>>,
+    pub changing: Vec<Rc<std::cell::RefCell<Vec<RawFd>>>>,
     pub wakes: Vec<Box<dyn NapWake>>,
 }
 
-/// Runs forever on the current executor: whenever a pass of the executor saw no activity, the
-/// thread sleeps for a nap, in `ppoll(2)` on everything in `wake` (readable: the nap ends).
-/// Naps start at `nap` and double while nothing happens, up to `nap_max`; any activity brings
-/// them back to `nap`. A nap costs a context switch (tens of microseconds of CPU on a virtual
-/// machine), so short naps alone keep an idle executor nearly as busy as polling; growing them
-/// makes a quiet executor cheap, and the wake-ups keep work that arrives from waiting it out.
-/// `nap` of zero disables napping (pure polling). The descriptors must stay open while the
-/// executor runs (they belong to the shard or dispatcher that spawned this).
-pub async fn nap_when_idle(activity: Rc<Activity>, nap: Duration, nap_max: Duration, wake: WakeOn) {
+impl WakeOn {
+    /// Both sets in one: the executor naps only when neither saw work, and wakes for either.
+    pub fn join(mut self, other: WakeOn) -> WakeOn {
+        self.activity.extend(other.activity);
+        self.fds.extend(other.fds);
+        self.changing.extend(other.changing);
+        self.wakes.extend(other.wakes);
+        self
+    }
+
+    /// Sum of the activity counters (wrapping): unchanged over a pass means no work was done.
+    fn seen(&self) -> u64 {
+        self.activity
+            .iter()
+            .fold(0u64, |sum, a| sum.wrapping_add(a.0.get()))
+    }
+}
+
+/// Runs forever on the current executor: whenever a pass of the executor moved none of
+/// `wake`'s activity counters, the thread sleeps for a nap, in `ppoll(2)` on everything in
+/// `wake` (readable: the nap ends). Naps start at `nap` and double while nothing happens, up
+/// to `nap_max`; any activity brings them back to `nap`. A nap costs a context switch (tens of
+/// microseconds of CPU on a virtual machine), so short naps alone keep an idle executor nearly
+/// as busy as polling; growing them makes a quiet executor cheap, and the wake-ups keep work
+/// that arrives from waiting it out. `nap` of zero disables napping (pure polling). One napper
+/// per executor. The descriptors must stay open while the executor runs (they belong to the
+/// shard or dispatcher that spawned this).
+pub async fn nap_when_idle(nap: Duration, nap_max: Duration, wake: WakeOn) {
     if nap.is_zero() {
         return;
     }
@@ -104,12 +126,12 @@ pub async fn nap_when_idle(activity: Rc<Activity>, nap: Duration, nap_max: Durat
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1000, 0, 0, 0);
     }
-    let mut seen = activity.0.get();
+    let mut seen = wake.seen();
     let mut next_nap = nap;
     loop {
         // One pass of the executor's loop: every other task and all I/O run first.
         glommio::timer::sleep(Duration::from_micros(1)).await;
-        let now = activity.0.get();
+        let now = wake.seen();
         if now != seen {
             seen = now;
             next_nap = nap;
@@ -122,23 +144,30 @@ pub async fn nap_when_idle(activity: Rc<Activity>, nap: Duration, nap_max: Durat
         }
         if quiet {
             polled.clear();
-            let changing = wake.changing.borrow();
-            let fds = wake.fds.iter().chain(changing.iter()).copied();
+            for changing in &wake.changing {
+                polled.extend(changing.borrow().iter().map(|&fd| readable(fd)));
+            }
             polled.extend(
-                fds.chain(wake.wakes.iter().filter_map(|w| w.fd()))
-                    .map(|fd| libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    }),
+                wake.fds
+                    .iter()
+                    .copied()
+                    .chain(wake.wakes.iter().filter_map(|w| w.fd()))
+                    .map(readable),
             );
-            drop(changing);
             sleep_on(&mut polled, next_nap);
         }
         for w in &wake.wakes {
             w.disarm();
         }
         next_nap = (next_nap * 2).min(nap_max);
+    }
+}
+
+fn readable(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
     }
 }
 

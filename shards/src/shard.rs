@@ -38,7 +38,22 @@ pub struct ShardSpec {
     pub config: ShardConfig,
     /// What the shard does with clients' messages; [`Handler::Protocol`] for a server.
     pub handler: Handler,
+    /// Work that shares this shard's executor and core (the dispatcher, when cores are
+    /// scarce); `None` for a shard alone on its executor.
+    pub guest: Option<Guest>,
 }
+
+/// Work run on a shard's executor beside the shard: called once on the shard's thread, before
+/// the shard's own tasks start (so it may spawn local tasks), it returns its main future and
+/// what keeps the shared executor awake or wakes it (joined into the shard's one napper). The
+/// shard runs the future as a task and, when the shard itself has shut down, waits for it to
+/// end: the guest should end once it has seen the shard's goodbye.
+pub type Guest = Box<
+    dyn FnOnce() -> (
+            std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+            crate::executor::WakeOn,
+        ) + Send,
+>;
 
 /// Starts the shard's executor thread. The handle joins when the shard has shut down.
 pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
@@ -63,6 +78,7 @@ async fn run(spec: ShardSpec) {
         control,
         config,
         handler,
+        guest,
         ..
     } = spec;
     let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
@@ -111,19 +127,19 @@ async fn run(spec: ShardSpec) {
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     let (nap, nap_max) = ctx.config.idle_naps();
     // A nap ends when the dispatcher pushes (the ring's doorbell) or a client socket has news
-    // (the epoll set); a new connection waits for the nap's end.
-    let wake = crate::executor::WakeOn {
+    // (the epoll set); a new connection waits for the nap's end. A guest adds its own.
+    let mut wake = crate::executor::WakeOn {
+        activity: vec![ctx.activity.clone()],
         fds: vec![ctx.readiness.fd()],
         wakes: vec![Box::new(ring.wake())],
         ..Default::default()
     };
-    glommio::spawn_local(crate::executor::nap_when_idle(
-        ctx.activity.clone(),
-        nap,
-        nap_max,
-        wake,
-    ))
-    .detach();
+    let guest = guest.map(|start| {
+        let (main, guest_wake) = start();
+        wake = std::mem::take(&mut wake).join(guest_wake);
+        glommio::spawn_local(main)
+    });
+    glommio::spawn_local(crate::executor::nap_when_idle(nap, nap_max, wake)).detach();
     if ctx.config.report_interval_ms > 0 {
         glommio::spawn_local(reporter(ctx.clone())).detach();
     }
@@ -147,6 +163,9 @@ async fn run(spec: ShardSpec) {
     ctx.tell_control_report(report);
     let _ = ctx.control.try_send(ControlMsg::Goodbye { shard: id });
     pump.await;
+    if let Some(guest) = guest {
+        guest.await;
+    }
 }
 
 impl ShardCtx {
