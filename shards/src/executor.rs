@@ -69,8 +69,9 @@ pub trait NapWake {
     /// About to nap: from now on new work must make [`NapWake::fd`] readable. False when work
     /// is already waiting (then there is no nap).
     fn arm(&self) -> bool;
-    /// The nap ended; quiet again.
-    fn disarm(&self);
+    /// The nap ended; quiet again. `rang`: the nap saw [`NapWake::fd`] readable (false when
+    /// there was no nap).
+    fn disarm(&self, rang: bool);
     /// The descriptor that becomes readable when work arrives; `None`: none could be made.
     fn fd(&self) -> Option<RawFd>;
 }
@@ -142,22 +143,28 @@ pub async fn nap_when_idle(nap: Duration, nap_max: Duration, wake: WakeOn) {
         for w in &wake.wakes {
             quiet &= w.arm();
         }
+        polled.clear();
         if quiet {
-            polled.clear();
             for changing in &wake.changing {
                 polled.extend(changing.borrow().iter().map(|&fd| readable(fd)));
             }
-            polled.extend(
-                wake.fds
-                    .iter()
-                    .copied()
-                    .chain(wake.wakes.iter().filter_map(|w| w.fd()))
-                    .map(readable),
-            );
+            polled.extend(wake.fds.iter().map(|&fd| readable(fd)));
+        }
+        let first_wake = polled.len();
+        if quiet {
+            polled.extend(wake.wakes.iter().filter_map(|w| w.fd()).map(readable));
             sleep_on(&mut polled, next_nap);
         }
+        // Each wake with a descriptor has its place after `first_wake`, in order.
+        let mut at = first_wake;
         for w in &wake.wakes {
-            w.disarm();
+            let rang = w.fd().is_some() && {
+                at += 1;
+                polled
+                    .get(at - 1)
+                    .is_some_and(|p| p.revents & libc::POLLIN != 0)
+            };
+            w.disarm(rang);
         }
         next_nap = (next_nap * 2).min(nap_max);
     }

@@ -166,9 +166,15 @@ impl Doorbell {
         fence(Ordering::SeqCst);
     }
 
-    /// Consumer side, after a nap: quiet again, and the eventfd's count read away.
-    fn disarm(&self) {
+    /// Consumer side, after a nap: quiet again, and the eventfd's count read away if the nap
+    /// saw it readable (`rang`). A ring that came after the nap's look stays counted: the next
+    /// nap sees it at once and reads it then (one pass for nothing, no ring lost), and a nap
+    /// that no push ended costs no `read(2)`.
+    fn disarm(&self, rang: bool) {
         self.napping.store(false, Ordering::Relaxed);
+        if !rang {
+            return;
+        }
         if let Some(fd) = &self.efd {
             let mut count = [0u8; 8];
             // SAFETY: reads at most 8 bytes into a live buffer; non-blocking.
@@ -231,8 +237,8 @@ impl<T> crate::executor::NapWake for RingWake<T> {
         self.bell.arm();
         self.rx.upgrade().map_or(true, |rx| rx.is_empty())
     }
-    fn disarm(&self) {
-        self.bell.disarm();
+    fn disarm(&self, rang: bool) {
+        self.bell.disarm(rang);
     }
     fn fd(&self) -> Option<RawFd> {
         self.bell.efd.as_ref().map(|fd| fd.as_raw_fd())
@@ -442,7 +448,7 @@ mod tests {
         let fd = wake.fd().expect("an eventfd");
         tx.try_push(1).unwrap();
         assert!(!wake.arm(), "work waiting: no nap");
-        wake.disarm();
+        wake.disarm(false);
         let mut got = Vec::new();
         rx.try_take(&mut got, 8).unwrap();
         assert!(wake.arm(), "empty: nap");
@@ -462,7 +468,7 @@ mod tests {
         assert_eq!(n, 1, "woken by the push");
         assert!(started.elapsed() < Duration::from_secs(5));
         producer.join().unwrap();
-        wake.disarm();
+        wake.disarm(true);
         pfd.revents = 0;
         // SAFETY: as above, without waiting.
         assert_eq!(
@@ -470,9 +476,44 @@ mod tests {
             0,
             "disarm read the count away"
         );
+
         // The producer is gone: what it pushed is taken, then the ring reports it closed.
         assert!(rx.try_take(&mut got, 8).is_err());
         assert_eq!(got, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_ring_the_nap_did_not_see_stays_counted_for_the_next_nap() {
+        use crate::executor::NapWake;
+        let (tx, rx) = ring::<u32>(8);
+        let wake = rx.wake();
+        let mut pfd = libc::pollfd {
+            fd: wake.fd().expect("an eventfd"),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        assert!(wake.arm());
+        // The nap timed out; the push comes after its look, before the disarm.
+        tx.try_push(1).unwrap();
+        wake.disarm(false);
+        // SAFETY: one live pollfd, no waiting.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 1, "still counted");
+        let mut got = Vec::new();
+        rx.try_take(&mut got, 8).unwrap();
+        // The next nap: armed on an empty ring, it ends at once and reads the count away.
+        assert!(wake.arm());
+        pfd.revents = 0;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::poll(&mut pfd, 1, 0) },
+            1,
+            "the nap ends at once"
+        );
+        wake.disarm(true);
+        pfd.revents = 0;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 0, "read away");
+        assert_eq!(got, vec![1]);
     }
 
     #[test]

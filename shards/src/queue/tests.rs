@@ -95,6 +95,42 @@ fn a_queue_drained_of_its_own_frames_frees_its_buffer_a_streaming_one_keeps_it()
         "streaming: buffer kept for the next write"
     );
 
+    // More frames than fit the iovec on the stack, and more than one write's worth: the
+    // bytes go out whole and in order.
+    let roomy = Bounds {
+        max_messages: 10_000,
+        max_bytes: 10 << 20,
+        ..B
+    };
+    let mut expected = Vec::new();
+    for seq in 2..(2 + MAX_IOV as u64 + 40) {
+        let f = frame(t, seq, S);
+        expected.extend_from_slice(&f.bytes);
+        q.push_published(f, &roomy);
+    }
+    let (mut calls, mut wire) = (Vec::new(), Vec::new());
+    let (done, _) = q
+        .flush(|iov| {
+            calls.push(iov.len());
+            for s in iov {
+                wire.extend_from_slice(s);
+            }
+            Ok(iov.iter().map(|s| s.len()).sum())
+        })
+        .unwrap();
+    assert_eq!(done, Flushed::Drained);
+    assert_eq!(calls, vec![MAX_IOV, 40], "one call per MAX_IOV frames");
+    assert!(wire == expected, "every frame whole, in order");
+
+    // A short write in the inline case: the rest stays queued, the head part-written.
+    for seq in 600..603 {
+        q.push_published(frame(t, seq, S), &roomy);
+    }
+    let (done, _) = q.flush(|_| Ok(S + 1)).unwrap();
+    assert_eq!(done, Flushed::Blocked);
+    assert_eq!(q.head().map(|h| h.len()), Some(S - 1));
+    assert_eq!(drain(&mut q).len(), S - 1 + S);
+
     q.push_own(b"ping".to_vec());
     drain(&mut q);
     assert_eq!(q.chunks.capacity(), 0, "the stream stopped: released");
