@@ -17,8 +17,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address publishers connect to (newline-delimited JSON over TCP). Default `127.0.0.1:9000`.
     pub ingest: SocketAddr,
-    /// Number of shards; 0 means one per available core minus the dispatcher's, at least 1.
-    /// Default 0.
+    /// Number of shards; 0 means one per available core minus one, at least 1: minus the
+    /// dispatcher's core, or with a shared dispatcher (`dispatcher_thread`) the core left to
+    /// the kernel's network work and other programs. Default 0.
     pub shards: usize,
     /// Core the dispatcher is pinned to. Shards take the following cores, wrapping around;
     /// with a shared dispatcher, shard 0 is on this core with it. Default 0.

@@ -15,7 +15,8 @@ use crate::ingest::serve_ingest;
 use crate::publisher::Event;
 use crate::report::{summary_line, SharedStats};
 
-/// Everything the dispatcher thread needs. Built on the main thread, moved to the dispatcher's.
+/// Everything the dispatcher needs. Built on the main thread, moved to the thread it runs on
+/// (its own, or shard 0's).
 pub(crate) struct DispatcherSpec {
     pub(crate) config: crate::dispatcher::DispatcherConfig,
     pub(crate) rings: Vec<RingSender<ShardMsg>>,
@@ -26,7 +27,8 @@ pub(crate) struct DispatcherSpec {
     pub(crate) stats: SharedStats,
     /// How often idle inputs are looked at.
     pub(crate) poll: Duration,
-    /// Shortest and longest naps while idle (zero: never nap).
+    /// Shortest and longest naps while idle (zero: never nap), for a dispatcher on its own
+    /// executor; a shared one naps with shard 0's napper, by the shard's settings.
     pub(crate) naps: (Duration, Duration),
 }
 
@@ -129,13 +131,19 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
     }
     let acceptor = {
         let d = dispatcher.clone();
+        let budget = crate::ingest::PassBudget::default();
         glommio::spawn_local(corecast_shards::socket::accept_polled(
             ingest,
             corecast_shards::executor::ACCEPT_POLL,
             move |stream| {
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(serve_ingest(d.clone(), stream, publisher_fds.clone()))
-                    .detach();
+                glommio::spawn_local(serve_ingest(
+                    d.clone(),
+                    stream,
+                    publisher_fds.clone(),
+                    budget.clone(),
+                ))
+                .detach();
             },
         ))
     };

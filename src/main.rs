@@ -23,8 +23,8 @@ const MI_OPTION_PURGE_DELAY: i32 = 15;
 /// `MIMALLOC_PURGE_DELAY` is set in the environment (then mimalloc's reading of it stands).
 /// Each connection's handshake frees ~2 KiB of buffers, and with the delay much of it stayed
 /// resident: at 10,000 connections, 570-590 bytes of RSS per connection against 456-463 with
-/// purging at once (475-495 with 10 ms); docs/benchmarks.md, "Memory per connection: freed
-/// memory purged at once", gives the cost measured.
+/// purging at once (475-495 with 10 ms); docs/benchmarks.md (section "The dispatcher on
+/// shard 0's executor (two cores), beside uWebSockets", memory table) gives the cost measured.
 fn purge_freed_memory_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set only stores the option's value; any thread, any time.

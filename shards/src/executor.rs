@@ -10,7 +10,7 @@
 //!
 //! Napping while idle, executor-local. Executors never park, so an idle executor would keep
 //! its core at 100% and, on a machine shared with other work (a load generator, a laptop),
-//! take that core from it. [`nap_when_idle`] watches an activity counter and, when nothing
+//! take that core from it. [`nap_when_idle`] watches activity counters and, when nothing
 //! happened since its last look, sleeps the thread for a short nap: the core is free for
 //! others. The nap waits on what brings work ([`NapWake`]: the rings' doorbells; and
 //! descriptors: the shard's epoll set of client sockets, the dispatcher's TCP publishers), so

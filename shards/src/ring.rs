@@ -153,7 +153,8 @@ impl Doorbell {
         if self.napping.load(Ordering::Relaxed) && self.napping.swap(false, Ordering::SeqCst) {
             if let Some(fd) = &self.efd {
                 let one = 1u64.to_ne_bytes();
-                // A full counter (2^64 - 2 unread rings) cannot happen: every nap reads it.
+                // A full counter (2^64 - 2 unread rings) cannot happen: a nonzero count is
+                // readable, so the next nap sees it and reads it away.
                 // SAFETY: writes 8 bytes from a live buffer to our own eventfd.
                 let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
             }
