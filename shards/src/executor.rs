@@ -196,3 +196,78 @@ fn sleep_on(fds: &mut [libc::pollfd], timeout: Duration) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::ring;
+    use std::time::Instant;
+
+    /// A wake with no descriptor (it shifts the places of the ones after it).
+    struct NoFd;
+    impl NapWake for NoFd {
+        fn arm(&self) -> bool {
+            true
+        }
+        fn disarm(&self, _rang: bool) {}
+        fn fd(&self) -> Option<RawFd> {
+            None
+        }
+    }
+
+    fn readable_now(fd: RawFd) -> bool {
+        let mut p = readable(fd);
+        // SAFETY: one live pollfd, no waiting.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_nap_ended_by_a_doorbell_reads_that_doorbell_among_joined_wakes() {
+        let (a_tx, a_rx) = ring::<u32>(4);
+        let (b_tx, b_rx) = ring::<u32>(4);
+        let b_fd = b_rx.wake().fd().expect("an eventfd");
+        let (a_wake, b_wake) = (a_rx.wake(), b_rx.wake());
+        // Ring b while the executor naps (nothing else happens on it).
+        let pusher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            b_tx.try_push(1).unwrap();
+            b_tx
+        });
+        let started = Instant::now();
+        builder("nap-test", Placement::Unbound)
+            .spawn(move || async move {
+                let first = WakeOn {
+                    activity: vec![Rc::default()],
+                    wakes: vec![Box::new(NoFd), Box::new(a_wake)],
+                    ..Default::default()
+                };
+                let second = WakeOn {
+                    activity: vec![Rc::default()],
+                    wakes: vec![Box::new(b_wake)],
+                    ..Default::default()
+                };
+                let wake = first.join(second);
+                glommio::spawn_local(nap_when_idle(
+                    Duration::from_millis(5),
+                    Duration::from_millis(5),
+                    wake,
+                ))
+                .detach();
+                glommio::timer::sleep(Duration::from_millis(300)).await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let _b_tx = pusher.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The ring that ended a nap was read away, not left for the others' places.
+        assert!(
+            !readable_now(b_fd),
+            "b's doorbell was read by the nap it ended"
+        );
+        let mut got = Vec::new();
+        b_rx.try_take(&mut got, 4).unwrap();
+        assert_eq!(got, vec![1]);
+        drop((a_tx, a_rx));
+    }
+}
