@@ -1,6 +1,7 @@
 //! The dispatcher's tasks: everything that runs with the dispatcher (on its own executor, or
-//! on shard 0's when it shares one) besides the [`Dispatcher`] itself. Publishers reach it through the TCP ingest ([`crate::ingest`]) and
-//! the in-process event ring; shards through their control rings. Data path:
+//! on shard 0's when it shares one) besides the [`Dispatcher`] itself. Publishers reach it
+//! through the TCP ingest ([`crate::ingest`]) and the in-process event ring; shards through
+//! their control rings. Data path:
 //! publisher -> ingest -> **dispatcher** -> ring -> shard.
 
 use std::cell::RefCell;
@@ -27,14 +28,11 @@ pub(crate) struct DispatcherSpec {
     pub(crate) stats: SharedStats,
     /// How often idle inputs are looked at.
     pub(crate) poll: Duration,
-    /// Shortest and longest naps while idle (zero: never nap), for a dispatcher on its own
-    /// executor; a shared one naps with shard 0's napper, by the shard's settings.
-    pub(crate) naps: (Duration, Duration),
 }
 
-/// The dispatcher on its own executor: [`start`], with a napper of its own.
-pub(crate) async fn run(spec: DispatcherSpec) {
-    let naps = spec.naps;
+/// The dispatcher on its own executor: [`start`], with a napper of its own taking naps of
+/// `naps` (shortest, longest; zero: never nap).
+pub(crate) async fn run(spec: DispatcherSpec, naps: (Duration, Duration)) {
     let (main, wake) = start(spec);
     glommio::spawn_local(corecast_shards::executor::nap_when_idle(
         naps.0, naps.1, wake,
@@ -66,7 +64,6 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
         shutdown,
         stats,
         poll,
-        naps: _,
     } = spec;
     let summary_every = config.summary_interval_ms;
     let (dispatcher, pumps) = Dispatcher::new(config, rings);

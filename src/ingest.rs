@@ -38,7 +38,7 @@ pub(crate) async fn serve_ingest(
     dispatcher: Rc<RefCell<Dispatcher>>,
     mut stream: TcpStream,
     nap_fds: Rc<RefCell<Vec<std::os::fd::RawFd>>>,
-    this_pass: PassBudget,
+    budget: PassBudget,
 ) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let max_line = dispatcher.borrow().config().max_line_bytes;
@@ -87,8 +87,8 @@ pub(crate) async fn serve_ingest(
         // plain `recv`, no trip through the reactor), up to PASS_BYTES, so what a publisher
         // sent while the shards wrote is sequenced together and the next fan-out round carries
         // all of it in one write per connection.
-        this_pass.set(this_pass.get() + n);
-        if n == chunk.len() && this_pass.get() < PASS_BYTES {
+        budget.set(budget.get() + n);
+        if n == chunk.len() && budget.get() < PASS_BYTES {
             continue;
         }
         // A publisher that never pauses would otherwise keep the dispatcher to itself (reads
@@ -97,7 +97,7 @@ pub(crate) async fn serve_ingest(
         corecast_shards::executor::let_the_executor_run().await;
         // The executor ran its other tasks (a fan-out round among them): a new pass. Other
         // ingest tasks that ran meanwhile found the budget spent and read one buffer each.
-        this_pass.set(0);
+        budget.set(0);
     }
 }
 

@@ -189,13 +189,14 @@ impl Server {
             shutdown: shutdown_rx,
             stats: stats.clone(),
             poll: config.shard.ring_poll(),
-            naps: config.shard.idle_naps(),
         };
+        // On its own executor it naps by the shards' settings; a guest naps with shard 0.
+        let naps = config.shard.idle_naps();
         if shared {
             specs[0].guest = Some(crate::dispatcher_thread::guest(spec));
         } else {
             let dispatcher = corecast_shards::executor::builder("dispatcher", placement)
-                .spawn(move || crate::dispatcher_thread::run(spec))
+                .spawn(move || crate::dispatcher_thread::run(spec, naps))
                 .map_err(|e| StartError::Executor {
                     what: "dispatcher".into(),
                     source: std::io::Error::other(e.to_string()),

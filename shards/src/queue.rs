@@ -318,7 +318,8 @@ impl Outbound {
                 &spilled
             };
             let sent = send(iov);
-            drop((inline, spilled));
+            // The spilled iovec borrows the queue until dropped; `consume` needs it back.
+            drop(spilled);
             let written = match sent {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
