@@ -81,11 +81,13 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
             .iter()
             .map(|c| Box::new(c.wake()) as Box<dyn corecast_shards::executor::NapWake>),
     );
-    // Each TCP publisher's socket joins the nap's descriptors while its task waits to read.
+    // Each TCP publisher's socket joins the nap's descriptors while its task waits to read;
+    // the ingest listener while it accepts.
     let publisher_fds: Rc<RefCell<Vec<std::os::fd::RawFd>>> = Rc::default();
+    let listening = Rc::new(RefCell::new(vec![std::os::fd::AsRawFd::as_raw_fd(&ingest)]));
     let wake = WakeOn {
         activity: vec![activity],
-        changing: vec![publisher_fds.clone()],
+        changing: vec![publisher_fds.clone(), listening.clone()],
         wakes,
         ..Default::default()
     };
@@ -170,6 +172,7 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
 
     let main = async move {
         let _ = shutdown.recv(Duration::from_millis(10)).await;
+        listening.borrow_mut().clear();
         drop(acceptor);
         dispatcher.borrow_mut().shutdown_shards();
         // Shards close their clients, report once more, and drop their control rings.

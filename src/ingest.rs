@@ -47,9 +47,9 @@ pub(crate) async fn serve_ingest(
     let mut chunk = vec![0u8; 64 * 1024];
     let mut replies: Vec<u8> = Vec::new();
     loop {
-        nap_fds.borrow_mut().push(fd);
+        let waking = corecast_shards::executor::WakesNap::new(&nap_fds, fd);
         let read = stream.read(&mut chunk).await;
-        nap_fds.borrow_mut().retain(|&f| f != fd);
+        drop(waking);
         let Ok(n) = read else {
             break;
         };

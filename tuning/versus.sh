@@ -3,7 +3,7 @@
 # with ../shared/peers/uws-cpp/build.sh), the same loadgen and workload, alternating runs.
 # corecast: `corecast serve` defaults (on two cores: one shard with the dispatcher on core 0;
 # CORECAST_SET="section.field=value" adds one setting). uWebSockets:
-# one thread, pinned to core 0 (`taskset -c 0`). loadgen unpinned, `--protocol json-pubsub`
+# one thread, pinned to core 0 (`taskset -c 0`). loadgen unpinned (but see CORECAST_CORES), `--protocol json-pubsub`
 # against uWebSockets. Prints each run's figures and the medians. Loopback only; bounded.
 #
 #   UWS_BIN=/path/to/uws_broadcast tuning/versus.sh B1|B2 [PAIRS=3] [OUTDIR=target/versus]
@@ -15,10 +15,17 @@ out="${3:-target/versus}"
 uws="${UWS_BIN:?set UWS_BIN to the uws_broadcast binary (../shared/peers/README.md)}"
 . tuning/bench-common.sh
 
-# CORECAST_CORES=1 confines corecast to the one core uWebSockets has (`taskset -c 0`); the
-# default is corecast's own placement.
+# CORECAST_CORES=1 confines corecast to the one core uWebSockets has (`taskset -c 0`) and
+# puts the reader on the other (`taskset -c 1`), for both servers: the "one core" layout of
+# docs/benchmarks.md. LOADGEN_CORE=any leaves the reader unpinned there too (it then competes
+# for core 0 with whichever server is running). The default is corecast's own placement and an
+# unpinned reader.
+loadgen=("$bin/loadgen")
 if [ "${CORECAST_CORES:-}" = 1 ]; then
   corecast=(taskset -c 0 "$bin/corecast" serve --set server.pin_cores=false)
+  if [ "${LOADGEN_CORE:-1}" != any ]; then
+    loadgen=(taskset -c "${LOADGEN_CORE:-1}" "$bin/loadgen")
+  fi
 else
   corecast=("$bin/corecast" serve)
 fi
@@ -29,7 +36,7 @@ fi
 # One side of pair $1.
 run_corecast() {
   serve "${corecast[@]}"
-  "$bin/loadgen" fanout --connections "$conns" --topics "$topics" --rate "$rate" \
+  "${loadgen[@]}" fanout --connections "$conns" --topics "$topics" --rate "$rate" \
     --payload-bytes 100 --duration "${secs}s" --server-pid "$srv" \
     --json "$out/$bench-$1-corecast.json" --hgrm "$out/$bench-$1-corecast.hgrm" \
     > "$out/$bench-$1-corecast.txt" 2>&1 || true
@@ -40,7 +47,7 @@ run_uws() {
   taskset -c 0 "$uws" 20001 > "$out/uws.log" 2>&1 &
   srv=$!
   wait_port 20001
-  "$bin/loadgen" fanout --protocol json-pubsub --server ws://127.0.0.1:20001/ws \
+  "${loadgen[@]}" fanout --protocol json-pubsub --server ws://127.0.0.1:20001/ws \
     --connections "$conns" --topics "$topics" --rate "$rate" \
     --payload-bytes 100 --duration "${secs}s" --server-pid "$srv" \
     --json "$out/$bench-$1-uws.json" --hgrm "$out/$bench-$1-uws.hgrm" \

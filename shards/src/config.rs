@@ -69,12 +69,13 @@ pub struct ShardConfig {
     /// wait of a client's request, added while idle. Default 5.
     pub ring_poll_us: u64,
     /// How long an idle shard (and the dispatcher) sleeps at a time once nothing happened for
-    /// one pass, µs; bounds the latency it adds to the first message after a quiet spell.
-    /// 0 never sleeps (pure polling, for a dedicated core). Default 50.
+    /// one pass, µs. Work ends a nap at once (see `executor::nap_when_idle`); what waits one
+    /// out is timers (heartbeats, reports), so this bounds their lateness, and each nap that
+    /// runs its length costs a context switch. 0 never sleeps (pure polling, for a dedicated
+    /// core). Default 1000.
     pub idle_nap_us: u64,
-    /// Longest nap, µs: naps double from `idle_nap_us` while nothing happens, up to this.
-    /// Bounds the latency added to the first message after a long quiet spell, and the CPU
-    /// an idle executor spends waking up. Default 1000.
+    /// Longest nap, µs: naps double from `idle_nap_us` while nothing happens, up to this
+    /// (never below `idle_nap_us`). Default 1000.
     pub idle_nap_max_us: u64,
     /// Longest a published frame waits in a connection's queue for more to share its write,
     /// µs. 0 writes every fan-out round at once (lowest latency); a window gathers more
@@ -106,7 +107,7 @@ impl Default for ShardConfig {
             shutdown_grace_ms: 2000,
             report_interval_ms: 1000,
             ring_poll_us: 5,
-            idle_nap_us: 50,
+            idle_nap_us: 1000,
             idle_nap_max_us: 1000,
             batch_window_us: 0,
         }

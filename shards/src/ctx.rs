@@ -66,6 +66,8 @@ pub(crate) struct ShardCtx {
     pub(crate) stamp: Cell<u64>,
     /// Bumped by every ring round and client read; the napper watches it.
     pub(crate) activity: Rc<crate::executor::Activity>,
+    /// Sockets in their HTTP upgrade: each ends the shard's nap when readable.
+    pub(crate) handshaking: Rc<RefCell<Vec<std::os::fd::RawFd>>>,
     /// Set once shutdown began; the acceptor stops and new connections are refused.
     pub(crate) shutting_down: Cell<bool>,
 }

@@ -13,15 +13,15 @@
 //! take that core from it. [`nap_when_idle`] watches activity counters and, when nothing
 //! happened since its last look, sleeps the thread for a short nap: the core is free for
 //! others. The nap waits on what brings work ([`NapWake`]: the rings' doorbells; and
-//! descriptors: the shard's epoll set of client sockets, the dispatcher's TCP publishers), so
-//! work arriving meanwhile ends it at once; work with no descriptor to wait on (a timer, a new
-//! connection on the polled listener) waits at most one nap. While work keeps arriving it
-//! never naps.
+//! descriptors: the shard's epoll set of client sockets, sockets in their upgrade, the
+//! listeners, the dispatcher's TCP publishers), so work arriving meanwhile ends it at once;
+//! a timer waits at most one nap, except a batch window's end, which cuts the nap short
+//! ([`WakeOn::deadlines`]). While work keeps arriving it never naps.
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -78,15 +78,18 @@ pub trait NapWake {
 
 /// What keeps an executor awake and what ends its nap early: counters of work done (a pass
 /// that moved none of them may nap), descriptors whose readability means work (an epoll set,
-/// a publisher's socket), fixed or added and removed while the executor runs (`changing`),
-/// and [`NapWake`]s to arm before each nap. Work that shares an executor (the dispatcher on a
-/// shard's, see `ShardSpec::guest`) brings its own, [`WakeOn::join`]ed into one napper's.
+/// a publisher's socket, a listener), fixed or added and removed while the executor runs
+/// (`changing`), [`NapWake`]s to arm before each nap, and deadlines: instants by which a
+/// timer that matters must run (a batch window's end), which cut a nap short. Work that
+/// shares an executor (the dispatcher on a shard's, see `ShardSpec::guest`) brings its own,
+/// [`WakeOn::join`]ed into one napper's.
 #[derive(Default)]
 pub struct WakeOn {
     pub activity: Vec<Rc<Activity>>,
     pub fds: Vec<RawFd>,
     pub changing: Vec<Rc<std::cell::RefCell<Vec<RawFd>>>>,
     pub wakes: Vec<Box<dyn NapWake>>,
+    pub deadlines: Vec<Rc<Cell<Option<Instant>>>>,
 }
 
 impl WakeOn {
@@ -96,7 +99,17 @@ impl WakeOn {
         self.fds.extend(other.fds);
         self.changing.extend(other.changing);
         self.wakes.extend(other.wakes);
+        self.deadlines.extend(other.deadlines);
         self
+    }
+
+    /// How long a nap of `nap` may last from `now`: cut at the earliest deadline (zero once
+    /// one has passed).
+    fn nap_until_deadline(&self, nap: Duration, now: Instant) -> Duration {
+        self.deadlines
+            .iter()
+            .filter_map(|d| d.get())
+            .fold(nap, |nap, at| nap.min(at.saturating_duration_since(now)))
     }
 
     /// Sum of the activity counters (wrapping): unchanged over a pass means no work was done.
@@ -107,15 +120,44 @@ impl WakeOn {
     }
 }
 
+/// A descriptor in one of [`WakeOn::changing`]'s sets for as long as this lives: its
+/// readability ends the executor's nap while a task waits on it through glommio (an io_uring
+/// completion does not end a `ppoll`, the socket's readability does). Drop it before the
+/// descriptor is closed.
+pub struct WakesNap {
+    set: Rc<std::cell::RefCell<Vec<RawFd>>>,
+    fd: RawFd,
+}
+
+impl WakesNap {
+    /// Puts `fd` in `set` until the returned guard is dropped.
+    pub fn new(set: &Rc<std::cell::RefCell<Vec<RawFd>>>, fd: RawFd) -> WakesNap {
+        set.borrow_mut().push(fd);
+        WakesNap {
+            set: set.clone(),
+            fd,
+        }
+    }
+}
+
+impl Drop for WakesNap {
+    fn drop(&mut self) {
+        let mut set = self.set.borrow_mut();
+        if let Some(at) = set.iter().position(|&f| f == self.fd) {
+            set.swap_remove(at);
+        }
+    }
+}
+
 /// Runs forever on the current executor: whenever a pass of the executor moved none of
 /// `wake`'s activity counters, the thread sleeps for a nap, in `ppoll(2)` on everything in
-/// `wake` (readable: the nap ends). Naps start at `nap` and double while nothing happens, up
-/// to `nap_max`; any activity brings them back to `nap`. A nap costs a context switch (tens of
-/// microseconds of CPU on a virtual machine), so short naps alone keep an idle executor nearly
-/// as busy as polling; growing them makes a quiet executor cheap, and the wake-ups keep work
-/// that arrives from waiting it out. `nap` of zero disables napping (pure polling). One napper
-/// per executor. The descriptors must stay open while the executor runs (they belong to the
-/// shard or dispatcher that spawned this).
+/// `wake` (readable: the nap ends), never past one of `wake`'s deadlines. Naps start at `nap`
+/// and double while nothing happens, up to `nap_max`; any activity brings them back to `nap`.
+/// A nap costs a context switch (tens of microseconds of CPU on a virtual machine), so short
+/// naps keep an idle executor nearly as busy as polling; since work ends a nap at once, a
+/// nap's length only bounds how late a timer runs. `nap` of zero disables napping (pure
+/// polling). One napper per executor. The descriptors must stay open while they are in
+/// `wake` (they belong to the shard or dispatcher that spawned this).
 pub async fn nap_when_idle(nap: Duration, nap_max: Duration, wake: WakeOn) {
     if nap.is_zero() {
         return;
@@ -153,7 +195,10 @@ pub async fn nap_when_idle(nap: Duration, nap_max: Duration, wake: WakeOn) {
         let first_wake = polled.len();
         if quiet {
             polled.extend(wake.wakes.iter().filter_map(|w| w.fd()).map(readable));
-            sleep_on(&mut polled, next_nap);
+            sleep_on(
+                &mut polled,
+                wake.nap_until_deadline(next_nap, Instant::now()),
+            );
         }
         // Each wake with a descriptor has its place after `first_wake`, in order.
         let mut at = first_wake;
@@ -201,7 +246,6 @@ fn sleep_on(fds: &mut [libc::pollfd], timeout: Duration) {
 mod tests {
     use super::*;
     use crate::ring::ring;
-    use std::time::Instant;
 
     /// A wake with no descriptor (it shifts the places of the ones after it).
     struct NoFd;
@@ -219,6 +263,43 @@ mod tests {
         let mut p = readable(fd);
         // SAFETY: one live pollfd, no waiting.
         unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_deadline_cuts_a_nap_short_and_a_passed_one_cancels_it() {
+        let ms = Duration::from_millis;
+        let window_ends = Rc::new(Cell::new(None));
+        let other = Rc::new(Cell::new(None));
+        let wake = WakeOn {
+            deadlines: vec![window_ends.clone()],
+            ..Default::default()
+        }
+        .join(WakeOn {
+            deadlines: vec![other.clone()],
+            ..Default::default()
+        });
+        let now = Instant::now();
+        assert_eq!(wake.nap_until_deadline(ms(5), now), ms(5), "no deadline");
+        window_ends.set(Some(now + ms(2)));
+        assert_eq!(wake.nap_until_deadline(ms(5), now), ms(2));
+        other.set(Some(now + ms(1)));
+        assert_eq!(wake.nap_until_deadline(ms(5), now), ms(1), "the earliest");
+        assert_eq!(wake.nap_until_deadline(ms(5), now + ms(3)), Duration::ZERO);
+        other.set(None);
+        window_ends.set(Some(now + ms(9)));
+        assert_eq!(wake.nap_until_deadline(ms(5), now), ms(5), "a later one");
+    }
+
+    #[test]
+    fn wakes_nap_keeps_its_descriptor_in_the_set_while_it_lives() {
+        let set = Rc::new(std::cell::RefCell::new(vec![3]));
+        let a = WakesNap::new(&set, 7);
+        let b = WakesNap::new(&set, 9);
+        assert_eq!(*set.borrow(), vec![3, 7, 9]);
+        drop(a);
+        assert_eq!(*set.borrow(), vec![3, 9]);
+        drop(b);
+        assert_eq!(*set.borrow(), vec![3]);
     }
 
     #[test]

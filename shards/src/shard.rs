@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,7 @@ async fn run(spec: ShardSpec) {
         next_conn: Cell::new(1),
         stamp: Cell::new(0),
         activity: Rc::default(),
+        handshaking: Rc::default(),
         shutting_down: Cell::new(false),
     });
 
@@ -114,6 +116,8 @@ async fn run(spec: ShardSpec) {
         }
     });
 
+    // The listener ends a nap too while it accepts: a new connection need not wait one out.
+    let listening = Rc::new(RefCell::new(vec![listener.as_raw_fd()]));
     let acceptor = glommio::spawn_local({
         let ctx = ctx.clone();
         crate::socket::accept_polled(listener, crate::executor::ACCEPT_POLL, move |stream| {
@@ -126,13 +130,16 @@ async fn run(spec: ShardSpec) {
     glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     let (nap, nap_max) = ctx.config.idle_naps();
-    // A nap ends when the dispatcher pushes (the ring's doorbell) or a client socket has news
-    // (the epoll set); a new connection waits for the nap's end. A guest adds its own.
+    // A nap ends when the dispatcher pushes (the ring's doorbell), a client socket has news
+    // (the epoll set, or the socket itself during its upgrade) or a client connects (the
+    // listener), and lasts no longer than an open batch window. A guest adds its own.
+    let window_ends = Rc::new(Cell::new(None));
     let mut wake = crate::executor::WakeOn {
         activity: vec![ctx.activity.clone()],
         fds: vec![ctx.readiness.fd()],
+        changing: vec![listening.clone(), ctx.handshaking.clone()],
         wakes: vec![Box::new(ring.wake())],
-        ..Default::default()
+        deadlines: vec![window_ends.clone()],
     };
     let guest = guest.map(|start| {
         let (main, guest_wake) = start();
@@ -144,11 +151,12 @@ async fn run(spec: ShardSpec) {
         glommio::spawn_local(reporter(ctx.clone())).detach();
     }
 
-    let drain = glommio::spawn_local(drain_ring(ctx.clone(), ring));
+    let drain = glommio::spawn_local(drain_ring(ctx.clone(), ring, window_ends));
     drain.await;
 
     // Shutdown: stop accepting, close every connection with "going away", wait for them.
     ctx.shutting_down.set(true);
+    listening.borrow_mut().clear();
     drop(acceptor);
     let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
     for c in &conns {
@@ -180,8 +188,13 @@ const ROUND_LIMIT: usize = 4096;
 /// Drains the dispatcher ring in rounds: route every frame into subscriber queues, then
 /// write each touched connection once. With a batch window, touched connections are written
 /// when the oldest unwritten frame has waited the window, so several rounds share one write.
-/// Returns on `Shutdown` or when the dispatcher is gone.
-async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
+/// Returns on `Shutdown` or when the dispatcher is gone. `window_ends`: when the open batch
+/// window closes (`None`: none is open), for the napper.
+async fn drain_ring(
+    ctx: Rc<ShardCtx>,
+    ring: RingReceiver<ShardMsg>,
+    window_ends: Rc<Cell<Option<Instant>>>,
+) {
     let mut batch: Vec<ShardMsg> = Vec::with_capacity(256);
     let mut ingest_times: Vec<Instant> = Vec::with_capacity(256);
     // Frames that arrived older than the age bound, per topic, not yet announced.
@@ -245,6 +258,7 @@ async fn drain_ring(ctx: Rc<ShardCtx>, ring: RingReceiver<ShardMsg>) {
             received.saturating_duration_since(since) < window
         };
         ctx.holding.set(hold);
+        window_ends.set(pending_since.filter(|_| hold).map(|since| since + window));
         if hold {
             crate::executor::let_the_executor_run().await;
             continue;

@@ -35,6 +35,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     };
     let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
     let path = ctx.config.path.clone();
+    // The client's request (and its reads after a refusal) end the shard's nap.
+    let waking = crate::executor::WakesNap::new(&ctx.handshaking, stream.as_raw_fd());
     let handshake = Box::pin(handshake(&mut stream, path));
     let leftover = handshake
         .or(async {
@@ -42,6 +44,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
             Err(())
         })
         .await;
+    drop(waking);
     drop(stream);
     let Ok(leftover) = leftover else {
         ctx.metrics.borrow_mut().counters.handshake_failed += 1;

@@ -243,6 +243,13 @@ pub fn masked_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
 
 /// Reads the server's 101 answer and returns a tungstenite client on the same socket.
 pub fn after_upgrade(mut s: TcpStream) -> WebSocket<TcpStream> {
+    read_101(&mut s);
+    WebSocket::from_raw_socket(s, Role::Client, None)
+}
+
+/// Reads an HTTP answer's head, byte by byte (nothing after it), within 10 s, and checks it
+/// is a 101.
+pub fn read_101(s: &mut TcpStream) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -251,7 +258,6 @@ pub fn after_upgrade(mut s: TcpStream) -> WebSocket<TcpStream> {
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    WebSocket::from_raw_socket(s, Role::Client, None)
 }
 
 /// Does the client side of the handshake by hand and returns the upgraded socket.
