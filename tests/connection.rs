@@ -244,3 +244,33 @@ fn a_close_behind_a_full_socket_waits_for_the_reader_and_a_client_that_never_rea
     }
     assert!(server.shutdown());
 }
+
+#[test]
+fn each_connection_is_pinged_once_per_interval_not_once_per_slice() {
+    const INTERVAL_MS: u64 = 320;
+    let server = start(|c| {
+        c.shard.heartbeat_interval_ms = INTERVAL_MS;
+        c.shard.heartbeat_timeout_ms = 10 * INTERVAL_MS;
+    });
+    let mut clients: Vec<_> = (0..5).map(|_| connect(&server.url)).collect();
+    for ws in &clients {
+        set_timeout(ws, Duration::from_millis(5));
+    }
+    // Over six intervals, each connection should see five to seven pings (its first within
+    // one interval of opening), however its pings are spread over the interval.
+    let start = Instant::now();
+    let mut pings = vec![0u32; clients.len()];
+    while start.elapsed() < Duration::from_millis(6 * INTERVAL_MS) {
+        for (ws, n) in clients.iter_mut().zip(pings.iter_mut()) {
+            if let Ok(Message::Ping(_)) = ws.read() {
+                *n += 1;
+            }
+        }
+    }
+    for (i, n) in pings.iter().enumerate() {
+        assert!(
+            (5..=7).contains(n),
+            "client {i} got {n} pings in six intervals: {pings:?}"
+        );
+    }
+}

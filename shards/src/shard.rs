@@ -397,40 +397,28 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
 /// `sendmsg` on one core, which every message behind them would wait for).
 const HEARTBEAT_SLICES: u32 = 64;
 
-/// Pings every connection once each interval and closes those silent past the timeout. Each
-/// interval is a round over the connections open when it began, taken in
-/// [`HEARTBEAT_SLICES`] slices spread over it (a newer connection waits at most two intervals
-/// for its first ping, inside the timeout, which is longer than one). The first round begins
-/// one interval after the shard starts.
+/// Pings every connection once each interval and closes those silent past the timeout. The
+/// interval is cut in [`HEARTBEAT_SLICES`] ticks; a tick takes the connections whose id falls
+/// in its slice (`id % HEARTBEAT_SLICES`), so each is pinged once per interval (its first
+/// ping within one interval of its opening) and no per-connection state is kept for it.
 async fn heartbeat(ctx: Rc<ShardCtx>) {
     let interval = ctx.config.heartbeat_interval();
     let timeout = ctx.config.heartbeat_timeout();
     let tick = interval / HEARTBEAT_SLICES;
+    let slices = u64::from(HEARTBEAT_SLICES);
     let ping = crate::frame::server_frame(crate::frame::OP_PING, b"");
-    // This round's connections, by id (a closed one is skipped, not kept alive), the slices
-    // taken so far and where the next one starts.
-    let mut round: Vec<u64> = Vec::new();
-    let mut slices = 0;
-    let mut next = 0;
+    let mut slice_no = 0u64;
     loop {
         glommio::timer::sleep(tick).await;
-        if slices == HEARTBEAT_SLICES {
-            round.clear();
-            round.extend(ctx.conns.borrow().keys().copied());
-            slices = 0;
-            next = 0;
-        }
-        slices += 1;
+        slice_no = (slice_no + 1) % slices;
         let now = Instant::now();
-        let end = (round.len() * slices as usize).div_ceil(HEARTBEAT_SLICES as usize);
-        let slice: Vec<Rc<Conn>> = {
-            let conns = ctx.conns.borrow();
-            round[next..end]
-                .iter()
-                .filter_map(|id| conns.get(id).cloned())
-                .collect()
-        };
-        next = end;
+        let slice: Vec<Rc<Conn>> = ctx
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(id, _)| *id % slices == slice_no)
+            .map(|(_, conn)| conn.clone())
+            .collect();
         for conn in slice {
             if now.saturating_duration_since(conn.last_heard()) > timeout && !conn.awaiting() {
                 ctx.metrics.borrow_mut().counters.heartbeat_timeouts += 1;
