@@ -84,7 +84,7 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
     // Each TCP publisher's socket joins the nap's descriptors while its task waits to read;
     // the ingest listener while it accepts.
     let publisher_fds: Rc<RefCell<Vec<std::os::fd::RawFd>>> = Rc::default();
-    let listening = Rc::new(RefCell::new(vec![std::os::fd::AsRawFd::as_raw_fd(&ingest)]));
+    let listening: Rc<RefCell<Vec<std::os::fd::RawFd>>> = Rc::default();
     let wake = WakeOn {
         activity: vec![activity],
         changing: vec![publisher_fds.clone(), listening.clone()],
@@ -134,6 +134,7 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
         glommio::spawn_local(corecast_shards::socket::accept_polled(
             ingest,
             corecast_shards::executor::ACCEPT_POLL,
+            listening.clone(),
             move |stream| {
                 let _ = stream.set_nodelay(true);
                 glommio::spawn_local(serve_ingest(
@@ -172,7 +173,6 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
 
     let main = async move {
         let _ = shutdown.recv(Duration::from_millis(10)).await;
-        listening.borrow_mut().clear();
         drop(acceptor);
         dispatcher.borrow_mut().shutdown_shards();
         // Shards close their clients, report once more, and drop their control rings.

@@ -257,7 +257,8 @@ fn each_connection_is_pinged_once_per_interval_not_once_per_slice() {
         set_timeout(ws, Duration::from_millis(5));
     }
     // Over six intervals, each connection should see five to seven pings (its first within
-    // one interval of opening), however its pings are spread over the interval.
+    // one interval of opening), however its pings are spread over the interval; one more or
+    // less is allowed for a loaded machine. Pinging once per slice would give ~380.
     let start = Instant::now();
     let mut pings = vec![0u32; clients.len()];
     while start.elapsed() < Duration::from_millis(6 * INTERVAL_MS) {
@@ -269,7 +270,7 @@ fn each_connection_is_pinged_once_per_interval_not_once_per_slice() {
     }
     for (i, n) in pings.iter().enumerate() {
         assert!(
-            (5..=7).contains(n),
+            (4..=8).contains(n),
             "client {i} got {n} pings in six intervals: {pings:?}"
         );
     }

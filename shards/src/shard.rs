@@ -10,7 +10,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -116,15 +115,22 @@ async fn run(spec: ShardSpec) {
         }
     });
 
-    // The listener ends a nap too while it accepts: a new connection need not wait one out.
-    let listening = Rc::new(RefCell::new(vec![listener.as_raw_fd()]));
+    // The listener ends a nap too while the acceptor waits: a new connection need not wait
+    // one out.
+    let listening: Rc<RefCell<Vec<std::os::fd::RawFd>>> = Rc::default();
     let acceptor = glommio::spawn_local({
         let ctx = ctx.clone();
-        crate::socket::accept_polled(listener, crate::executor::ACCEPT_POLL, move |stream| {
-            ctx.metrics.borrow_mut().counters.accepted += 1;
-            ctx.activity.bump();
-            glommio::spawn_local(crate::upgrade::serve(ctx.clone(), stream)).detach();
-        })
+        let nap_fds = listening.clone();
+        crate::socket::accept_polled(
+            listener,
+            crate::executor::ACCEPT_POLL,
+            nap_fds,
+            move |stream| {
+                ctx.metrics.borrow_mut().counters.accepted += 1;
+                ctx.activity.bump();
+                glommio::spawn_local(crate::upgrade::serve(ctx.clone(), stream)).detach();
+            },
+        )
     });
 
     glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
@@ -156,7 +162,6 @@ async fn run(spec: ShardSpec) {
 
     // Shutdown: stop accepting, close every connection with "going away", wait for them.
     ctx.shutting_down.set(true);
-    listening.borrow_mut().clear();
     drop(acceptor);
     let conns: Vec<Rc<Conn>> = ctx.conns.borrow().values().cloned().collect();
     for c in &conns {
@@ -408,8 +413,12 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
     let slices = u64::from(HEARTBEAT_SLICES);
     let ping = crate::frame::server_frame(crate::frame::OP_PING, b"");
     let mut slice_no = 0u64;
+    // Ticks keep to a fixed schedule: a tick that ran late (a nap, a busy round) does not
+    // push the later ones back.
+    let mut due = Instant::now();
     loop {
-        glommio::timer::sleep(tick).await;
+        due += tick;
+        glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
         slice_no = (slice_no + 1) % slices;
         let now = Instant::now();
         let slice: Vec<Rc<Conn>> = ctx

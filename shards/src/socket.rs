@@ -1,8 +1,10 @@
 //! The ends of the data path: accepting sockets, and non-blocking reads and vectored writes
 //! straight to a client socket. Called by the executor that owns the socket.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -49,14 +51,20 @@ pub fn shutdown_write(fd: RawFd) {
 /// sustained load glommio 0.9 was seen leaving new connections in the accept queue for
 /// seconds (until the load stopped), which a timer-driven poll does not do. Out of
 /// descriptors or another transient error: the poll backs off 5 ms and goes on.
+///
+/// While it waits for the next poll, and only then, the listener is in `nap_fds` (the
+/// executor's nap ends when a client connects; see `crate::executor::WakesNap`); not during
+/// a back-off, when a connection the process cannot take would keep it readable.
 pub async fn accept_polled(
     listener: std::net::TcpListener,
     every: Duration,
+    nap_fds: Rc<RefCell<Vec<RawFd>>>,
     mut serve: impl FnMut(glommio::net::TcpStream),
 ) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
+    let fd = listener.as_raw_fd();
     loop {
         let mut pause = every;
         loop {
@@ -76,6 +84,7 @@ pub async fn accept_polled(
                 }
             }
         }
+        let _waking = (pause == every).then(|| crate::executor::WakesNap::new(&nap_fds, fd));
         glommio::timer::sleep(pause).await;
     }
 }
