@@ -60,10 +60,13 @@ pub fn reassembler(data: &[u8]) {
 pub fn request(data: &[u8]) {
     let mut text = data.to_vec();
     match parse_request(&mut text, 100) {
-        Ok(Request::Subscribe { topics, .. } | Request::Unsubscribe { topics, .. }) => {
+        Ok(Request::Subscribe { topics, .. }) => {
             assert!((1..=100).contains(&topics.len()));
         }
-        Ok(Request::Ping { .. }) => {}
+        Ok(Request::Unsubscribe { topics, .. }) => {
+            assert!((1..=100).contains(&topics.len()));
+        }
+        Ok(Request::Ping { .. } | Request::Resync { .. }) => {}
         Err(r) => assert!(!r.code.is_empty() && !r.message.is_empty()),
     }
 }

@@ -85,6 +85,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub dispatcher: DispatcherConfig,
     pub shard: ShardConfig,
+    /// History, resume and snapshot waits (`[recovery]`).
+    pub recovery: crate::dispatcher::RecoveryConfig,
+    /// Per-prefix topic rules (`[[namespaces]]`): snapshot topics, history bounds, gap
+    /// policy. Topics outside every namespace take the defaults. None by default.
+    pub namespaces: Vec<corecast_shards::namespace::Namespace>,
 }
 
 /// A configuration file that could not be used.
@@ -154,6 +159,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.shard.validate().map_err(ConfigError::Invalid)?;
         self.dispatcher.validate().map_err(ConfigError::Invalid)?;
+        self.recovery.validate().map_err(ConfigError::Invalid)?;
+        corecast_shards::namespace::Namespaces::new(&self.namespaces)
+            .map_err(ConfigError::Invalid)?;
         if self.server.shards > crate::dispatcher::MAX_SHARDS {
             return Err(ConfigError::Invalid(format!(
                 "server.shards is {}; at most {} are supported",

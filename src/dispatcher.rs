@@ -16,9 +16,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use serde::Deserialize;
 
+use bytes::Bytes;
+use corecast_shards::namespace::{Namespaces, Rules};
 use corecast_shards::protocol;
 use corecast_shards::ring::{
-    ControlMsg, Frame, Interest, PushError, RingSender, ShardMsg, TopicId,
+    ControlMsg, Frame, Interest, PushError, RecoverItem, RecoveredItem, RingSender, ShardMsg,
+    Start, TopicId,
 };
 use corecast_shards::topic::{covering_prefixes, NameIndex};
 
@@ -49,6 +52,71 @@ pub struct DispatcherConfig {
     pub publisher_queue: usize,
     /// How often a one-line summary is printed to stderr, ms; 0 never. Default 10000.
     pub summary_interval_ms: u64,
+}
+
+/// The `[recovery]` section: history and resume (docs/protocol.md, "Recovery").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// Most messages a resume replays (`recovery_max_messages`); a resume that missed more is
+    /// answered `"recovered":false`. Default 10000 (a minute of a topic at 100 msgs/s, and
+    /// more).
+    pub max_messages: u64,
+    /// How long a subscriber of a snapshot topic waits for a snapshot before it is told with
+    /// a `gap` of reason `no_snapshot` (it keeps waiting), ms. Default 5000.
+    pub snapshot_wait_ms: u64,
+    /// How often a snapshot is asked again of its publisher while someone waits, ms.
+    /// Default 1000.
+    pub snapshot_request_interval_ms: u64,
+    /// Bytes of history (encoded frames) kept over all topics; past it the oldest history
+    /// goes first. 0 keeps no history. Default 268435456 (256 MiB).
+    pub history_max_bytes: usize,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            max_messages: 10_000,
+            snapshot_wait_ms: 5_000,
+            snapshot_request_interval_ms: 1_000,
+            history_max_bytes: 256 << 20,
+        }
+    }
+}
+
+impl RecoveryConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("snapshot_wait_ms", self.snapshot_wait_ms),
+            (
+                "snapshot_request_interval_ms",
+                self.snapshot_request_interval_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(format!("recovery.{name} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A new epoch: 64 random bits from the kernel (`/dev/urandom`), as 16 hex digits. Falls back
+/// to the clock and process id mixed if the kernel's source cannot be read.
+pub fn new_epoch() -> Arc<str> {
+    use std::io::Read;
+    let mut bits = [0u8; 8];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bits));
+    let n = match read {
+        Ok(()) => u64::from_le_bytes(bits),
+        Err(_) => {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            t.rotate_left(17) ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+        }
+    };
+    Arc::from(format!("{n:016x}"))
 }
 
 impl Default for DispatcherConfig {
@@ -104,6 +172,27 @@ struct TopicState {
     exact: u64,
     /// Shards to send its frames to: `exact` plus shards with a covering pattern.
     routes: u64,
+    /// Its namespace's rules.
+    rules: Rules,
+    /// Its recent frames, oldest first, contiguous up to `seq`.
+    history: VecDeque<Held>,
+    /// Sequence of its newest snapshot (held or not); 0: none in this epoch.
+    last_snapshot: u64,
+}
+
+/// One frame of a topic's history.
+struct Held {
+    seq: u64,
+    bytes: Bytes,
+    at: Instant,
+}
+
+impl TopicState {
+    /// Index in `history` of `seq`, if held.
+    fn held_at(&self, seq: u64) -> Option<usize> {
+        let first = self.history.front()?.seq;
+        (seq >= first && seq <= self.seq).then(|| (seq - first) as usize)
+    }
 }
 
 /// The dispatcher's side of one shard's ring. Messages go straight into the ring while it has
@@ -138,6 +227,10 @@ pub struct DispatcherStats {
     pub ring_full: u64,
     /// Frames dropped from a full backlog (each announced by the shard as a gap).
     pub backlog_dropped: u64,
+    /// Resumes answered with the missed messages.
+    pub recovered: u64,
+    /// Resumes answered `"recovered":false`.
+    pub not_recovered: u64,
 }
 
 /// Sequencing, framing and routing state. Dispatcher thread only.
@@ -155,6 +248,20 @@ pub struct Dispatcher {
     prefixes: HashMap<Arc<str>, u64>,
     rings: Vec<RingOut>,
     config: DispatcherConfig,
+    recovery: RecoveryConfig,
+    namespaces: Arc<Namespaces>,
+    /// The node's epoch: every topic's sequence lives in it.
+    epoch: Arc<str>,
+    /// Bytes of every topic's history.
+    history_bytes: usize,
+    /// Every held frame's topic and sequence in publish order, for trimming the oldest
+    /// history first when `history_max_bytes` is reached; entries whose frame a topic's own
+    /// bounds already trimmed are skipped (and compacted away).
+    history_order: VecDeque<(TopicId, u64)>,
+    /// Frames held over all topics.
+    history_len: usize,
+    /// Topic names by id, for `history_order`.
+    by_id: Vec<Arc<str>>,
     pub stats: DispatcherStats,
     /// Bumped by every publish and control message; the napper watches it.
     pub activity: Rc<corecast_shards::executor::Activity>,
@@ -164,6 +271,9 @@ impl Dispatcher {
     /// A dispatcher over connected rings; returns the pump tasks' inputs to spawn.
     pub(crate) fn new(
         config: DispatcherConfig,
+        recovery: RecoveryConfig,
+        namespaces: Arc<Namespaces>,
+        epoch: Arc<str>,
         rings: Vec<RingSender<ShardMsg>>,
     ) -> (Dispatcher, Vec<Pump>) {
         let mut outs = Vec::with_capacity(rings.len());
@@ -186,6 +296,13 @@ impl Dispatcher {
             prefixes: HashMap::new(),
             rings: outs,
             config,
+            recovery,
+            namespaces,
+            epoch,
+            history_bytes: 0,
+            history_order: VecDeque::new(),
+            history_len: 0,
+            by_id: Vec::new(),
             stats: DispatcherStats::default(),
             activity: Rc::default(),
         };
@@ -199,23 +316,42 @@ impl Dispatcher {
     /// Sequences one event, encodes its frame once, and pushes it to every routed shard.
     /// Returns its sequence. See [`Dispatcher::publish_parts`].
     pub fn publish(&mut self, event: Event) -> Result<u64, PublishError> {
-        self.publish_parts(&event.topic, &event.data, event.ts, event.ingest_at)
+        self.publish_parts(
+            &event.topic,
+            &event.data,
+            event.ts,
+            event.ingest_at,
+            event.snapshot,
+        )
     }
 
     /// Sequences one message of `topic` (a valid name) whose `data` is JSON text already
-    /// validated, encodes its frame once, and pushes it to every routed shard. `ts`: the
-    /// publisher's µs since the epoch, or now. Returns its sequence; refuses a new topic past
-    /// `max_topics` (`topic_limit`). Cost: a hash lookup, one frame allocation (one copy of
-    /// `data`) if any shard is routed, and a ring push per routed shard.
+    /// validated, encodes its frame once (a `snapshot` frame when `snapshot`), keeps it in the
+    /// topic's history and pushes it to every routed shard. `ts`: the publisher's µs since the
+    /// epoch, or now. Returns its sequence; refuses a new topic past `max_topics`
+    /// (`topic_limit`) and a snapshot on a topic outside every snapshot namespace
+    /// (`not_snapshot_topic`). Cost: a hash lookup, one frame allocation (one copy of `data`)
+    /// unless the topic keeps no history and no shard is routed, and a ring push per routed
+    /// shard.
     pub fn publish_parts(
         &mut self,
         topic: &str,
         data: &[u8],
         ts: Option<u64>,
         ingest_at: Instant,
+        snapshot: bool,
     ) -> Result<u64, PublishError> {
         self.activity.bump();
         let max = self.config.max_topics;
+        if snapshot
+            && !self
+                .topics
+                .get(topic)
+                .map_or_else(|| self.namespaces.rules(topic), |s| s.rules)
+                .snapshots
+        {
+            return Err(PublishError::NotSnapshotTopic);
+        }
         let state = match self.topics.get_mut(topic) {
             Some(s) => s,
             None => {
@@ -230,25 +366,60 @@ impl Dispatcher {
                 // `max_topics` is at most u32::MAX (validated), so the count fits.
                 let id = TopicId(self.topics.len() as u32);
                 self.names.insert(name.clone());
+                self.by_id.push(name.clone());
+                let rules = self.namespaces.rules(&name);
                 self.topics.entry(name.clone()).or_insert(TopicState {
                     name,
                     id,
                     seq: 0,
                     exact,
                     routes,
+                    rules,
+                    history: VecDeque::new(),
+                    last_snapshot: 0,
                 })
             }
         };
         state.seq += 1;
         let seq = state.seq;
+        if snapshot {
+            state.last_snapshot = seq;
+        }
         self.stats.published += 1;
         let routes = state.routes;
-        if routes == 0 {
+        let keep = state.rules.history_max_messages > 0 && self.recovery.history_max_bytes > 0;
+        if routes == 0 && !keep {
             return Ok(seq);
         }
         let ts = ts.unwrap_or_else(now_us);
-        let bytes = protocol::msg(&state.name, seq, ts, data);
+        let bytes = if snapshot {
+            protocol::snapshot(&state.name, seq, &self.epoch, ts, data)
+        } else {
+            protocol::msg(&state.name, seq, ts, data)
+        };
         let topic = state.id;
+        if keep {
+            self.history_bytes += bytes.len();
+            self.history_len += 1;
+            state.history.push_back(Held {
+                seq,
+                bytes: bytes.clone(),
+                at: ingest_at,
+            });
+            let max_age = std::time::Duration::from_millis(state.rules.history_max_age_ms);
+            while let Some(front) = state.history.front() {
+                let over = state.history.len() > state.rules.history_max_messages
+                    || ingest_at.saturating_duration_since(front.at) > max_age;
+                if !over {
+                    break;
+                }
+                self.history_bytes -= front.bytes.len();
+                self.history_len -= 1;
+                state.history.pop_front();
+            }
+            self.history_order.push_back((topic, seq));
+            self.trim_history();
+        }
         let mut mask = routes;
         while mask != 0 {
             let shard = mask.trailing_zeros() as usize;
@@ -258,6 +429,7 @@ impl Dispatcher {
                 seq,
                 bytes: bytes.clone(),
                 ingest_at,
+                snapshot,
             };
             self.push(
                 shard,
@@ -327,7 +499,115 @@ impl Dispatcher {
                     }
                 }
             }
+            ControlMsg::Recover {
+                shard,
+                nonce,
+                items,
+            } => {
+                let items = items.iter().map(|i| self.recover(i)).collect();
+                self.push(shard, ShardMsg::Recovered { nonce, items });
+            }
             ControlMsg::Report(_) | ControlMsg::Goodbye { .. } => {}
+        }
+    }
+
+    /// Answers one topic of a recovering subscribe (the shard already receives the topic's
+    /// frames: it asks only once the subscription is live, so the answer's place in its ring
+    /// is where the subscriber joins). A resume whose epoch matches, at or below the head,
+    /// missing at most `recovery.max_messages` that are all held, gets them; otherwise
+    /// `recovered: false` and the plain answer: for a snapshot topic the newest held snapshot
+    /// and every message after it (or `waiting` when none is held), for a stream topic
+    /// nothing (`start: next`). Frames are shared, not copied.
+    fn recover(&mut self, item: &RecoverItem) -> RecoveredItem {
+        let state = self.topics.get(&*item.topic);
+        let head = state.map_or(0, |s| s.seq);
+        let frames_from = |s: &TopicState, first: u64| -> Vec<Bytes> {
+            s.held_at(first).map_or_else(Vec::new, |at| {
+                s.history.range(at..).map(|h| h.bytes.clone()).collect()
+            })
+        };
+        let mut recovered = None;
+        if let Some((epoch, since)) = &item.since {
+            let missed = head.saturating_sub(*since);
+            let ok = **epoch == *self.epoch
+                && *since <= head
+                && missed <= self.recovery.max_messages
+                && (missed == 0 || state.is_some_and(|s| s.held_at(since + 1).is_some()));
+            if ok {
+                self.stats.recovered += 1;
+                let frames = match state {
+                    Some(s) if missed > 0 => frames_from(s, since + 1),
+                    _ => Vec::new(),
+                };
+                return RecoveredItem {
+                    seq: *since,
+                    recovered: Some(true),
+                    start: Start::Next,
+                    waiting: false,
+                    frames,
+                };
+            }
+            self.stats.not_recovered += 1;
+            recovered = Some(false);
+        }
+        if !item.snapshot {
+            return RecoveredItem {
+                seq: head,
+                recovered,
+                start: Start::Next,
+                waiting: false,
+                frames: Vec::new(),
+            };
+        }
+        let held = state.filter(|s| s.last_snapshot > 0 && s.held_at(s.last_snapshot).is_some());
+        match held {
+            Some(s) => RecoveredItem {
+                seq: head,
+                recovered,
+                start: Start::Snapshot,
+                waiting: false,
+                frames: frames_from(s, s.last_snapshot),
+            },
+            None => RecoveredItem {
+                seq: head,
+                recovered,
+                start: Start::Snapshot,
+                waiting: true,
+                frames: Vec::new(),
+            },
+        }
+    }
+
+    /// Trims the oldest history over all topics while it holds more than
+    /// `recovery.history_max_bytes`; compacts `history_order` when most of it is stale.
+    fn trim_history(&mut self) {
+        while self.history_bytes > self.recovery.history_max_bytes {
+            let Some((id, seq)) = self.history_order.pop_front() else {
+                break;
+            };
+            let Some(s) = self
+                .by_id
+                .get(id.0 as usize)
+                .and_then(|name| self.topics.get_mut(name))
+            else {
+                continue;
+            };
+            if s.history.front().is_some_and(|h| h.seq == seq) {
+                if let Some(h) = s.history.pop_front() {
+                    self.history_bytes -= h.bytes.len();
+                    self.history_len -= 1;
+                }
+            }
+        }
+        if self.history_order.len() > 2 * self.history_len + 1024 {
+            let (topics, by_id) = (&self.topics, &self.by_id);
+            self.history_order.retain(|(id, seq)| {
+                by_id
+                    .get(id.0 as usize)
+                    .and_then(|name| topics.get(name))
+                    .and_then(|s| s.history.front())
+                    .is_some_and(|front| front.seq <= *seq)
+            });
         }
     }
 

@@ -20,6 +20,10 @@ use crate::report::{summary_line, SharedStats};
 /// (its own, or shard 0's).
 pub(crate) struct DispatcherSpec {
     pub(crate) config: crate::dispatcher::DispatcherConfig,
+    pub(crate) recovery: crate::dispatcher::RecoveryConfig,
+    pub(crate) namespaces: std::sync::Arc<corecast_shards::namespace::Namespaces>,
+    /// The node's epoch, shared with the shards.
+    pub(crate) epoch: std::sync::Arc<str>,
     pub(crate) rings: Vec<RingSender<ShardMsg>>,
     pub(crate) controls: Vec<RingReceiver<ControlMsg>>,
     pub(crate) ingest: std::net::TcpListener,
@@ -57,6 +61,9 @@ pub(crate) fn guest(spec: DispatcherSpec) -> corecast_shards::shard::Guest {
 pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = ()>, WakeOn) {
     let DispatcherSpec {
         config,
+        recovery,
+        namespaces,
+        epoch,
         rings,
         controls,
         ingest,
@@ -66,7 +73,7 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
         poll,
     } = spec;
     let summary_every = config.summary_interval_ms;
-    let (dispatcher, pumps) = Dispatcher::new(config, rings);
+    let (dispatcher, pumps) = Dispatcher::new(config, recovery, namespaces, epoch, rings);
     let dispatcher = Rc::new(RefCell::new(dispatcher));
     for p in pumps {
         glommio::spawn_local(p.run()).detach();

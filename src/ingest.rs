@@ -59,7 +59,7 @@ pub(crate) async fn serve_ingest(
                 Line::Text(text) => parser.parse(text).and_then(|p| {
                     dispatcher
                         .borrow_mut()
-                        .publish_parts(p.topic, p.data, p.ts, ingest_at)
+                        .publish_parts(p.topic, p.data, p.ts, ingest_at, p.snapshot)
                         .map(|_| ())
                 }),
                 Line::TooLong => Err(PublishError::LineTooLong(max_line)),

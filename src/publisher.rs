@@ -33,6 +33,10 @@ pub enum PublishError {
     LineTooLong(usize),
     #[error("the dispatcher already tracks its maximum of {0} topics")]
     TopicLimit(usize),
+    #[error("\"snapshot\" must be true or false")]
+    BadSnapshot,
+    #[error("\"snapshot\": true on a topic outside every namespace with snapshots = true")]
+    NotSnapshotTopic,
     #[error("the server is shut down")]
     Closed,
 }
@@ -50,6 +54,8 @@ impl PublishError {
             PublishError::DuplicateField(_) => "duplicate_field",
             PublishError::LineTooLong(_) => "line_too_long",
             PublishError::TopicLimit(_) => "topic_limit",
+            PublishError::BadSnapshot => "bad_snapshot",
+            PublishError::NotSnapshotTopic => "not_snapshot_topic",
             PublishError::Closed => "closed",
         }
     }
@@ -65,6 +71,8 @@ pub struct Event {
     pub ts: Option<u64>,
     /// When the event entered the server.
     pub ingest_at: Instant,
+    /// Full state of a snapshot topic (`"snapshot": true`), delivered as a `snapshot` frame.
+    pub snapshot: bool,
 }
 
 /// One valid ingest line, borrowed from the line (`data`) and from the parser (`topic`).
@@ -77,6 +85,8 @@ pub struct Parsed<'a> {
     pub data: &'a [u8],
     /// Publisher timestamp, µs since the Unix epoch.
     pub ts: Option<u64>,
+    /// `"snapshot": true`: full state of a snapshot topic.
+    pub snapshot: bool,
 }
 
 impl Parsed<'_> {
@@ -87,6 +97,7 @@ impl Parsed<'_> {
             data: self.data.to_vec(),
             ts: self.ts,
             ingest_at,
+            snapshot: self.snapshot,
         }
     }
 }
@@ -99,7 +110,8 @@ impl Parsed<'_> {
 /// valid JSON (RFC 8259, by simd-json: `invalid_json`), an object (`not_an_object`), no key of
 /// `topic`, `data` or `ts` twice (`duplicate_field`), `topic` a string (`missing_topic`) and a
 /// valid name (`bad_topic`), `data` present (`missing_data`), `ts` absent or an unsigned
-/// integer (`bad_ts`). Other members are ignored. Cost: one copy of the line, simd-json's tape
+/// integer (`bad_ts`), `snapshot` absent or a boolean (`bad_snapshot`; whether the topic may
+/// take snapshots is the dispatcher's check, `not_snapshot_topic`). Other members are ignored. Cost: one copy of the line, simd-json's tape
 /// (no value tree), and one structural scan to find `data`'s bytes; `data` is never parsed
 /// into values or written out again.
 #[derive(Default)]
@@ -138,7 +150,7 @@ impl LineParser {
             Err(e) => Err(PublishError::InvalidJson(e.to_string())),
         };
         *kept = Some(tape.reset());
-        let (data_member, ts) = found?;
+        let (data_member, ts, snapshot) = found?;
         // On valid JSON the scan finds every member simd-json does.
         let Some(&(start, end)) = members.get(data_member).filter(|_| scanned) else {
             return Err(PublishError::InvalidJson(
@@ -149,19 +161,20 @@ impl LineParser {
             topic,
             data: &line[start..end],
             ts,
+            snapshot,
         })
     }
 }
 
 /// Reads the validated line's fields from its tape: copies the topic into `topic` and returns
-/// the index of the `data` member among the object's members, and `ts`.
+/// the index of the `data` member among the object's members, `ts` and `snapshot`.
 fn fields(
     tape: &simd_json::Tape<'_>,
     topic: &mut String,
-) -> Result<(usize, Option<u64>), PublishError> {
+) -> Result<(usize, Option<u64>, bool), PublishError> {
     let value = tape.as_value();
     let obj = value.as_object().ok_or(PublishError::NotAnObject)?;
-    let (mut topic_value, mut data, mut ts_value) = (None, None, None);
+    let (mut topic_value, mut data, mut ts_value, mut snapshot_value) = (None, None, None, None);
     for (k, (key, v)) in obj.iter().enumerate() {
         let (slot, name) = match key {
             "topic" => (&mut topic_value, "topic"),
@@ -172,6 +185,7 @@ fn fields(
                 continue;
             }
             "ts" => (&mut ts_value, "ts"),
+            "snapshot" => (&mut snapshot_value, "snapshot"),
             _ => continue,
         };
         if slot.replace(v).is_some() {
@@ -188,7 +202,11 @@ fn fields(
         None => None,
         Some(v) => Some(v.as_u64().ok_or(PublishError::BadTimestamp)?),
     };
-    Ok((data, ts))
+    let snapshot = match snapshot_value {
+        None => false,
+        Some(v) => v.as_bool().ok_or(PublishError::BadSnapshot)?,
+    };
+    Ok((data, ts, snapshot))
 }
 
 /// In-process publishing handle. Any thread; cheap to clone.
@@ -202,7 +220,7 @@ impl Publisher {
     /// thread, so a bad event is refused here with a clear error. Blocks while the dispatcher's
     /// input queue is full; do not call it from the dispatcher's own thread.
     pub fn publish(&self, topic: &str, data: impl AsRef<[u8]>) -> Result<(), PublishError> {
-        self.publish_at(topic, data, None)
+        self.publish_with(topic, data, None, false)
     }
 
     /// As [`Publisher::publish`], with the publisher's own timestamp (µs since the epoch).
@@ -211,6 +229,30 @@ impl Publisher {
         topic: &str,
         data: impl AsRef<[u8]>,
         ts: Option<u64>,
+    ) -> Result<(), PublishError> {
+        self.publish_with(topic, data, ts, false)
+    }
+
+    /// Publishes the full state of a snapshot topic (`"snapshot": true` on the ingest):
+    /// delivered as a `snapshot` frame, and where new subscribers start. On a topic outside
+    /// every snapshot namespace the dispatcher refuses it (`not_snapshot_topic`, counted in
+    /// its `rejected_events`; this call cannot see that, as it does not wait for the
+    /// dispatcher).
+    pub fn publish_snapshot(
+        &self,
+        topic: &str,
+        data: impl AsRef<[u8]>,
+    ) -> Result<(), PublishError> {
+        self.publish_with(topic, data, None, true)
+    }
+
+    /// The one way in: `ts` the publisher's µs since the epoch (or now), `snapshot` the flag.
+    pub fn publish_with(
+        &self,
+        topic: &str,
+        data: impl AsRef<[u8]>,
+        ts: Option<u64>,
+        snapshot: bool,
     ) -> Result<(), PublishError> {
         let ingest_at = Instant::now();
         validate_topic(topic).map_err(PublishError::BadTopic)?;
@@ -222,6 +264,7 @@ impl Publisher {
             data: data.as_ref().to_vec(),
             ts,
             ingest_at,
+            snapshot,
         };
         self.tx
             .push_blocking(event)

@@ -152,6 +152,11 @@ impl Server {
         })?;
 
         let stats: SharedStats = Arc::new(Mutex::new(Stats::default()));
+        let namespaces = Arc::new(
+            corecast_shards::namespace::Namespaces::new(&config.namespaces)
+                .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?,
+        );
+        let epoch = crate::dispatcher::new_epoch();
         let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
         let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1);
         let mut ring_txs = Vec::with_capacity(n);
@@ -171,6 +176,8 @@ impl Server {
                 config: config.shard.clone(),
                 handler: corecast_shards::shard::Handler::Protocol,
                 guest: None,
+                namespaces: namespaces.clone(),
+                epoch: epoch.clone(),
             });
         }
 
@@ -182,6 +189,9 @@ impl Server {
         };
         let spec = crate::dispatcher_thread::DispatcherSpec {
             config: config.dispatcher.clone(),
+            recovery: config.recovery.clone(),
+            namespaces,
+            epoch,
             rings: ring_txs,
             controls: control_rxs,
             ingest,

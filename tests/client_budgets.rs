@@ -17,15 +17,7 @@ fn subscribe_made_up(ws: &mut Client, tag: &str, n: usize) {
         let names: Vec<String> = (0..50)
             .map(|i| format!("\"junk.{tag}.{chunk}.{i}\""))
             .collect();
-        send(
-            ws,
-            &format!(
-                r#"{{"op":"subscribe","id":{chunk},"topics":[{}]}}"#,
-                names.join(",")
-            ),
-        );
-        let ack = next_op(ws, "ack");
-        assert_eq!(ack["id"].as_u64(), Some(chunk as u64));
+        let ack = subscribe_entries(ws, chunk as u64, &names);
         assert_eq!(ack["topics"].as_array().unwrap().len(), 50);
     }
 }

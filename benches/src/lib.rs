@@ -34,6 +34,7 @@ pub fn trade_frame(seq: u64) -> Frame {
         seq,
         bytes: protocol::msg(TOPIC, seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
         ingest_at: Instant::now(),
+        snapshot: false,
     }
 }
 
@@ -49,9 +50,15 @@ pub fn table_with(n: usize) -> (Table<RefCell<Outbound>>, Vec<Queue>) {
         .map(|_| Rc::new(RefCell::new(Outbound::default())))
         .collect();
     for s in &subs {
-        t.subscribe(s.clone(), None, vec![(topic.clone(), true)], &mut out);
+        t.subscribe(
+            s.clone(),
+            None,
+            vec![(topic.clone(), true)],
+            vec![],
+            &mut out,
+        );
     }
-    let done = t.on_subscribed(&topic, 1, 0);
+    let done = t.on_subscribed(&topic, 1, 0, &mut Vec::new());
     assert_eq!(done.len(), n);
     (t, subs)
 }
@@ -66,10 +73,10 @@ pub fn table_with_patterns(others: usize) -> (Table<RefCell<Outbound>>, Vec<Queu
         .map(|_| Rc::new(RefCell::new(Outbound::default())))
         .collect();
     let mut subscribe = |t: &mut Table<RefCell<Outbound>>, q: Queue, i: Interest| {
-        t.subscribe(q, None, vec![(i, true)], &mut out);
+        t.subscribe(q, None, vec![(i, true)], vec![], &mut out);
         for m in out.drain(..) {
             if let ToDispatcher::Subscribe { interest, nonce } = m {
-                t.on_subscribed(&interest, nonce, 0);
+                t.on_subscribed(&interest, nonce, 0, &mut Vec::new());
             }
         }
     };

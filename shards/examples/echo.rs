@@ -51,6 +51,8 @@ fn main() {
         config,
         handler: Handler::Echo,
         guest: None,
+        namespaces: Default::default(),
+        epoch: "echo".into(),
     })
     .expect("start the shard");
     eprintln!("echo: ws://{addr}/ (any path)");

@@ -400,6 +400,27 @@ impl Conn {
         self.out.borrow_mut().push_notice(topic, from, to, reason);
     }
 
+    /// Queues frames of a replay (recovered history, a snapshot and its deltas), behind
+    /// whatever is queued (the ack that announced them). Never dropped.
+    pub(crate) fn push_replay(&self, frames: Vec<bytes::Bytes>) {
+        if matches!(
+            self.life.get(),
+            Lifecycle::Closing | Lifecycle::Lingering | Lifecycle::Closed
+        ) {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        for f in frames {
+            out.push_replay(f);
+        }
+    }
+
+    /// Drops every queued frame of `topic` (a resync starts it over). Returns how many
+    /// pending gap notices were put in place.
+    pub(crate) fn purge_topic(&self, topic: &str) -> usize {
+        self.out.borrow_mut().retain_published(|t| t != topic)
+    }
+
     /// After an unsubscribe: drops the queued frames of topics no subscription covers any
     /// more. Returns how many pending gap notices were put in place.
     pub(crate) fn retain_covered(&self) -> usize {

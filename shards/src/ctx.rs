@@ -66,6 +66,10 @@ pub(crate) struct ShardCtx {
     pub(crate) stamp: Cell<u64>,
     /// Bumped by every ring round and client read; the napper watches it.
     pub(crate) activity: Rc<crate::executor::Activity>,
+    /// Per-prefix topic rules (snapshot topics, gap policy).
+    pub(crate) namespaces: std::sync::Arc<crate::namespace::Namespaces>,
+    /// The node's epoch: every topic's sequence lives in it (docs/protocol.md, "Recovery").
+    pub(crate) epoch: std::sync::Arc<str>,
     /// Sockets in their HTTP upgrade: each ends the shard's nap when readable.
     pub(crate) handshaking: Rc<RefCell<Vec<std::os::fd::RawFd>>>,
     /// Set once shutdown began; the acceptor stops and new connections are refused.
@@ -120,6 +124,11 @@ impl ShardCtx {
                     shard: self.id,
                     interest,
                     nonce,
+                },
+                ToDispatcher::Recover { nonce, items } => ControlMsg::Recover {
+                    shard: self.id,
+                    nonce,
+                    items,
                 },
                 ToDispatcher::Unsubscribe { interest } => ControlMsg::Unsubscribe {
                     shard: self.id,

@@ -32,7 +32,7 @@
 //! Protocol pieces, pure and testable alone: [`topic`] (names and patterns), [`handshake`]
 //! (HTTP upgrade), [`frame`] (RFC 6455 framing), [`inbound`] (reassembly), [`protocol`]
 //! (client JSON messages, error codes), [`close`] (close codes), [`ratelimit`] (token bucket).
-//! Configuration: [`config`]; probes: [`metrics`]; executor policy (never park, polling, naps, fairness): [`executor`].
+//! Configuration: [`config`] and [`namespace`] (per-prefix rules: snapshots, history, gap policy); probes: [`metrics`]; executor policy (never park, polling, naps, fairness): [`executor`].
 
 pub mod close;
 pub mod config;
@@ -44,6 +44,7 @@ pub mod frame;
 pub mod handshake;
 pub mod inbound;
 pub mod metrics;
+pub mod namespace;
 mod open;
 pub mod protocol;
 pub mod queue;

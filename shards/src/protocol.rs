@@ -19,6 +19,32 @@ pub mod code {
     pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
     pub const TOO_MANY_PATTERNS: &str = "too_many_patterns";
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// `resync` on a topic that is not a snapshot topic.
+    pub const NO_SNAPSHOT: &str = "no_snapshot";
+}
+
+/// Where a client's copy of a topic stands: the `since` of a subscribe entry
+/// (`{"topic":T,"since":{"epoch":E,"seq":N}}`): it holds every message of epoch E up to N.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// One entry of a subscribe's `topics`: a name (topic or pattern), with `since` to resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeEntry {
+    pub name: String,
+    pub since: Option<Since>,
+}
+
+/// A `topics` entry as sent: a string, or an object with `topic` and optional `since`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEntry {
+    Name(String),
+    Object { topic: String, since: Option<Since> },
 }
 
 /// A client request, as parsed from a text frame.
@@ -26,7 +52,7 @@ pub mod code {
 pub enum Request {
     Subscribe {
         id: Option<u64>,
-        topics: Vec<String>,
+        topics: Vec<SubscribeEntry>,
     },
     Unsubscribe {
         id: Option<u64>,
@@ -34,6 +60,13 @@ pub enum Request {
     },
     Ping {
         id: Option<u64>,
+    },
+    /// Start a snapshot topic over: queued frames purged, then the snapshot and its deltas;
+    /// `fresh` asks the publisher for a new snapshot.
+    Resync {
+        id: Option<u64>,
+        topic: String,
+        fresh: bool,
     },
 }
 
@@ -49,7 +82,9 @@ pub struct Rejected {
 struct RawRequest {
     op: Option<String>,
     id: Option<serde_json_id::Id>,
-    topics: Option<Vec<String>>,
+    topics: Option<Vec<RawEntry>>,
+    topic: Option<String>,
+    fresh: Option<bool>,
 }
 
 /// `id` is echoed back; anything but an unsigned integer is a `bad_request`.
@@ -85,7 +120,7 @@ pub fn parse_request(text: &mut [u8], max_topics: usize) -> Result<Request, Reje
     let op = raw
         .op
         .ok_or_else(|| reject(code::UNKNOWN_OP, "missing \"op\"".into()))?;
-    let topics = |raw_topics: Option<Vec<String>>| match raw_topics {
+    let topics = |raw_topics: Option<Vec<RawEntry>>| match raw_topics {
         None => Err(reject(
             code::BAD_REQUEST,
             format!("\"{op}\" needs \"topics\""),
@@ -103,25 +138,58 @@ pub fn parse_request(text: &mut [u8], max_topics: usize) -> Result<Request, Reje
     match op.as_str() {
         "subscribe" => Ok(Request::Subscribe {
             id,
-            topics: topics(raw.topics)?,
+            topics: topics(raw.topics)?
+                .into_iter()
+                .map(|e| match e {
+                    RawEntry::Name(name) => SubscribeEntry { name, since: None },
+                    RawEntry::Object { topic, since } => SubscribeEntry { name: topic, since },
+                })
+                .collect(),
         }),
         "unsubscribe" => Ok(Request::Unsubscribe {
             id,
-            topics: topics(raw.topics)?,
+            topics: topics(raw.topics)?
+                .into_iter()
+                .map(|e| match e {
+                    RawEntry::Name(name) => Ok(name),
+                    RawEntry::Object { .. } => Err(reject(
+                        code::BAD_REQUEST,
+                        "unsubscribe takes topic names, not objects".into(),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
         }),
         "ping" => Ok(Request::Ping { id }),
+        "resync" => Ok(Request::Resync {
+            id,
+            topic: raw
+                .topic
+                .ok_or_else(|| reject(code::BAD_REQUEST, "\"resync\" needs \"topic\"".into()))?,
+            fresh: raw.fresh.unwrap_or(false),
+        }),
         other => Err(reject(
             code::UNKNOWN_OP,
-            format!("unknown op {other:?}; expected subscribe, unsubscribe or ping"),
+            format!("unknown op {other:?}; expected subscribe, unsubscribe, resync or ping"),
         )),
     }
 }
 
-/// One topic's line in an `ack`: its current sequence (`None` for a pattern).
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// One topic's line in an `ack`: its current sequence and epoch (`None` for a pattern), and
+/// for a subscribe where its data starts (`start`: `"next"` or `"snapshot"`), whether a
+/// snapshot is still awaited (`waiting`), and, when `since` was given, whether the messages
+/// after it follow (`recovered`). docs/protocol.md, "Recovery".
+#[derive(Debug, Serialize, PartialEq, Eq, Default)]
 pub struct AckTopic<'a> {
     pub topic: &'a str,
     pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 #[derive(Serialize)]
@@ -165,13 +233,32 @@ fn text_frame(msg: &Out<'_>) -> Vec<u8> {
 /// charset) and `data` is already JSON. One allocation; the header is written in front of the
 /// payload once its length is known.
 pub fn msg(topic: &str, seq: u64, ts: u64, data: &[u8]) -> Bytes {
+    data_frame(topic, seq, None, ts, data)
+}
+
+/// `snapshot` frame: a message published with `"snapshot": true` on a snapshot topic,
+/// `{"op":"snapshot","topic":T,"seq":N,"epoch":E,"ts":N,"data":D}`; made like [`msg`].
+pub fn snapshot(topic: &str, seq: u64, epoch: &str, ts: u64, data: &[u8]) -> Bytes {
+    data_frame(topic, seq, Some(epoch), ts, data)
+}
+
+fn data_frame(topic: &str, seq: u64, epoch: Option<&str>, ts: u64, data: &[u8]) -> Bytes {
     use std::io::Write;
-    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + 64 + topic.len() + data.len());
+    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + 96 + topic.len() + data.len());
     buf.resize(MAX_SERVER_HEADER, 0);
-    buf.extend_from_slice(b"{\"op\":\"msg\",\"topic\":\"");
+    buf.extend_from_slice(if epoch.is_some() {
+        SNAPSHOT_START
+    } else {
+        MSG_START
+    });
     buf.extend_from_slice(topic.as_bytes());
     // Writing integers into a Vec cannot fail.
-    let _ = write!(buf, "\",\"seq\":{seq},\"ts\":{ts},\"data\":");
+    let _ = write!(buf, "\",\"seq\":{seq}");
+    if let Some(epoch) = epoch {
+        // Epochs are made by the server from [A-Za-z0-9] only: no escaping.
+        let _ = write!(buf, ",\"epoch\":\"{epoch}\"");
+    }
+    let _ = write!(buf, ",\"ts\":{ts},\"data\":");
     buf.extend_from_slice(data);
     buf.push(b'}');
     let len = buf.len() - MAX_SERVER_HEADER;
@@ -182,17 +269,23 @@ pub fn msg(topic: &str, seq: u64, ts: u64, data: &[u8]) -> Bytes {
     Bytes::from(buf).slice(start..)
 }
 
-/// The topic name inside a frame made by [`msg`]: after the WebSocket header (2, 4 or 10 bytes,
-/// RFC 6455 §5.2) and the fixed `{"op":"msg","topic":"`, up to the next `"` (topic names never
-/// need escaping, see `crate::topic`). `None` when `frame` is not one [`msg`] made.
+const MSG_START: &[u8] = b"{\"op\":\"msg\",\"topic\":\"";
+const SNAPSHOT_START: &[u8] = b"{\"op\":\"snapshot\",\"topic\":\"";
+
+/// The topic name inside a frame made by [`msg`] or [`snapshot`]: after the WebSocket header
+/// (2, 4 or 10 bytes, RFC 6455 §5.2) and the fixed `{"op":"msg","topic":"` (or `"snapshot"`),
+/// up to the next `"` (topic names never need escaping, see `crate::topic`). `None` when
+/// `frame` is not one of theirs.
 pub fn msg_topic(frame: &[u8]) -> Option<&str> {
-    const START: &[u8] = b"{\"op\":\"msg\",\"topic\":\"";
     let header = match frame.get(1)? & 0x7f {
         126 => 4,
         127 => 10,
         _ => 2,
     };
-    let rest = frame.get(header..)?.strip_prefix(START)?;
+    let body = frame.get(header..)?;
+    let rest = body
+        .strip_prefix(MSG_START)
+        .or_else(|| body.strip_prefix(SNAPSHOT_START))?;
     let end = rest.iter().position(|&b| b == b'"')?;
     std::str::from_utf8(&rest[..end]).ok()
 }
@@ -243,6 +336,9 @@ pub mod reason {
     pub const SLOW_CONSUMER: &str = "slow_consumer";
     /// The shard itself fell behind the dispatcher and frames were dropped before it.
     pub const SHARD_OVERFLOW: &str = "shard_overflow";
+    /// A subscriber of a snapshot topic waited `snapshot_wait_ms` and no snapshot came; it
+    /// keeps waiting.
+    pub const NO_SNAPSHOT: &str = "no_snapshot";
 }
 
 #[cfg(test)]
@@ -292,14 +388,66 @@ mod tests {
         parse_request(&mut s.as_bytes().to_vec(), 4)
     }
 
+    fn named(name: &str) -> SubscribeEntry {
+        SubscribeEntry {
+            name: name.into(),
+            since: None,
+        }
+    }
+
     #[test]
-    fn parses_the_three_ops() {
+    fn parses_the_ops() {
         assert_eq!(
             parse(r#"{"op":"subscribe","id":1,"topics":["a.b","c.*"]}"#),
             Ok(Request::Subscribe {
                 id: Some(1),
-                topics: vec!["a.b".into(), "c.*".into()]
+                topics: vec![named("a.b"), named("c.*")]
             })
+        );
+        assert_eq!(
+            parse(
+                r#"{"op":"subscribe","topics":["a",{"topic":"b"},{"topic":"c","since":{"epoch":"e","seq":7}}]}"#
+            ),
+            Ok(Request::Subscribe {
+                id: None,
+                topics: vec![
+                    named("a"),
+                    named("b"),
+                    SubscribeEntry {
+                        name: "c".into(),
+                        since: Some(Since {
+                            epoch: "e".into(),
+                            seq: 7
+                        })
+                    }
+                ]
+            })
+        );
+        for bad in [
+            r#"{"op":"subscribe","topics":[{"since":{"epoch":"e","seq":7}}]}"#,
+            r#"{"op":"subscribe","topics":[{"topic":"c","since":{"epoch":"e"}}]}"#,
+            r#"{"op":"subscribe","topics":[{"topic":"c","since":{"epoch":"e","seq":-1}}]}"#,
+            r#"{"op":"subscribe","topics":[7]}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, code::INVALID_JSON, "{bad}");
+        }
+        assert_eq!(
+            parse(r#"{"op":"unsubscribe","topics":[{"topic":"a"}]}"#)
+                .unwrap_err()
+                .code,
+            code::BAD_REQUEST
+        );
+        assert_eq!(
+            parse(r#"{"op":"resync","id":7,"topic":"book.A","fresh":true}"#),
+            Ok(Request::Resync {
+                id: Some(7),
+                topic: "book.A".into(),
+                fresh: true
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":"resync","id":7}"#).unwrap_err().code,
+            code::BAD_REQUEST
         );
         assert_eq!(
             parse(r#"{"op":"unsubscribe","topics":["a"]}"#),
@@ -353,18 +501,33 @@ mod tests {
                 AckTopic {
                     topic: "a",
                     seq: Some(5),
+                    epoch: Some("e1"),
+                    recovered: Some(true),
+                    start: Some("next"),
+                    waiting: false,
+                },
+                AckTopic {
+                    topic: "c",
+                    seq: Some(0),
+                    epoch: Some("e1"),
+                    start: Some("snapshot"),
+                    waiting: true,
+                    ..Default::default()
                 },
                 AckTopic {
                     topic: "b.*",
                     seq: None,
+                    ..Default::default()
                 },
             ],
         );
         assert_eq!(f[0], 0x81);
-        let body = std::str::from_utf8(&f[2..]).unwrap();
+        // Over 125 bytes: a 16-bit length follows (RFC 6455 §5.2).
+        assert_eq!(f[1], 126);
+        let body = std::str::from_utf8(&f[4..]).unwrap();
         assert_eq!(
             body,
-            r#"{"op":"ack","id":1,"topics":[{"topic":"a","seq":5},{"topic":"b.*","seq":null}]}"#
+            r#"{"op":"ack","id":1,"topics":[{"topic":"a","seq":5,"epoch":"e1","recovered":true,"start":"next"},{"topic":"c","seq":0,"epoch":"e1","start":"snapshot","waiting":true},{"topic":"b.*","seq":null}]}"#
         );
         let g = gap("t", 3, 9, reason::SLOW_CONSUMER);
         assert_eq!(

@@ -23,6 +23,10 @@ enum Chunk {
     Own(Box<[u8]>),
     /// A `gap` notice: never dropped, not counted against `max_control_bytes`.
     Notice(Box<[u8]>),
+    /// A frame of a replay (history a subscribe recovered, a snapshot and its deltas), shared
+    /// with the dispatcher's history: never dropped (drop-oldest and the age bound apply to
+    /// the live frames behind it), not counted against either bound.
+    Replay(bytes::Bytes),
 }
 
 impl Chunk {
@@ -30,6 +34,7 @@ impl Chunk {
         match self {
             Chunk::Published(f) => &f.bytes,
             Chunk::Own(b) | Chunk::Notice(b) => b,
+            Chunk::Replay(b) => b,
         }
     }
 }
@@ -162,6 +167,11 @@ impl Outbound {
         self.chunks.push_back(Chunk::Own(frame.into_boxed_slice()));
     }
 
+    /// Queues a replay frame at the tail (see `Chunk::Replay`).
+    pub fn push_replay(&mut self, frame: bytes::Bytes) {
+        self.chunks.push_back(Chunk::Replay(frame));
+    }
+
     /// Queues, at the tail, the notice that `from..=to` of `topic` never reached this queue
     /// (the shard itself missed them): it belongs right before the next frame of the topic.
     pub fn push_notice(&mut self, topic: &str, from: u64, to: u64, reason: &'static str) {
@@ -170,7 +180,8 @@ impl Outbound {
             .push_back(Chunk::Notice(frame.into_boxed_slice()));
     }
 
-    /// Removes every queued published frame for which `keep` says false (after an unsubscribe).
+    /// Removes every queued published or replay frame for which `keep` says false (after an
+    /// unsubscribe; a resync purges its topic so).
     /// Pending gaps of the topics kept are put in place first, in front of the first published
     /// frame still queued: that frame may be one about to go, and a notice queued behind it
     /// (for later sequences) must not end up ahead of them. Returns how many gap notices were
@@ -192,6 +203,10 @@ impl Outbound {
                     self.published -= 1;
                     self.published_bytes -= f.bytes.len();
                     false
+                }
+                Chunk::Replay(b) => {
+                    let topic = protocol::msg_topic(b).unwrap_or_default();
+                    keep(topic) || first && self.head_written > 0
                 }
                 _ => true,
             }
@@ -242,7 +257,10 @@ impl Outbound {
         // the same topic) would then be written before the gap of earlier ones: the client
         // would see its stream jump ahead, then a notice for the past. So a drop that leaves a
         // notice or own frame at its place fixes the pending gaps there, now.
-        if matches!(self.chunks.get(pos), Some(Chunk::Notice(_) | Chunk::Own(_))) {
+        if matches!(
+            self.chunks.get(pos),
+            Some(Chunk::Notice(_) | Chunk::Own(_) | Chunk::Replay(_))
+        ) {
             return Some(self.place_gaps(pos) as u32);
         }
         Some(0)
@@ -367,7 +385,7 @@ impl Outbound {
                     self.published_bytes -= f.bytes.len();
                 }
                 Some(Chunk::Own(b)) => self.control_bytes -= b.len(),
-                Some(Chunk::Notice(_)) | None => {}
+                Some(Chunk::Notice(_) | Chunk::Replay(_)) | None => {}
             }
         }
     }

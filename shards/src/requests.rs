@@ -14,7 +14,7 @@ use crate::ending::Ending;
 use crate::inbound::{Event, Fatal, MessageKind};
 use crate::protocol::{self, code, AckTopic, Request};
 use crate::ratelimit::Verdict;
-use crate::ring::Interest;
+use crate::ring::{Interest, RecoverItem, Start};
 use crate::table::Resolved;
 use crate::topic::{parse_selector, Selector};
 
@@ -161,11 +161,47 @@ fn interest_name(i: &Interest) -> String {
 fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
     match req {
         Request::Ping { id } => conn.push_own(ctx, protocol::pong(id)),
+        Request::Resync {
+            id,
+            topic,
+            fresh: _,
+        } => resync(ctx, conn, id, &topic),
         Request::Subscribe { id, topics } => {
-            let wanted = match interests(&topics) {
+            let names: Vec<String> = topics.iter().map(|e| e.name.clone()).collect();
+            let wanted = match interests(&names) {
                 Ok(w) => w,
                 Err(msg) => return reject(ctx, conn, id, code::BAD_TOPIC, &msg),
             };
+            // Topics that need the dispatcher's history: a resume (`since`), or any new
+            // subscription to a snapshot topic (it starts from the snapshot).
+            let mut recover: Vec<RecoverItem> = Vec::new();
+            for entry in &topics {
+                match parse_selector(&entry.name) {
+                    Ok(Selector::Prefix(_)) if entry.since.is_some() => {
+                        let msg = format!(
+                            "{:?}: \"since\" names a position in one topic, not a pattern",
+                            entry.name
+                        );
+                        return reject(ctx, conn, id, code::BAD_REQUEST, &msg);
+                    }
+                    Ok(Selector::Topic(t)) => {
+                        let snapshot = ctx.namespaces.rules(t).snapshots;
+                        let already = conn.is_subscribed(&Interest::Topic(Arc::from(t)))
+                            || recover.iter().any(|r| &*r.topic == t);
+                        if (entry.since.is_some() || snapshot) && !already {
+                            recover.push(RecoverItem {
+                                topic: Arc::from(t),
+                                since: entry
+                                    .since
+                                    .as_ref()
+                                    .map(|s| (s.epoch.clone().into_boxed_str(), s.seq)),
+                                snapshot,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
             let items: Vec<(Interest, bool)> = {
                 let table = ctx.table.borrow();
                 wanted
@@ -205,7 +241,7 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             let done = ctx
                 .table
                 .borrow_mut()
-                .subscribe(me, id, items, &mut to_dispatcher);
+                .subscribe(me, id, items, recover, &mut to_dispatcher);
             ctx.tell_dispatcher(to_dispatcher);
             match done {
                 Some(r) => deliver_resolved(ctx, r),
@@ -238,33 +274,143 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                         Interest::Prefix(_) => None,
                     };
                     table.unsubscribe(&me, i, &mut to_dispatcher);
-                    acked.push((interest_name(i), seq));
+                    let name = interest_name(i);
+                    acked.push(AckLine {
+                        epoch: seq.is_some(),
+                        seq,
+                        ..AckLine::new(name)
+                    });
                 }
             }
             ctx.tell_dispatcher(to_dispatcher);
             let placed = conn.retain_covered();
             ctx.metrics.borrow_mut().counters.gap_notices += placed as u64;
-            conn.push_own(ctx, ack_frame(id, &acked));
+            conn.push_own(ctx, ack_frame(ctx, id, &acked));
         }
     }
 }
 
-/// The `ack` frame for topics named as the client wrote them, with their sequences.
-fn ack_frame(id: Option<u64>, named: &[(String, Option<u64>)]) -> Vec<u8> {
-    let topics: Vec<AckTopic<'_>> = named
+/// `resync`: the connection's queued frames of a snapshot topic it subscribes to are purged
+/// and it starts over from the snapshot, answered with an `ack` like a subscribe's.
+fn resync(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, topic: &str) {
+    let name = match parse_selector(topic) {
+        Ok(Selector::Topic(t)) => t,
+        Ok(Selector::Prefix(_)) => {
+            let msg = format!("{topic:?}: resync names one topic, not a pattern");
+            return reject(ctx, conn, id, code::BAD_REQUEST, &msg);
+        }
+        Err(e) => {
+            return reject(
+                ctx,
+                conn,
+                id,
+                code::BAD_TOPIC,
+                &format!("topic {topic:?}: {e}"),
+            )
+        }
+    };
+    if !ctx.namespaces.rules(name).snapshots {
+        let msg = format!("{name:?} is not a snapshot topic: there is no snapshot to start from");
+        return reject(ctx, conn, id, code::NO_SNAPSHOT, &msg);
+    }
+    let interest = ctx.table.borrow().intern(Interest::Topic(Arc::from(name)));
+    if !conn.is_subscribed(&interest) {
+        let msg = format!("not subscribed to {name:?}");
+        return reject(ctx, conn, id, code::NOT_SUBSCRIBED, &msg);
+    }
+    let placed = conn.purge_topic(name);
+    ctx.metrics.borrow_mut().counters.gap_notices += placed as u64;
+    let item = RecoverItem {
+        topic: Arc::from(name),
+        since: None,
+        snapshot: true,
+    };
+    let mut to_dispatcher = Vec::new();
+    let done = ctx
+        .table
+        .borrow_mut()
+        .resync(conn.clone(), id, interest, item, &mut to_dispatcher);
+    ctx.tell_dispatcher(to_dispatcher);
+    match done {
+        Some(r) => deliver_resolved(ctx, r),
+        None => {
+            conn.set_awaiting(true);
+        }
+    }
+}
+
+/// One line of an `ack`, owned until the frame is made.
+struct AckLine {
+    topic: String,
+    seq: Option<u64>,
+    /// Carries the node's epoch (every topic does; a pattern does not).
+    epoch: bool,
+    recovered: Option<bool>,
+    start: Option<Start>,
+    waiting: bool,
+}
+
+impl AckLine {
+    fn new(topic: String) -> AckLine {
+        AckLine {
+            topic,
+            seq: None,
+            epoch: false,
+            recovered: None,
+            start: None,
+            waiting: false,
+        }
+    }
+}
+
+/// The `ack` frame for topics named as the client wrote them.
+fn ack_frame(ctx: &ShardCtx, id: Option<u64>, lines: &[AckLine]) -> Vec<u8> {
+    let topics: Vec<AckTopic<'_>> = lines
         .iter()
-        .map(|(topic, seq)| AckTopic { topic, seq: *seq })
+        .map(|l| AckTopic {
+            topic: &l.topic,
+            seq: l.seq,
+            epoch: l.epoch.then_some(&*ctx.epoch),
+            recovered: l.recovered,
+            start: l.start.map(|s| match s {
+                Start::Next => "next",
+                Start::Snapshot => "snapshot",
+            }),
+            waiting: l.waiting,
+        })
         .collect();
     protocol::ack(id, &topics)
 }
 
-/// Sends the ack of a finished subscribe request to its connection, and lets the requests
-/// that waited behind it be read (on the readiness loop's next pass).
+/// Sends the ack of a finished subscribe request to its connection, then the replay of each
+/// topic that has one (history recovered, or a snapshot and its deltas), and lets the
+/// requests that waited behind it be read (on the readiness loop's next pass).
 pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
-    let Resolved { sub, id, topics } = r;
-    let named: Vec<(String, Option<u64>)> =
-        topics.iter().map(|(i, s)| (interest_name(i), *s)).collect();
-    sub.push_own(ctx, ack_frame(id, &named));
+    let Resolved {
+        sub,
+        id,
+        topics,
+        recovered,
+    } = r;
+    let mut lines = Vec::with_capacity(topics.len());
+    for (interest, seq) in &topics {
+        let mut line = AckLine::new(interest_name(interest));
+        line.seq = *seq;
+        if let Interest::Topic(t) = interest {
+            line.epoch = true;
+            line.start = Some(Start::Next);
+            if let Some((_, a)) = recovered.iter().find(|(r, _)| r == t) {
+                line.recovered = a.recovered;
+                line.start = Some(a.start);
+                line.waiting = a.waiting;
+            }
+        }
+        lines.push(line);
+    }
+    sub.push_own(ctx, ack_frame(ctx, id, &lines));
+    for (_, answer) in recovered {
+        sub.push_replay(answer.frames);
+    }
     ctx.mark_dirty(&sub);
     if sub.set_awaiting(false) {
         ctx.readiness.read_again(sub.id());

@@ -52,6 +52,8 @@ pub struct Frame {
     pub bytes: Bytes,
     /// When the dispatcher received the event (for the ingest-to-write histogram).
     pub ingest_at: Instant,
+    /// A `snapshot` frame (full state of a snapshot topic), not a `msg`.
+    pub snapshot: bool,
 }
 
 impl Frame {
@@ -94,8 +96,49 @@ pub enum ShardMsg {
         /// dispatcher no topic slot (docs/protocol.md, "Per-client budgets").
         seq: u64,
     },
+    /// Reply to [`ControlMsg::Recover`], one entry per item in the same order: from here on
+    /// the shard receives every frame of those topics after each entry's `seq`.
+    Recovered {
+        nonce: u64,
+        items: Vec<RecoveredItem>,
+    },
     /// Stop accepting, close every connection with "going away", flush, and exit.
     Shutdown,
+}
+
+/// One topic of a subscribe that needs the dispatcher's history: a resume (`since`) or a
+/// snapshot topic (`snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverItem {
+    pub topic: Arc<str>,
+    /// The client's `since`: epoch and the last sequence it holds.
+    pub since: Option<(Box<str>, u64)>,
+    /// The topic is a snapshot topic: start from its newest snapshot when not recovered.
+    pub snapshot: bool,
+}
+
+/// Where a subscriber's data of a topic starts (the ack entry's `start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The next frame is `msg` seq+1.
+    Next,
+    /// The next frame is a `snapshot`, then the `msg`s after it.
+    Snapshot,
+}
+
+/// The dispatcher's answer for one [`RecoverItem`].
+#[derive(Debug, Clone)]
+pub struct RecoveredItem {
+    /// The ack entry's `seq`: the topic's head (for a recovered resume: `since.seq`).
+    pub seq: u64,
+    /// Present when `since` was given: the messages after it are in `frames`.
+    pub recovered: Option<bool>,
+    pub start: Start,
+    /// No usable snapshot is held: the subscriber waits for the next one.
+    pub waiting: bool,
+    /// Frames to send before any live frame of the topic, in order: the missed `msg`s of a
+    /// recovered resume, or a snapshot and the `msg`s after it. Shared, never copied.
+    pub frames: Vec<Bytes>,
 }
 
 /// Shard -> dispatcher.
@@ -106,6 +149,14 @@ pub enum ControlMsg {
         shard: usize,
         interest: Interest,
         nonce: u64,
+    },
+    /// Subscribe with history: route these topics to the shard (like `Subscribe`) and answer
+    /// with [`ShardMsg::Recovered`]; for a resume, what was missed; for a snapshot topic, the
+    /// newest snapshot and the deltas after it.
+    Recover {
+        shard: usize,
+        nonce: u64,
+        items: Vec<RecoverItem>,
     },
     /// The shard's last subscriber for `interest` left.
     Unsubscribe { shard: usize, interest: Interest },
@@ -423,6 +474,7 @@ pub(crate) mod testing {
             seq,
             bytes,
             ingest_at: at,
+            snapshot: false,
         }
     }
 
@@ -433,6 +485,7 @@ pub(crate) mod testing {
             seq,
             bytes: msg(name, seq, 0),
             ingest_at: Instant::now(),
+            snapshot: false,
         }
     }
 }

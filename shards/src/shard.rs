@@ -41,6 +41,11 @@ pub struct ShardSpec {
     /// Work that shares this shard's executor and core (the dispatcher, when cores are
     /// scarce); `None` for a shard alone on its executor.
     pub guest: Option<Guest>,
+    /// Per-prefix topic rules, shared with the dispatcher.
+    pub namespaces: std::sync::Arc<crate::namespace::Namespaces>,
+    /// The node's epoch (the dispatcher's, shared): at least 64 random bits as
+    /// `[A-Za-z0-9]` text, new at every start.
+    pub epoch: std::sync::Arc<str>,
 }
 
 /// Work run on a shard's executor beside the shard: called once on the shard's thread, before
@@ -79,6 +84,8 @@ async fn run(spec: ShardSpec) {
         config,
         handler,
         guest,
+        namespaces,
+        epoch,
         ..
     } = spec;
     let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
@@ -102,6 +109,8 @@ async fn run(spec: ShardSpec) {
         stamp: Cell::new(0),
         activity: Rc::default(),
         handshaking: Rc::default(),
+        namespaces,
+        epoch,
         shutting_down: Cell::new(false),
     });
 
@@ -247,8 +256,19 @@ async fn drain_ring(
                     nonce,
                     seq,
                 } => {
-                    let done = ctx.table.borrow_mut().on_subscribed(&interest, nonce, seq);
+                    let mut asks = Vec::new();
+                    let done = ctx
+                        .table
+                        .borrow_mut()
+                        .on_subscribed(&interest, nonce, seq, &mut asks);
+                    ctx.tell_dispatcher(asks);
                     for r in done {
+                        crate::requests::deliver_resolved(&ctx, r);
+                    }
+                }
+                ShardMsg::Recovered { nonce, items } => {
+                    let done = ctx.table.borrow_mut().on_recovered(nonce, items);
+                    if let Some(r) = done {
                         crate::requests::deliver_resolved(&ctx, r);
                     }
                 }

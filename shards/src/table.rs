@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::ring::{Frame, Interest, TopicId};
+use crate::ring::{Frame, Interest, RecoverItem, RecoveredItem, TopicId};
 use crate::topic::{covering_prefixes, NameIndex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,9 @@ enum State {
 struct Entry<T> {
     state: State,
     subscribers: Vec<Rc<T>>,
+    /// Subscribers of a snapshot topic waiting for its next snapshot: they get no frame of
+    /// it until a `snapshot` frame comes, then join `subscribers`.
+    held: Vec<Rc<T>>,
     /// Requests waiting for this interest to become live.
     waiting: u32,
 }
@@ -39,11 +42,12 @@ impl<T> Entry<T> {
         Entry {
             state: State::Idle,
             subscribers: Vec::new(),
+            held: Vec::new(),
             waiting: 0,
         }
     }
     fn unused(&self) -> bool {
-        self.subscribers.is_empty() && self.waiting == 0
+        self.subscribers.is_empty() && self.held.is_empty() && self.waiting == 0
     }
 }
 
@@ -60,15 +64,26 @@ struct TopicEntry<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToDispatcher {
     Subscribe { interest: Interest, nonce: u64 },
+    Recover { nonce: u64, items: Vec<RecoverItem> },
     Unsubscribe { interest: Interest },
 }
 
 /// A subscribe request that finished: every interest is live; ack with each one's current
-/// sequence (`None` for patterns).
+/// sequence (`None` for patterns). `recovered`: the dispatcher's answer for each topic that
+/// needed history, by topic, in request order.
 pub struct Resolved<T> {
     pub sub: Rc<T>,
     pub id: Option<u64>,
     pub topics: Vec<(Interest, Option<u64>)>,
+    pub recovered: Vec<(Arc<str>, RecoveredItem)>,
+}
+
+/// The history part of a request: asked of the dispatcher once every interest of the
+/// request is live, so that its answer's place in the ring is where the subscriber joins.
+struct Recovery {
+    items: Vec<RecoverItem>,
+    /// The nonce of the `Recover` sent; `None` until then.
+    asked: Option<u64>,
 }
 
 struct Request<T> {
@@ -76,6 +91,7 @@ struct Request<T> {
     id: Option<u64>,
     /// Each interest, and whether `sub` is to be added to it when the request completes.
     items: Vec<(Interest, bool)>,
+    recovery: Option<Recovery>,
 }
 
 /// How a frame was routed.
@@ -250,11 +266,15 @@ impl<T> Table<T> {
     /// added to it when the request completes (an unsubscribe meanwhile turns that off); a
     /// subscriber is never added twice.
     /// Returns the request if it completed at once, and what to tell the dispatcher.
+    /// `recover`: topics of the request that need the dispatcher's history (a resume, a
+    /// snapshot topic); each must also be among `items`. Such a request completes only with
+    /// the dispatcher's [`Table::on_recovered`].
     pub fn subscribe(
         &mut self,
         sub: Rc<T>,
         id: Option<u64>,
         items: Vec<(Interest, bool)>,
+        recover: Vec<RecoverItem>,
         out: &mut Vec<ToDispatcher>,
     ) -> Option<Resolved<T>> {
         for (interest, _) in &items {
@@ -270,27 +290,113 @@ impl<T> Table<T> {
                 });
             }
         }
-        self.requests.push(Request { sub, id, items });
+        let recovery = (!recover.is_empty()).then_some(Recovery {
+            items: recover,
+            asked: None,
+        });
+        self.requests.push(Request {
+            sub,
+            id,
+            items,
+            recovery,
+        });
         let last = self.requests.len() - 1;
         if self.request_ready(&self.requests[last]) {
+            if self.ask_recovery(last, out) {
+                return None;
+            }
             let req = self.requests.swap_remove(last);
-            return Some(self.finish(req));
+            return Some(self.finish(req, Vec::new()));
         }
         None
+    }
+
+    /// Starts `sub` over on a topic it subscribes to (a `resync`): it leaves the topic's
+    /// subscribers at once (it gets no more of its frames) and rejoins with the dispatcher's
+    /// answer to `item`, as a subscribe request would. The table entry stays live meanwhile.
+    pub fn resync(
+        &mut self,
+        sub: Rc<T>,
+        id: Option<u64>,
+        interest: Interest,
+        item: RecoverItem,
+        out: &mut Vec<ToDispatcher>,
+    ) -> Option<Resolved<T>> {
+        let e = self.entry_mut(&interest);
+        e.subscribers.retain(|s| !Rc::ptr_eq(s, &sub));
+        e.held.retain(|s| !Rc::ptr_eq(s, &sub));
+        self.subscribe(sub, id, vec![(interest, true)], vec![item], out)
+    }
+
+    /// Sends the request's `Recover` if it has one not yet sent; true when it now waits for
+    /// the answer.
+    fn ask_recovery(&mut self, at: usize, out: &mut Vec<ToDispatcher>) -> bool {
+        let nonce = self.next_nonce;
+        let Some(r) = self.requests[at].recovery.as_mut() else {
+            return false;
+        };
+        if r.asked.is_none() {
+            r.asked = Some(nonce);
+            self.next_nonce += 1;
+            out.push(ToDispatcher::Recover {
+                nonce,
+                items: r.items.clone(),
+            });
+        }
+        true
+    }
+
+    /// Applies the dispatcher's answer to a `Recover`: completes the request that asked it
+    /// (`None` when that request was abandoned). Subscribers of a topic whose answer waits
+    /// for a snapshot are held until the next `snapshot` frame.
+    pub fn on_recovered(&mut self, nonce: u64, answers: Vec<RecoveredItem>) -> Option<Resolved<T>> {
+        let at = self
+            .requests
+            .iter()
+            .position(|r| r.recovery.as_ref().is_some_and(|x| x.asked == Some(nonce)))?;
+        let req = self.requests.remove(at);
+        let topics: Vec<Arc<str>> = req
+            .recovery
+            .as_ref()
+            .map(|r| r.items.iter().map(|i| i.topic.clone()).collect())
+            .unwrap_or_default();
+        let recovered: Vec<(Arc<str>, RecoveredItem)> = topics.into_iter().zip(answers).collect();
+        Some(self.finish(req, recovered))
     }
 
     fn request_ready(&self, req: &Request<T>) -> bool {
         req.items.iter().all(|(i, _)| self.state(i) == State::Live)
     }
 
-    fn finish(&mut self, req: Request<T>) -> Resolved<T> {
+    fn finish(
+        &mut self,
+        req: Request<T>,
+        recovered: Vec<(Arc<str>, RecoveredItem)>,
+    ) -> Resolved<T> {
         let mut topics = Vec::with_capacity(req.items.len());
         for (interest, add) in req.items {
-            let seq = self.ack_seq(&interest);
+            let answer = match &interest {
+                Interest::Topic(t) => recovered.iter().find(|(r, _)| r == t).map(|(_, a)| a),
+                Interest::Prefix(_) => None,
+            };
+            let seq = match answer {
+                Some(a) => Some(a.seq),
+                None => self.ack_seq(&interest),
+            };
+            let held = answer.is_some_and(|a| a.waiting);
             let e = self.entry_mut(&interest);
             e.waiting -= 1;
-            if add && !e.subscribers.iter().any(|s| Rc::ptr_eq(s, &req.sub)) {
-                e.subscribers.push(req.sub.clone());
+            let known = e
+                .subscribers
+                .iter()
+                .chain(&e.held)
+                .any(|s| Rc::ptr_eq(s, &req.sub));
+            if add && !known {
+                if held {
+                    e.held.push(req.sub.clone());
+                } else {
+                    e.subscribers.push(req.sub.clone());
+                }
             }
             topics.push((interest, seq));
         }
@@ -298,12 +404,19 @@ impl<T> Table<T> {
             sub: req.sub,
             id: req.id,
             topics,
+            recovered,
         }
     }
 
     /// Applies the dispatcher's reply (the interest is live from `seq` on). Returns the
-    /// requests it completed.
-    pub fn on_subscribed(&mut self, interest: &Interest, nonce: u64, seq: u64) -> Vec<Resolved<T>> {
+    /// requests it completed; a request with history to ask for asks it now (into `out`).
+    pub fn on_subscribed(
+        &mut self,
+        interest: &Interest,
+        nonce: u64,
+        seq: u64,
+        out: &mut Vec<ToDispatcher>,
+    ) -> Vec<Resolved<T>> {
         if self.state(interest) != State::Pending(nonce) {
             return Vec::new(); // a reply to a request already abandoned
         }
@@ -331,9 +444,9 @@ impl<T> Table<T> {
         let mut done = Vec::new();
         let mut i = 0;
         while i < self.requests.len() {
-            if self.request_ready(&self.requests[i]) {
+            if self.request_ready(&self.requests[i]) && !self.ask_recovery(i, out) {
                 let req = self.requests.remove(i);
-                done.push(self.finish(req));
+                done.push(self.finish(req, Vec::new()));
             } else {
                 i += 1;
             }
@@ -344,9 +457,13 @@ impl<T> Table<T> {
     /// True when `sub` is a subscriber of `interest` or a request of its still wants it.
     pub fn wants(&self, sub: &Rc<T>, interest: &Interest) -> bool {
         let subscribed = match interest {
-            Interest::Topic(t) => self
-                .topic(t)
-                .is_some_and(|e| e.exact.subscribers.iter().any(|s| Rc::ptr_eq(s, sub))),
+            Interest::Topic(t) => self.topic(t).is_some_and(|e| {
+                e.exact
+                    .subscribers
+                    .iter()
+                    .chain(&e.exact.held)
+                    .any(|s| Rc::ptr_eq(s, sub))
+            }),
             Interest::Prefix(p) => self
                 .prefixes
                 .get(p)
@@ -388,6 +505,9 @@ impl<T> Table<T> {
         let e = self.entry_mut(interest);
         if let Some(pos) = e.subscribers.iter().position(|s| Rc::ptr_eq(s, sub)) {
             e.subscribers.swap_remove(pos);
+        }
+        if let Some(pos) = e.held.iter().position(|s| Rc::ptr_eq(s, sub)) {
+            e.held.swap_remove(pos);
         }
         self.release_if_unused(interest, out);
     }
@@ -473,6 +593,10 @@ impl<T> Table<T> {
         let missed = (entry.last_seq != 0 && frame.seq > entry.last_seq + 1)
             .then(|| (entry.last_seq + 1, frame.seq - 1));
         entry.last_seq = frame.seq;
+        if frame.snapshot && !entry.exact.held.is_empty() {
+            let held = std::mem::take(&mut entry.exact.held);
+            entry.exact.subscribers.extend(held);
+        }
         let mut n = 0;
         if exact_live {
             for s in &entry.exact.subscribers {

@@ -129,11 +129,16 @@ pub fn send(ws: &mut Client, text: &str) {
 /// Reads the welcome, subscribes, returns the ack.
 pub fn subscribe(ws: &mut Client, id: u64, topics: &[&str]) -> OwnedValue {
     let list: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
+    subscribe_entries(ws, id, &list)
+}
+
+/// Subscribes with `entries` as written (JSON strings or objects), returns the ack.
+pub fn subscribe_entries(ws: &mut Client, id: u64, entries: &[String]) -> OwnedValue {
     send(
         ws,
         &format!(
             "{{\"op\":\"subscribe\",\"id\":{id},\"topics\":[{}]}}",
-            list.join(",")
+            entries.join(",")
         ),
     );
     let ack = next_op(ws, "ack");

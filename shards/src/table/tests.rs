@@ -19,7 +19,13 @@ fn ack_waits_for_the_dispatcher_then_frames_flow() {
     let mut out = Vec::new();
     let a = Rc::new(1u32);
     assert!(t
-        .subscribe(a.clone(), Some(7), vec![(topic("x"), true)], &mut out)
+        .subscribe(
+            a.clone(),
+            Some(7),
+            vec![(topic("x"), true)],
+            vec![],
+            &mut out
+        )
         .is_none());
     let nonce = match &out[..] {
         [ToDispatcher::Subscribe { nonce, .. }] => *nonce,
@@ -27,7 +33,7 @@ fn ack_waits_for_the_dispatcher_then_frames_flow() {
     };
     // Frames before the reply are not routed.
     assert_eq!(t.route(&frame("x", 3), |_, _| {}), Routed::Unrouted);
-    let done = t.on_subscribed(&topic("x"), nonce, 41);
+    let done = t.on_subscribed(&topic("x"), nonce, 41, &mut Vec::new());
     match &done[..] {
         [Resolved { id, topics, .. }] => {
             assert_eq!(*id, Some(7));
@@ -39,7 +45,7 @@ fn ack_waits_for_the_dispatcher_then_frames_flow() {
     // A second subscriber is acked at once with the shard's last sequence.
     let b = Rc::new(2u32);
     let mut out2 = Vec::new();
-    match t.subscribe(b, None, vec![(topic("x"), true)], &mut out2) {
+    match t.subscribe(b, None, vec![(topic("x"), true)], vec![], &mut out2) {
         Some(Resolved { topics, .. }) => assert_eq!(topics[0].1, Some(42)),
         _ => panic!("expected an immediate ack"),
     }
@@ -50,8 +56,14 @@ fn ack_waits_for_the_dispatcher_then_frames_flow() {
 fn missed_frames_are_reported_and_stale_ones_ignored() {
     let mut t = Table::default();
     let mut out = Vec::new();
-    t.subscribe(Rc::new(1u32), None, vec![(topic("x"), true)], &mut out);
-    t.on_subscribed(&topic("x"), 1, 0);
+    t.subscribe(
+        Rc::new(1u32),
+        None,
+        vec![(topic("x"), true)],
+        vec![],
+        &mut out,
+    );
+    t.on_subscribed(&topic("x"), 1, 0, &mut Vec::new());
     assert_eq!(delivered(&mut t, &frame("x", 1)), vec![(1, None)]);
     assert_eq!(delivered(&mut t, &frame("x", 5)), vec![(1, Some((2, 4)))]);
     assert_eq!(t.route(&frame("x", 5), |_, _| {}), Routed::Stale);
@@ -63,8 +75,14 @@ fn the_first_frame_after_the_ack_reports_a_hole_from_the_acked_sequence() {
     // (no frame of it met yet), and still measures the hole from the sequence the ack gave.
     let mut t = Table::default();
     let mut out = Vec::new();
-    t.subscribe(Rc::new(1u32), None, vec![(topic("late.x"), true)], &mut out);
-    t.on_subscribed(&topic("late.x"), 1, 10);
+    t.subscribe(
+        Rc::new(1u32),
+        None,
+        vec![(topic("late.x"), true)],
+        vec![],
+        &mut out,
+    );
+    t.on_subscribed(&topic("late.x"), 1, 10, &mut Vec::new());
     assert_eq!(
         t.last_seq_of(frame("late.x", 15).topic),
         None,
@@ -76,8 +94,14 @@ fn the_first_frame_after_the_ack_reports_a_hole_from_the_acked_sequence() {
     );
     // Frames at or below the acked sequence belong to before the subscription.
     let mut t = Table::default();
-    t.subscribe(Rc::new(1u32), None, vec![(topic("late.y"), true)], &mut out);
-    t.on_subscribed(&topic("late.y"), 1, 10);
+    t.subscribe(
+        Rc::new(1u32),
+        None,
+        vec![(topic("late.y"), true)],
+        vec![],
+        &mut out,
+    );
+    t.on_subscribed(&topic("late.y"), 1, 10, &mut Vec::new());
     assert_eq!(t.route(&frame("late.y", 10), |_, _| {}), Routed::Stale);
     assert_eq!(delivered(&mut t, &frame("late.y", 11)), vec![(1, None)]);
 }
@@ -87,8 +111,8 @@ fn last_unsubscribe_tells_the_dispatcher_and_stale_reply_is_ignored() {
     let mut t = Table::default();
     let mut out = Vec::new();
     let a = Rc::new(1u32);
-    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
-    t.on_subscribed(&topic("x"), 1, 0);
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], vec![], &mut out);
+    t.on_subscribed(&topic("x"), 1, 0, &mut Vec::new());
     out.clear();
     t.unsubscribe(&a, &topic("x"), &mut out);
     assert_eq!(
@@ -100,9 +124,11 @@ fn last_unsubscribe_tells_the_dispatcher_and_stale_reply_is_ignored() {
     assert_eq!(t.interest_count(), 0);
     // Resubscribe: a new nonce; the old nonce's reply changes nothing.
     out.clear();
-    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
-    assert!(t.on_subscribed(&topic("x"), 1, 9).is_empty());
-    assert_eq!(t.on_subscribed(&topic("x"), 2, 9).len(), 1);
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], vec![], &mut out);
+    assert!(t
+        .on_subscribed(&topic("x"), 1, 9, &mut Vec::new())
+        .is_empty());
+    assert_eq!(t.on_subscribed(&topic("x"), 2, 9, &mut Vec::new()).len(), 1);
 }
 
 #[test]
@@ -110,8 +136,8 @@ fn a_topic_dropped_and_subscribed_again_is_found_by_its_id_again() {
     let mut t = Table::default();
     let mut out = Vec::new();
     let a = Rc::new(1u32);
-    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
-    t.on_subscribed(&topic("x"), 1, 0);
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], vec![], &mut out);
+    t.on_subscribed(&topic("x"), 1, 0, &mut Vec::new());
     assert_eq!(delivered(&mut t, &frame("x", 1)), vec![(1, None)]);
     assert_eq!(t.last_seq_of(frame("x", 1).topic), Some(1));
     t.unsubscribe(&a, &topic("x"), &mut out);
@@ -122,12 +148,12 @@ fn a_topic_dropped_and_subscribed_again_is_found_by_its_id_again() {
     );
     assert_eq!(t.route(&frame("x", 2), |_, _| {}), Routed::Unrouted);
     // Another topic takes the freed slot; x's id must not lead to it.
-    t.subscribe(a.clone(), None, vec![(topic("y"), true)], &mut out);
-    t.on_subscribed(&topic("y"), 2, 0);
+    t.subscribe(a.clone(), None, vec![(topic("y"), true)], vec![], &mut out);
+    t.on_subscribed(&topic("y"), 2, 0, &mut Vec::new());
     assert_eq!(t.route(&frame("x", 3), |_, _| {}), Routed::Unrouted);
     assert_eq!(delivered(&mut t, &frame("y", 1)), vec![(1, None)]);
-    t.subscribe(a.clone(), None, vec![(topic("x"), true)], &mut out);
-    t.on_subscribed(&topic("x"), 3, 3);
+    t.subscribe(a.clone(), None, vec![(topic("x"), true)], vec![], &mut out);
+    t.on_subscribed(&topic("x"), 3, 3, &mut Vec::new());
     assert_eq!(delivered(&mut t, &frame("x", 4)), vec![(1, None)]);
     assert_eq!(t.last_seq_of(frame("x", 4).topic), Some(4));
     assert_eq!(t.last_seq_of(frame("y", 1).topic), Some(1));
@@ -138,8 +164,14 @@ fn patterns_route_present_and_future_topics() {
     let mut t = Table::default();
     let mut out = Vec::new();
     let p = Interest::Prefix("trades".into());
-    t.subscribe(Rc::new(1u32), None, vec![(p.clone(), true)], &mut out);
-    match &t.on_subscribed(&p, 1, 0)[..] {
+    t.subscribe(
+        Rc::new(1u32),
+        None,
+        vec![(p.clone(), true)],
+        vec![],
+        &mut out,
+    );
+    match &t.on_subscribed(&p, 1, 0, &mut Vec::new())[..] {
         [Resolved { topics, .. }] => assert_eq!(topics[0].1, None),
         _ => panic!(),
     }
@@ -162,17 +194,24 @@ fn overlapping_requests_add_once_and_complete_in_order() {
         a.clone(),
         Some(1),
         vec![(topic("x"), true), (topic("y"), true)],
+        vec![],
         &mut out,
     );
-    t.subscribe(a.clone(), Some(2), vec![(topic("y"), true)], &mut out);
-    let done = t.on_subscribed(&topic("y"), 2, 0);
+    t.subscribe(
+        a.clone(),
+        Some(2),
+        vec![(topic("y"), true)],
+        vec![],
+        &mut out,
+    );
+    let done = t.on_subscribed(&topic("y"), 2, 0, &mut Vec::new());
     assert!(matches!(&done[..], [Resolved { id: Some(2), .. }]));
     assert_eq!(
         delivered(&mut t, &frame("y", 1)),
         vec![(1, None)],
         "y flows at once"
     );
-    let done = t.on_subscribed(&topic("x"), 1, 0);
+    let done = t.on_subscribed(&topic("x"), 1, 0, &mut Vec::new());
     assert!(matches!(&done[..], [Resolved { id: Some(1), .. }]));
     assert!(t.wants(&a, &topic("y")) && t.wants(&a, &topic("x")));
     assert_eq!(
@@ -187,12 +226,24 @@ fn a_second_pattern_keeps_the_baseline_another_pattern_tracks() {
     let mut t = Table::default();
     let mut out = Vec::new();
     let wide = Interest::Prefix("a".into());
-    t.subscribe(Rc::new(1u32), None, vec![(wide.clone(), true)], &mut out);
-    t.on_subscribed(&wide, 1, 0);
+    t.subscribe(
+        Rc::new(1u32),
+        None,
+        vec![(wide.clone(), true)],
+        vec![],
+        &mut out,
+    );
+    t.on_subscribed(&wide, 1, 0, &mut Vec::new());
     assert_eq!(delivered(&mut t, &frame("a.b.c", 10)), vec![(1, None)]);
     let narrow = Interest::Prefix("a.b".into());
-    t.subscribe(Rc::new(2u32), None, vec![(narrow.clone(), true)], &mut out);
-    t.on_subscribed(&narrow, 2, 0);
+    t.subscribe(
+        Rc::new(2u32),
+        None,
+        vec![(narrow.clone(), true)],
+        vec![],
+        &mut out,
+    );
+    t.on_subscribed(&narrow, 2, 0, &mut Vec::new());
     // 11..15 never reached the shard: both subscribers hear of the hole.
     let mut got = delivered(&mut t, &frame("a.b.c", 16));
     got.sort();
@@ -208,11 +259,12 @@ fn requests_completed_by_one_reply_resolve_in_request_order() {
             Rc::new(id as u32),
             Some(id),
             vec![(topic("x"), true)],
+            vec![],
             &mut out,
         );
     }
     let ids: Vec<Option<u64>> = t
-        .on_subscribed(&topic("x"), 1, 0)
+        .on_subscribed(&topic("x"), 1, 0, &mut Vec::new())
         .iter()
         .map(|r| r.id)
         .collect();
@@ -226,12 +278,12 @@ fn many_patterns_route_by_lookup() {
     let sub = Rc::new(7u32);
     for i in 0..1000 {
         let p = Interest::Prefix(format!("p{i}").into());
-        t.subscribe(sub.clone(), None, vec![(p.clone(), true)], &mut out);
+        t.subscribe(sub.clone(), None, vec![(p.clone(), true)], vec![], &mut out);
         let nonce = match out.last() {
             Some(ToDispatcher::Subscribe { nonce, .. }) => *nonce,
             other => panic!("{other:?}"),
         };
-        t.on_subscribed(&p, nonce, 0);
+        t.on_subscribed(&p, nonce, 0, &mut Vec::new());
     }
     assert_eq!(delivered(&mut t, &frame("p999.x", 1)), vec![(7, None)]);
     assert_eq!(delivered(&mut t, &frame("p5.a.b", 1)), vec![(7, None)]);
@@ -247,7 +299,13 @@ fn interning_returns_the_tables_name() {
     let mut t: Table<()> = Table::default();
     let first = Interest::Topic(Arc::from("book.X"));
     let mut out = Vec::new();
-    t.subscribe(Rc::new(()), None, vec![(first.clone(), true)], &mut out);
+    t.subscribe(
+        Rc::new(()),
+        None,
+        vec![(first.clone(), true)],
+        vec![],
+        &mut out,
+    );
     let again = t.intern(Interest::Topic(Arc::from("book.X")));
     match (&first, &again) {
         (Interest::Topic(a), Interest::Topic(b)) => assert!(Arc::ptr_eq(a, b)),
@@ -259,4 +317,103 @@ fn interning_returns_the_tables_name() {
         other,
         "unknown topics pass through"
     );
+}
+
+fn snapshot_item(name: &str) -> RecoverItem {
+    RecoverItem {
+        topic: name.into(),
+        since: None,
+        snapshot: true,
+    }
+}
+
+fn answer(seq: u64, waiting: bool) -> RecoveredItem {
+    RecoveredItem {
+        seq,
+        recovered: None,
+        start: crate::ring::Start::Snapshot,
+        waiting,
+        frames: Vec::new(),
+    }
+}
+
+#[test]
+fn history_is_asked_once_the_interest_is_live_and_the_request_completes_with_the_answer() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let a = Rc::new(1u32);
+    let done = t.subscribe(
+        a.clone(),
+        Some(1),
+        vec![(topic("book.x"), true)],
+        vec![snapshot_item("book.x")],
+        &mut out,
+    );
+    assert!(done.is_none());
+    // First the route, then, with it live, the history.
+    assert!(
+        matches!(&out[..], [ToDispatcher::Subscribe { .. }]),
+        "{out:?}"
+    );
+    let mut asks = Vec::new();
+    assert!(t
+        .on_subscribed(&topic("book.x"), 1, 4, &mut asks)
+        .is_empty());
+    let nonce = match &asks[..] {
+        [ToDispatcher::Recover { nonce, items }] => {
+            assert_eq!(items, &vec![snapshot_item("book.x")]);
+            *nonce
+        }
+        other => panic!("{other:?}"),
+    };
+    // A stale answer completes nothing; the right one completes the request.
+    assert!(t.on_recovered(nonce + 100, vec![answer(4, true)]).is_none());
+    let r = t
+        .on_recovered(nonce, vec![answer(4, true)])
+        .expect("completed");
+    assert_eq!(r.topics, vec![(topic("book.x"), Some(4))]);
+    assert_eq!(r.recovered.len(), 1);
+    // Waiting for a snapshot: no delta reaches it, the snapshot does, then deltas.
+    assert!(delivered(&mut t, &frame("book.x", 5)).is_empty());
+    let mut snap = frame("book.x", 6);
+    snap.snapshot = true;
+    assert_eq!(delivered(&mut t, &snap), vec![(1, None)]);
+    assert_eq!(delivered(&mut t, &frame("book.x", 7)), vec![(1, None)]);
+}
+
+#[test]
+fn a_resync_leaves_the_subscribers_at_once_and_rejoins_with_the_answer() {
+    let mut t = Table::default();
+    let mut out = Vec::new();
+    let a = Rc::new(1u32);
+    t.subscribe(
+        a.clone(),
+        None,
+        vec![(topic("book.y"), true)],
+        vec![],
+        &mut out,
+    );
+    t.on_subscribed(&topic("book.y"), 1, 0, &mut Vec::new());
+    assert_eq!(delivered(&mut t, &frame("book.y", 1)), vec![(1, None)]);
+    let mut asks = Vec::new();
+    assert!(t
+        .resync(
+            a.clone(),
+            Some(9),
+            topic("book.y"),
+            snapshot_item("book.y"),
+            &mut asks
+        )
+        .is_none());
+    let [ToDispatcher::Recover { nonce, .. }] = &asks[..] else {
+        panic!("{asks:?}")
+    };
+    let nonce = *nonce;
+    // Between the resync and the answer it gets nothing (the answer's frames cover it).
+    assert!(delivered(&mut t, &frame("book.y", 2)).is_empty());
+    let r = t
+        .on_recovered(nonce, vec![answer(2, false)])
+        .expect("completed");
+    assert_eq!(r.id, Some(9));
+    assert_eq!(delivered(&mut t, &frame("book.y", 3)), vec![(1, None)]);
 }
