@@ -15,6 +15,7 @@
 //! Around them: [`server`] wires the threads together, [`config`] reads the TOML file,
 //! [`report`] merges the shards' metrics, [`demo`] is the synthetic market feed.
 
+pub mod book;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;

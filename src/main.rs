@@ -71,8 +71,18 @@ enum Command {
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<u64>,
+        /// Keep this topic's order book and check every message's checksum (snapshot
+        /// topics of the demo's format, docs/market-data.md); exits non-zero on a failure.
+        #[arg(long, value_name = "TOPIC", conflicts_with = "topics")]
+        book: Option<String>,
+        /// With --book: disconnect and resume (`since`) every this many seconds.
+        #[arg(long, value_name = "SECS", requires = "book")]
+        reconnect_every: Option<f64>,
+        /// With --book: stop after this many seconds.
+        #[arg(long, value_name = "SECS", requires = "book")]
+        seconds: Option<f64>,
         /// Topics or `prefix.*` patterns.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "book")]
         topics: Vec<String>,
     },
 }
@@ -136,7 +146,8 @@ fn main() -> anyhow::Result<()> {
             rate_scale,
             exit_after,
         } => {
-            let config = serve.config()?;
+            let mut config = serve.config()?;
+            corecast::demo::declare_namespaces(&mut config);
             let path = config.shard.path.clone();
             let server = start(config)?;
             let feed = Feed::start(
@@ -158,8 +169,34 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Watch {
             server,
+            count: _,
+            book: Some(topic),
+            reconnect_every,
+            seconds,
+            ..
+        } => {
+            let report = corecast::watch::run_book(&corecast::watch::BookWatch {
+                url: server,
+                topic,
+                reconnect_every: reconnect_every.map(Duration::from_secs_f64),
+                duration: seconds.map(Duration::from_secs_f64),
+                print: true,
+            })?;
+            eprintln!("{report:?}");
+            if report.failed > 0 || report.holes > 0 {
+                anyhow::bail!(
+                    "{} checksum failures, {} unannounced holes",
+                    report.failed,
+                    report.holes
+                );
+            }
+            Ok(())
+        }
+        Command::Watch {
+            server,
             count,
             topics,
+            ..
         } => corecast::watch::run(&server, &topics, count),
     }
 }

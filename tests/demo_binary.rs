@@ -47,17 +47,29 @@ fn demo_feed_reaches_a_client_in_order_and_sigterm_says_going_away() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = 0;
+    let mut snapshots = 0;
     while seen < 60 && Instant::now() < deadline {
-        let m = next_op(&mut ws, "msg");
+        let m = next_json(&mut ws);
+        let op = m["op"].as_str().unwrap_or_default().to_string();
+        if op != "msg" && op != "snapshot" {
+            continue;
+        }
         let topic = m["topic"].as_str().unwrap().to_string();
         let seq = m["seq"].as_u64().unwrap();
-        if let Some(prev) = last.insert(topic.clone(), seq) {
+        // `book.` is a snapshot topic in the demo: it starts with a snapshot, whose seq may be
+        // below the ack's; every later message is the previous + 1.
+        let prev = last.insert(topic.clone(), seq);
+        if op == "snapshot" {
+            assert!(topic.starts_with("book."), "{m:?}");
+            snapshots += 1;
+        } else if let Some(prev) = prev {
             assert_eq!(seq, prev + 1, "contiguous seq on {topic}");
         }
         assert!(m["data"]["symbol"].is_str(), "market data payload: {m:?}");
         seen += 1;
     }
     assert_eq!(seen, 60, "live messages within 20 s");
+    assert!(snapshots >= 1, "the book started from a snapshot");
     // SIGTERM: graceful shutdown.
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
