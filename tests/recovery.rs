@@ -363,3 +363,93 @@ fn a_resume_while_the_publisher_runs_flat_out_is_contiguous_across_replay_and_li
     expect_contiguous(&mut c, "t.flat", 101, 20_400);
     flat_out.join().unwrap();
 }
+
+/// A server whose queues hold 8 messages and whose sockets take little, so a client that
+/// does not read loses frames to drop-oldest quickly.
+fn small_queues(c: &mut Config) {
+    c.shard.queue_max_messages = 8;
+    c.shard.send_buffer_bytes = 4096;
+}
+
+#[test]
+fn the_disconnect_gap_policy_closes_a_slow_consumer_with_4002() {
+    let server = start(|c| {
+        small_queues(c);
+        c.namespaces.push(Namespace {
+            prefix: "strict.".into(),
+            snapshots: false,
+            gap_policy: Some(corecast_shards::namespace::GapPolicy::Disconnect),
+            history_max_messages: None,
+            history_max_age_ms: None,
+        });
+    });
+    let mut slow = connect(&server.url);
+    subscribe(&mut slow, 1, &["strict.t"]);
+    let mut fine = connect(&server.url);
+    subscribe(&mut fine, 1, &["other.t"]);
+    let data = format!("\"{}\"", "x".repeat(2000));
+    for _ in 0..200 {
+        server.publisher.publish("strict.t", data.clone()).unwrap();
+    }
+    let (code, reason) = expect_close(&mut slow);
+    assert_eq!((code, reason.as_str()), (4002, "slow consumer"));
+    // A topic of the default policy is untouched.
+    server.publish("other.t", 1);
+    let (_, topic, seq) = next_data(&mut fine);
+    assert_eq!((topic.as_str(), seq), ("other.t", 1));
+}
+
+#[test]
+fn the_resnapshot_gap_policy_heals_a_slow_readers_book_from_the_snapshot() {
+    let server = start(|c| {
+        small_queues(c);
+        books(c, None);
+    });
+    let p = &server.publisher;
+    let mut slow = connect(&server.url);
+    subscribe(&mut slow, 1, &["book.S"]);
+    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    p.publish_snapshot("book.S", &data).unwrap(); // 1
+    for _ in 0..300 {
+        p.publish("book.S", &data).unwrap(); // 2..=301
+    }
+    p.publish_snapshot("book.S", &data).unwrap(); // 302
+    for _ in 0..20 {
+        p.publish("book.S", &data).unwrap(); // 303..=322
+    }
+    // Read it all: every gap is followed by a snapshot, and after each snapshot the deltas
+    // are contiguous; the stream ends at the head.
+    set_timeout(&slow, Duration::from_secs(10));
+    let mut last: Option<u64> = None;
+    let (mut gaps, mut snapshots) = (0, 0);
+    let mut after_gap = false;
+    while last != Some(322) {
+        let v = next_json(&mut slow);
+        match v["op"].as_str() {
+            Some("gap") => {
+                gaps += 1;
+                after_gap = true;
+            }
+            Some("snapshot") => {
+                snapshots += 1;
+                after_gap = false;
+                last = v["seq"].as_u64();
+            }
+            Some("msg") => {
+                assert!(
+                    !after_gap,
+                    "a delta right after a gap, before a snapshot: {v:?}"
+                );
+                let seq = v["seq"].as_u64().unwrap();
+                if let Some(prev) = last {
+                    assert_eq!(seq, prev + 1, "contiguous after a snapshot: {v:?}");
+                }
+                last = Some(seq);
+            }
+            _ => {}
+        }
+    }
+    assert!(gaps >= 1, "the slow reader lost frames (gaps {gaps})");
+    // At least the one after the last gap (the first snapshot may itself have been dropped).
+    assert!(snapshots >= 1, "a snapshot healed the book ({snapshots})");
+}

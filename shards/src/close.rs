@@ -21,6 +21,8 @@ pub const TOO_BIG: u16 = 1009;
 pub const HEARTBEAT_TIMEOUT: u16 = 4000;
 /// The client let its control replies (acks, errors, pongs) pile up unread.
 pub const CONTROL_BACKLOG: u16 = 4001;
+/// The client read too slowly for a topic whose namespace's gap policy is `disconnect`.
+pub const SLOW_CONSUMER: u16 = 4002;
 
 /// True when a peer may put `code` in a close frame, so a received one is accepted and
 /// echoed: the codes RFC 6455 7.4.1 defines for sending (1000-1003, 1007-1011), those the

@@ -159,6 +159,8 @@ pub(crate) enum CloseRequest {
     ControlBacklog,
     /// A write failed: the peer is gone (nothing more is sent).
     WriteFailed,
+    /// Drop-oldest dropped frames of a topic whose gap policy is `disconnect`.
+    SlowConsumer,
 }
 
 impl CloseRequest {
@@ -169,6 +171,7 @@ impl CloseRequest {
             Self::HeartbeatTimeout => (close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
             Self::ControlBacklog => (close::CONTROL_BACKLOG, "control replies not read"),
             Self::WriteFailed => (close::NORMAL, "write failed"),
+            Self::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer"),
         }
     }
 }
@@ -391,8 +394,25 @@ impl Conn {
 
     /// Queues a published frame (shared, no copy) under the queue's bounds, dropping the
     /// oldest published frames past them.
-    pub(crate) fn push_published(&self, frame: Rc<Frame>, bounds: &Bounds) -> Enqueued {
-        self.out.borrow_mut().push_published(frame, bounds)
+    /// Queues a published frame (drop-oldest past the bounds), adding the topic of each frame
+    /// dropped to `dropped`.
+    pub(crate) fn push_published_noting(
+        &self,
+        frame: Rc<Frame>,
+        bounds: &Bounds,
+        dropped: &mut Vec<crate::ring::TopicId>,
+    ) -> Enqueued {
+        self.out
+            .borrow_mut()
+            .push_published_noting(frame, bounds, dropped)
+    }
+
+    /// Puts pending gap notices in place, then drops every queued frame of `topic` (the gap
+    /// policy `resnapshot`: the notices stay, the frames after them are replaced).
+    pub(crate) fn announce_then_purge(&self, topic: &str) -> usize {
+        let mut out = self.out.borrow_mut();
+        let placed = out.announce_gaps();
+        placed + out.retain_published(|t| t != topic)
     }
 
     /// Queues a `gap` notice: `from..=to` of `topic` will never reach this client.

@@ -120,6 +120,14 @@ impl Namespaces {
         Ok(Namespaces { by_length })
     }
 
+    /// True when some namespace's gap policy is not `notice` (a drop must then look up its
+    /// topic's policy).
+    pub fn has_policies(&self) -> bool {
+        self.by_length
+            .iter()
+            .any(|(_, r)| r.gap_policy != GapPolicy::Notice)
+    }
+
     /// The rules of `topic`: its longest matching namespace's, else [`Rules::DEFAULT`].
     pub fn rules(&self, topic: &str) -> Rules {
         self.by_length

@@ -130,12 +130,26 @@ impl Outbound {
     /// Queues a published frame, dropping the oldest published frames past the bounds.
     /// Cost: O(1) plus O(1) per dropped frame (drops scan past at most the own frames at the head).
     pub fn push_published(&mut self, frame: Rc<Frame>, bounds: &Bounds) -> Enqueued {
+        self.push_published_noting(frame, bounds, &mut Vec::new())
+    }
+
+    /// As [`Outbound::push_published`], adding the topic of each frame dropped to
+    /// `dropped_topics` (for the gap policy of its namespace).
+    pub fn push_published_noting(
+        &mut self,
+        frame: Rc<Frame>,
+        bounds: &Bounds,
+        dropped_topics: &mut Vec<TopicId>,
+    ) -> Enqueued {
         let len = frame.bytes.len();
         let (mut dropped, mut notices) = (0u32, 0u32);
         while self.published > 0
             && (self.published as usize + 1 > bounds.max_messages
                 || self.published_bytes + len > bounds.max_bytes)
         {
+            if let Some(f) = self.oldest_published() {
+                dropped_topics.push(f.topic);
+            }
             let Some(placed) = self.drop_oldest_published() else {
                 break;
             };
@@ -143,10 +157,8 @@ impl Outbound {
             notices += placed;
         }
         if let Some(cutoff) = bounds.max_age.and_then(|a| frame.ingest_at.checked_sub(a)) {
-            while self
-                .oldest_published()
-                .is_some_and(|f| f.ingest_at < cutoff)
-            {
+            while let Some(f) = self.oldest_published().filter(|f| f.ingest_at < cutoff) {
+                dropped_topics.push(f.topic);
                 notices += self.drop_oldest_published().unwrap_or(0);
                 dropped += 1;
             }

@@ -326,15 +326,56 @@ fn resync(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, topic: &str) {
         snapshot: true,
     };
     let mut to_dispatcher = Vec::new();
-    let done = ctx
-        .table
-        .borrow_mut()
-        .resync(conn.clone(), id, interest, item, &mut to_dispatcher);
+    let done =
+        ctx.table
+            .borrow_mut()
+            .resync(conn.clone(), id, interest, item, false, &mut to_dispatcher);
     ctx.tell_dispatcher(to_dispatcher);
     match done {
         Some(r) => deliver_resolved(ctx, r),
         None => {
             conn.set_awaiting(true);
+        }
+    }
+}
+
+/// The gap policy of `topic`'s namespace after drop-oldest dropped frames of it from `conn`'s
+/// queue: `notice` (the gap notice already recorded), `disconnect` (close 4002), or
+/// `resnapshot` (the notices are put in place, the topic's queued frames purged, and the held
+/// snapshot and the deltas after it follow, as for a resync without an ack). A connection
+/// that receives the topic only through a pattern gets notices whatever the policy.
+pub(crate) fn apply_gap_policy(ctx: &ShardCtx, conn: &Rc<Conn>, topic: &Arc<str>) {
+    use crate::namespace::GapPolicy;
+    match ctx.namespaces.rules(topic).gap_policy {
+        GapPolicy::Notice => {}
+        GapPolicy::Disconnect => {
+            conn.request_close(ctx, crate::connection::CloseRequest::SlowConsumer);
+        }
+        GapPolicy::Resnapshot => {
+            let interest = Interest::Topic(topic.clone());
+            if !conn.is_subscribed(&interest) {
+                return;
+            }
+            let placed = conn.announce_then_purge(topic);
+            ctx.metrics.borrow_mut().counters.gap_notices += placed as u64;
+            let item = RecoverItem {
+                topic: topic.clone(),
+                since: None,
+                snapshot: true,
+            };
+            let mut to_dispatcher = Vec::new();
+            let done = ctx.table.borrow_mut().resync(
+                conn.clone(),
+                None,
+                interest,
+                item,
+                true,
+                &mut to_dispatcher,
+            );
+            ctx.tell_dispatcher(to_dispatcher);
+            if let Some(r) = done {
+                deliver_resolved(ctx, r);
+            }
         }
     }
 }
@@ -391,7 +432,17 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
         id,
         topics,
         recovered,
+        quiet,
     } = r;
+    if quiet {
+        // A resnapshot: the snapshot and its deltas replace what was dropped; no ack, and
+        // the connection's own requests are not held for it.
+        for (_, answer) in recovered {
+            sub.push_replay(answer.frames);
+        }
+        ctx.mark_dirty(&sub);
+        return;
+    }
     let mut lines = Vec::with_capacity(topics.len());
     for (interest, seq) in &topics {
         let mut line = AckLine::new(interest_name(interest));

@@ -378,6 +378,9 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     let mut shard_gap = false;
     // Read out of the frame once, and only if a subscriber has a hole to hear about.
     let mut name: Option<&str> = None;
+    // Connections whose queue dropped frames, and the topics dropped (for gap policies).
+    let mut dropped_topics: Vec<crate::ring::TopicId> = Vec::new();
+    let mut policy_hits: Vec<(Rc<Conn>, crate::ring::TopicId)> = Vec::new();
     let routed = ctx.table.borrow_mut().route(&frame, |conn, missed| {
         if !conn.first_in_pass(stamp) {
             return;
@@ -394,14 +397,26 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         if let crate::queue::Enqueued::DroppedOldest {
             dropped: n,
             notices: placed,
-        } = conn.push_published(frame.clone(), &ctx.bounds)
+        } = conn.push_published_noting(frame.clone(), &ctx.bounds, &mut dropped_topics)
         {
             dropped += u64::from(n);
             notices += u64::from(placed);
+            if ctx.namespaces.has_policies() {
+                dropped_topics.sort_unstable();
+                dropped_topics.dedup();
+                policy_hits.extend(dropped_topics.iter().map(|&t| (conn.clone(), t)));
+            }
         }
+        dropped_topics.clear();
         delivered += 1;
         ctx.mark_dirty(conn);
     });
+    for (conn, topic) in policy_hits {
+        let name = ctx.table.borrow().name_of(topic);
+        if let Some(name) = name {
+            crate::requests::apply_gap_policy(ctx, &conn, &name);
+        }
+    }
     let mut m = ctx.metrics.borrow_mut();
     let hop = received.saturating_duration_since(sent_at).as_nanos() as u64;
     m.ring_hop_ns.saturating_record(hop.max(1));

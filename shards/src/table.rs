@@ -76,6 +76,8 @@ pub struct Resolved<T> {
     pub id: Option<u64>,
     pub topics: Vec<(Interest, Option<u64>)>,
     pub recovered: Vec<(Arc<str>, RecoveredItem)>,
+    /// Started by the server (a `resnapshot` gap policy), not by a request: no ack.
+    pub quiet: bool,
 }
 
 /// The history part of a request: asked of the dispatcher once every interest of the
@@ -92,6 +94,7 @@ struct Request<T> {
     /// Each interest, and whether `sub` is to be added to it when the request completes.
     items: Vec<(Interest, bool)>,
     recovery: Option<Recovery>,
+    quiet: bool,
 }
 
 /// How a frame was routed.
@@ -299,6 +302,7 @@ impl<T> Table<T> {
             id,
             items,
             recovery,
+            quiet: false,
         });
         let last = self.requests.len() - 1;
         if self.request_ready(&self.requests[last]) {
@@ -314,18 +318,36 @@ impl<T> Table<T> {
     /// Starts `sub` over on a topic it subscribes to (a `resync`): it leaves the topic's
     /// subscribers at once (it gets no more of its frames) and rejoins with the dispatcher's
     /// answer to `item`, as a subscribe request would. The table entry stays live meanwhile.
+    /// `quiet`: started by the server (the `resnapshot` gap policy), answered without an ack.
     pub fn resync(
         &mut self,
         sub: Rc<T>,
         id: Option<u64>,
         interest: Interest,
         item: RecoverItem,
+        quiet: bool,
         out: &mut Vec<ToDispatcher>,
     ) -> Option<Resolved<T>> {
         let e = self.entry_mut(&interest);
         e.subscribers.retain(|s| !Rc::ptr_eq(s, &sub));
         e.held.retain(|s| !Rc::ptr_eq(s, &sub));
-        self.subscribe(sub, id, vec![(interest, true)], vec![item], out)
+        let done = self.subscribe(sub, id, vec![(interest, true)], vec![item], out);
+        if let Some(last) = self.requests.last_mut() {
+            last.quiet = quiet;
+        }
+        done.map(|mut r| {
+            r.quiet = quiet;
+            r
+        })
+    }
+
+    /// The name of the topic numbered `id`, if the table tracks it.
+    pub fn name_of(&self, id: TopicId) -> Option<Arc<str>> {
+        let slot = *self.by_id.get(id.0 as usize)?;
+        if slot == NO_SLOT {
+            return None;
+        }
+        self.slots[slot as usize].as_ref().map(|e| e.name.clone())
     }
 
     /// Sends the request's `Recover` if it has one not yet sent; true when it now waits for
@@ -405,6 +427,7 @@ impl<T> Table<T> {
             id: req.id,
             topics,
             recovered,
+            quiet: req.quiet,
         }
     }
 

@@ -402,6 +402,7 @@ fn a_resync_leaves_the_subscribers_at_once_and_rejoins_with_the_answer() {
             Some(9),
             topic("book.y"),
             snapshot_item("book.y"),
+            false,
             &mut asks
         )
         .is_none());
