@@ -178,7 +178,26 @@ struct TopicState {
     history: VecDeque<Held>,
     /// Sequence of its newest snapshot (held or not); 0: none in this epoch.
     last_snapshot: u64,
+    /// Who sent its newest snapshot, and its newest message.
+    snapshot_from: Source,
+    last_from: Source,
+    /// When a snapshot was last asked for.
+    requested_at: Option<Instant>,
 }
+
+/// Where a published message came from: a TCP ingest connection (by its number) or the
+/// in-process [`crate::publisher::Publisher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    #[default]
+    InProcess,
+    Ingest(u64),
+}
+
+/// Called on the dispatcher's thread with a topic's name when a subscriber waits for a
+/// snapshot that the in-process publisher sent (or would send): publish one with
+/// [`crate::publisher::Publisher::publish_snapshot`]. Keep it short; it must not block.
+pub type SnapshotRequestFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 /// One frame of a topic's history.
 struct Held {
@@ -231,6 +250,8 @@ pub struct DispatcherStats {
     pub recovered: u64,
     /// Resumes answered `"recovered":false`.
     pub not_recovered: u64,
+    /// Snapshots asked of publishers.
+    pub snapshot_requests: u64,
 }
 
 /// Sequencing, framing and routing state. Dispatcher thread only.
@@ -262,6 +283,11 @@ pub struct Dispatcher {
     history_len: usize,
     /// Topic names by id, for `history_order`.
     by_id: Vec<Arc<str>>,
+    /// Each TCP publisher's outbox (lines written after its next read), by its number.
+    ingest_out: HashMap<u64, Rc<RefCell<Vec<u8>>>>,
+    next_ingest: u64,
+    /// The in-process publisher's snapshot requests.
+    on_snapshot_request: Arc<std::sync::Mutex<Option<SnapshotRequestFn>>>,
     pub stats: DispatcherStats,
     /// Bumped by every publish and control message; the napper watches it.
     pub activity: Rc<corecast_shards::executor::Activity>,
@@ -303,6 +329,9 @@ impl Dispatcher {
             history_order: VecDeque::new(),
             history_len: 0,
             by_id: Vec::new(),
+            ingest_out: HashMap::new(),
+            next_ingest: 1,
+            on_snapshot_request: Arc::default(),
             stats: DispatcherStats::default(),
             activity: Rc::default(),
         };
@@ -311,6 +340,71 @@ impl Dispatcher {
 
     pub fn config(&self) -> &DispatcherConfig {
         &self.config
+    }
+
+    /// Where the in-process publisher's snapshot requests go (shared with the server).
+    pub(crate) fn set_snapshot_requests(
+        &mut self,
+        to: Arc<std::sync::Mutex<Option<SnapshotRequestFn>>>,
+    ) {
+        self.on_snapshot_request = to;
+    }
+
+    /// A new TCP publisher: its number and its outbox.
+    pub(crate) fn register_ingest(&mut self) -> (Source, Rc<RefCell<Vec<u8>>>) {
+        let n = self.next_ingest;
+        self.next_ingest += 1;
+        let outbox = Rc::new(RefCell::new(Vec::new()));
+        self.ingest_out.insert(n, outbox.clone());
+        (Source::Ingest(n), outbox)
+    }
+
+    /// A TCP publisher is gone.
+    pub(crate) fn unregister_ingest(&mut self, source: Source) {
+        if let Source::Ingest(n) = source {
+            self.ingest_out.remove(&n);
+        }
+    }
+
+    /// Asks for a snapshot of `topic` (a subscriber waits for one), at most once per
+    /// `recovery.snapshot_request_interval_ms`: of the TCP publisher that sent its newest
+    /// snapshot, else of the one that sent its newest message, else of the in-process
+    /// publisher's callback. A TCP publisher gets `{"op":"snapshot_request","topic":T}`.
+    pub(crate) fn request_snapshot(&mut self, topic: &str, now: Instant) {
+        let every = std::time::Duration::from_millis(self.recovery.snapshot_request_interval_ms);
+        let Some(s) = self.topics.get_mut(topic) else {
+            return;
+        };
+        if s.requested_at
+            .is_some_and(|at| now.saturating_duration_since(at) < every)
+        {
+            return;
+        }
+        s.requested_at = Some(now);
+        self.stats.snapshot_requests += 1;
+        let outbox = |src: Source| match src {
+            Source::Ingest(n) => self.ingest_out.get(&n),
+            Source::InProcess => None,
+        };
+        let to = outbox(s.snapshot_from).or_else(|| outbox(s.last_from));
+        match to {
+            Some(out) => {
+                let line = simd_json::json!({"op": "snapshot_request", "topic": topic});
+                let mut out = out.borrow_mut();
+                out.extend_from_slice(simd_json::prelude::Writable::encode(&line).as_bytes());
+                out.push(b'\n');
+            }
+            None => {
+                let f = self
+                    .on_snapshot_request
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(f) = f {
+                    f(topic);
+                }
+            }
+        }
     }
 
     /// Sequences one event, encodes its frame once, and pushes it to every routed shard.
@@ -322,6 +416,7 @@ impl Dispatcher {
             event.ts,
             event.ingest_at,
             event.snapshot,
+            Source::InProcess,
         )
     }
 
@@ -330,9 +425,11 @@ impl Dispatcher {
     /// topic's history and pushes it to every routed shard. `ts`: the publisher's µs since the
     /// epoch, or now. Returns its sequence; refuses a new topic past `max_topics`
     /// (`topic_limit`) and a snapshot on a topic outside every snapshot namespace
-    /// (`not_snapshot_topic`). Cost: a hash lookup, one frame allocation (one copy of `data`)
-    /// unless the topic keeps no history and no shard is routed, and a ring push per routed
-    /// shard.
+    /// (`not_snapshot_topic`), and, on a snapshot topic whose newest snapshot (in this epoch)
+    /// another source sent, a delta from `from` (`not_owner`: another publisher's deltas would
+    /// not apply to that snapshot) until `from` sends a snapshot. Cost: a hash lookup, one
+    /// frame allocation (one copy of `data`) unless the topic keeps no history and no shard is
+    /// routed, and a ring push per routed shard.
     pub fn publish_parts(
         &mut self,
         topic: &str,
@@ -340,6 +437,7 @@ impl Dispatcher {
         ts: Option<u64>,
         ingest_at: Instant,
         snapshot: bool,
+        from: Source,
     ) -> Result<u64, PublishError> {
         self.activity.bump();
         let max = self.config.max_topics;
@@ -377,13 +475,26 @@ impl Dispatcher {
                     rules,
                     history: VecDeque::new(),
                     last_snapshot: 0,
+                    snapshot_from: Source::InProcess,
+                    last_from: Source::InProcess,
+                    requested_at: None,
                 })
             }
         };
+        if !snapshot
+            && state.rules.snapshots
+            && state.last_snapshot > 0
+            && state.snapshot_from != from
+        {
+            return Err(PublishError::NotOwner);
+        }
         state.seq += 1;
         let seq = state.seq;
+        state.last_from = from;
         if snapshot {
             state.last_snapshot = seq;
+            state.snapshot_from = from;
+            state.requested_at = None;
         }
         self.stats.published += 1;
         let routes = state.routes;
@@ -504,8 +615,27 @@ impl Dispatcher {
                 nonce,
                 items,
             } => {
-                let items = items.iter().map(|i| self.recover(i)).collect();
-                self.push(shard, ShardMsg::Recovered { nonce, items });
+                let answers: Vec<RecoveredItem> = items.iter().map(|i| self.recover(i)).collect();
+                // A subscriber that waits for a snapshot: ask the publisher for one.
+                let now = Instant::now();
+                for (item, answer) in items.iter().zip(&answers) {
+                    if answer.waiting {
+                        self.request_snapshot(&item.topic, now);
+                    }
+                }
+                self.push(
+                    shard,
+                    ShardMsg::Recovered {
+                        nonce,
+                        items: answers,
+                    },
+                );
+            }
+            ControlMsg::SnapshotWanted { topics, .. } => {
+                let now = Instant::now();
+                for t in topics {
+                    self.request_snapshot(&t, now);
+                }
             }
             ControlMsg::Report(_) | ControlMsg::Goodbye { .. } => {}
         }

@@ -24,6 +24,9 @@ pub(crate) struct DispatcherSpec {
     pub(crate) namespaces: std::sync::Arc<corecast_shards::namespace::Namespaces>,
     /// The node's epoch, shared with the shards.
     pub(crate) epoch: std::sync::Arc<str>,
+    /// The in-process publisher's snapshot requests (set through the server).
+    pub(crate) snapshot_requests:
+        std::sync::Arc<std::sync::Mutex<Option<crate::dispatcher::SnapshotRequestFn>>>,
     pub(crate) rings: Vec<RingSender<ShardMsg>>,
     pub(crate) controls: Vec<RingReceiver<ControlMsg>>,
     pub(crate) ingest: std::net::TcpListener,
@@ -64,6 +67,7 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
         recovery,
         namespaces,
         epoch,
+        snapshot_requests,
         rings,
         controls,
         ingest,
@@ -73,7 +77,8 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
         poll,
     } = spec;
     let summary_every = config.summary_interval_ms;
-    let (dispatcher, pumps) = Dispatcher::new(config, recovery, namespaces, epoch, rings);
+    let (mut dispatcher, pumps) = Dispatcher::new(config, recovery, namespaces, epoch, rings);
+    dispatcher.set_snapshot_requests(snapshot_requests);
     let dispatcher = Rc::new(RefCell::new(dispatcher));
     for p in pumps {
         glommio::spawn_local(p.run()).detach();

@@ -30,6 +30,10 @@ pub(crate) type PassBudget = Rc<std::cell::Cell<usize>>;
 /// is published like any other, and its error (if any) is still written back. A connection
 /// that ends in an error (reset) loses only its unterminated last line.
 ///
+/// The dispatcher's `{"op":"snapshot_request","topic":T}` lines for this publisher are written
+/// after its next read (with the error lines), never while a read waits: a publisher that is
+/// sending (deltas, say) gets them at once, an idle one when it next sends anything.
+///
 /// While it waits to read, the socket is in `nap_fds`, the descriptors whose readability ends
 /// the dispatcher's idle nap; at any other time (parsing, writing error lines back to a
 /// publisher that does not read them) it is not, so unread input never keeps the nap from
@@ -42,6 +46,9 @@ pub(crate) async fn serve_ingest(
 ) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let max_line = dispatcher.borrow().config().max_line_bytes;
+    // Lines the dispatcher has for this publisher (`snapshot_request`), written with its
+    // error lines after each read.
+    let (source, outbox) = dispatcher.borrow_mut().register_ingest();
     let mut lines = Lines::new(max_line);
     let mut parser = LineParser::default();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -59,7 +66,7 @@ pub(crate) async fn serve_ingest(
                 Line::Text(text) => parser.parse(text).and_then(|p| {
                     dispatcher
                         .borrow_mut()
-                        .publish_parts(p.topic, p.data, p.ts, ingest_at, p.snapshot)
+                        .publish_parts(p.topic, p.data, p.ts, ingest_at, p.snapshot, source)
                         .map(|_| ())
                 }),
                 Line::TooLong => Err(PublishError::LineTooLong(max_line)),
@@ -74,6 +81,7 @@ pub(crate) async fn serve_ingest(
         } else {
             lines.feed(&chunk[..n], &mut each);
         }
+        replies.append(&mut outbox.borrow_mut());
         if !replies.is_empty() {
             if stream.write_all(&replies).await.is_err() {
                 break;
@@ -99,6 +107,7 @@ pub(crate) async fn serve_ingest(
         // ingest tasks that ran meanwhile found the budget spent and read one buffer each.
         budget.set(0);
     }
+    dispatcher.borrow_mut().unregister_ingest(source);
 }
 
 fn error_line(out: &mut Vec<u8>, line: u64, e: &PublishError) {

@@ -37,6 +37,8 @@ pub enum PublishError {
     BadSnapshot,
     #[error("\"snapshot\": true on a topic outside every namespace with snapshots = true")]
     NotSnapshotTopic,
+    #[error("a delta of a snapshot topic whose newest snapshot another publisher sent; send a snapshot first")]
+    NotOwner,
     #[error("the server is shut down")]
     Closed,
 }
@@ -56,6 +58,7 @@ impl PublishError {
             PublishError::TopicLimit(_) => "topic_limit",
             PublishError::BadSnapshot => "bad_snapshot",
             PublishError::NotSnapshotTopic => "not_snapshot_topic",
+            PublishError::NotOwner => "not_owner",
             PublishError::Closed => "closed",
         }
     }

@@ -46,6 +46,7 @@ pub struct Server {
     shutdown_tx: RingSender<()>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     stats: SharedStats,
+    snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>>,
 }
 
 fn listener(
@@ -157,6 +158,8 @@ impl Server {
                 .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?,
         );
         let epoch = crate::dispatcher::new_epoch();
+        let snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>> =
+            Arc::default();
         let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
         let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1);
         let mut ring_txs = Vec::with_capacity(n);
@@ -178,6 +181,12 @@ impl Server {
                 guest: None,
                 namespaces: namespaces.clone(),
                 epoch: epoch.clone(),
+                waits: corecast_shards::namespace::Waits {
+                    wait: Duration::from_millis(config.recovery.snapshot_wait_ms),
+                    request_every: Duration::from_millis(
+                        config.recovery.snapshot_request_interval_ms,
+                    ),
+                },
             });
         }
 
@@ -192,6 +201,7 @@ impl Server {
             recovery: config.recovery.clone(),
             namespaces,
             epoch,
+            snapshot_requests: snapshot_requests.clone(),
             rings: ring_txs,
             controls: control_rxs,
             ingest,
@@ -229,7 +239,21 @@ impl Server {
             shutdown_tx,
             threads,
             stats,
+            snapshot_requests,
         })
+    }
+
+    /// Where snapshot requests for the in-process publisher go: `f` is called on the
+    /// dispatcher's thread with a topic's name when a subscriber waits for a snapshot of a
+    /// topic the in-process publisher sent last (or no TCP publisher can be asked), at most
+    /// once per `recovery.snapshot_request_interval_ms` per topic. It should publish one with
+    /// [`Publisher::publish_snapshot`] (from another thread: it must not block). Replaces any
+    /// earlier callback.
+    pub fn on_snapshot_request(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *self
+            .snapshot_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(f));
     }
 
     /// Where clients connect (`ws://{addr}{path}`).

@@ -453,3 +453,162 @@ fn the_resnapshot_gap_policy_heals_a_slow_readers_book_from_the_snapshot() {
     // At least the one after the last gap (the first snapshot may itself have been dropped).
     assert!(snapshots >= 1, "a snapshot healed the book ({snapshots})");
 }
+
+#[test]
+fn a_late_joiner_whose_snapshot_is_no_longer_held_waits_and_the_tcp_publisher_is_asked() {
+    let server = start(|c| books(c, Some(5)));
+    let mut publisher = TcpStream::connect(server.ingest).unwrap();
+    publisher
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut from_server = BufReader::new(publisher.try_clone().unwrap()).lines();
+    let mut lines = String::from("{\"topic\":\"book.L\",\"data\":{\"v\":1},\"snapshot\":true}\n");
+    for i in 2..=20 {
+        lines.push_str(&format!(
+            "{{\"topic\":\"book.L\",\"data\":{{\"v\":{i}}}}}\n"
+        ));
+    }
+    publisher.write_all(lines.as_bytes()).unwrap();
+    // The snapshot (1) is trimmed: 16..=20 are held. Subscribe once all 20 are sequenced
+    // (the TCP lines reach the dispatcher on their own schedule).
+    let mut joiner = connect(&server.url);
+    let mut attempts = 0;
+    let ack = loop {
+        let ack = subscribe(&mut joiner, 1, &["book.L"]);
+        if entry(&ack, "book.L")["seq"].as_u64() == Some(20) {
+            break ack;
+        }
+        attempts += 1;
+        assert!(attempts < 200, "the 20 lines were sequenced within 2 s");
+        std::thread::sleep(Duration::from_millis(10));
+        joiner = connect(&server.url);
+    };
+    let e = entry(&ack, "book.L");
+    assert_eq!(e["waiting"].as_bool(), Some(true), "{ack:?}");
+    assert_eq!(e["start"].as_str(), Some("snapshot"));
+    // The publisher hears of it after its next line.
+    publisher
+        .write_all(b"{\"topic\":\"book.L\",\"data\":{\"v\":21}}\n")
+        .unwrap();
+    let request = from_server.next().unwrap().unwrap();
+    assert_eq!(request, r#"{"op":"snapshot_request","topic":"book.L"}"#);
+    publisher
+        .write_all(
+            b"{\"topic\":\"book.L\",\"data\":{\"v\":22},\"snapshot\":true}\n\
+              {\"topic\":\"book.L\",\"data\":{\"v\":23}}\n",
+        )
+        .unwrap();
+    let snap = next_json(&mut joiner);
+    assert_eq!(snap["op"].as_str(), Some("snapshot"), "{snap:?}");
+    assert_eq!(snap["seq"].as_u64(), Some(22));
+    assert_eq!(snap["data"]["v"].as_u64(), Some(22));
+    let delta = next_json(&mut joiner);
+    assert_eq!(
+        (delta["seq"].as_u64(), delta["data"]["v"].as_u64()),
+        (Some(23), Some(23))
+    );
+}
+
+#[test]
+fn the_in_process_publisher_is_asked_through_its_callback() {
+    let server = start(|c| books(c, None));
+    let publisher = server.publisher.clone();
+    let (asked_tx, asked_rx) = std::sync::mpsc::channel::<String>();
+    let asked_tx = std::sync::Mutex::new(asked_tx);
+    let p2 = publisher.clone();
+    server.server().on_snapshot_request(move |topic| {
+        let _ = asked_tx.lock().unwrap().send(topic.to_string());
+        // From another thread: the callback runs on the dispatcher's.
+        let (p, topic) = (p2.clone(), topic.to_string());
+        std::thread::spawn(move || p.publish_snapshot(&topic, r#"{"fresh":true}"#).unwrap());
+    });
+    server.publish("book.C", 2); // deltas only
+    server.publish_settled("settle.C", 1);
+    let mut ws = connect(&server.url);
+    let ack = subscribe(&mut ws, 1, &["book.C"]);
+    assert_eq!(entry(&ack, "book.C")["waiting"].as_bool(), Some(true));
+    assert_eq!(
+        asked_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "book.C"
+    );
+    let snap = next_json(&mut ws);
+    assert_eq!(snap["op"].as_str(), Some("snapshot"), "{snap:?}");
+    assert_eq!(snap["seq"].as_u64(), Some(3));
+    assert_eq!(snap["data"]["fresh"].as_bool(), Some(true));
+    // A fresh resync: the held snapshot at once, and the publisher is asked for a new one.
+    send(
+        &mut ws,
+        r#"{"op":"resync","id":2,"topic":"book.C","fresh":true}"#,
+    );
+    let ack = next_op(&mut ws, "ack");
+    assert_eq!(entry(&ack, "book.C")["start"].as_str(), Some("snapshot"));
+    assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.C".into(), 3));
+    assert_eq!(
+        asked_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "book.C"
+    );
+    assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.C".into(), 4));
+}
+
+#[test]
+fn deltas_of_a_snapshot_topic_come_only_from_the_snapshots_sender() {
+    let server = start(|c| books(c, None));
+    let connect_publisher = || {
+        let p = TcpStream::connect(server.ingest).unwrap();
+        p.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let lines = BufReader::new(p.try_clone().unwrap()).lines();
+        (p, lines)
+    };
+    let (mut a, _a_lines) = connect_publisher();
+    let (mut b, mut b_lines) = connect_publisher();
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["book.O"]);
+    a.write_all(b"{\"topic\":\"book.O\",\"data\":\"a1\",\"snapshot\":true}\n")
+        .unwrap();
+    assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.O".into(), 1));
+    b.write_all(b"{\"topic\":\"book.O\",\"data\":\"b-delta\"}\n")
+        .unwrap();
+    let refused = b_lines.next().unwrap().unwrap();
+    assert!(
+        refused.contains("not_owner") && refused.contains("\"line\":1"),
+        "{refused}"
+    );
+    a.write_all(b"{\"topic\":\"book.O\",\"data\":\"a-delta\"}\n")
+        .unwrap();
+    assert_eq!(next_data(&mut ws), ("msg".into(), "book.O".into(), 2));
+    // B takes over with a snapshot of its own; then A's deltas are the refused ones.
+    b.write_all(
+        b"{\"topic\":\"book.O\",\"data\":\"b2\",\"snapshot\":true}\n\
+          {\"topic\":\"book.O\",\"data\":\"b-delta\"}\n",
+    )
+    .unwrap();
+    assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.O".into(), 3));
+    assert_eq!(next_data(&mut ws), ("msg".into(), "book.O".into(), 4));
+}
+
+#[test]
+fn a_waiter_is_told_what_it_misses_after_snapshot_wait_ms_and_keeps_waiting() {
+    let server = start(|c| {
+        books(c, None);
+        c.recovery.snapshot_wait_ms = 300;
+        c.recovery.snapshot_request_interval_ms = 100;
+    });
+    server.publish("book.N", 2); // 1, 2: no snapshot
+    server.publish_settled("settle.N", 1);
+    let mut ws = connect(&server.url);
+    let ack = subscribe(&mut ws, 1, &["book.N"]);
+    assert_eq!(entry(&ack, "book.N")["waiting"].as_bool(), Some(true));
+    server.publish("book.N", 3); // 3, 4, 5: it cannot apply them
+    let gap = next_op(&mut ws, "gap");
+    assert_eq!(gap["reason"].as_str(), Some("no_snapshot"), "{gap:?}");
+    assert_eq!(gap["topic"].as_str(), Some("book.N"));
+    assert_eq!(
+        (gap["from"].as_u64(), gap["to"].as_u64()),
+        (Some(3), Some(5))
+    );
+    server
+        .publisher
+        .publish_snapshot("book.N", r#"{"s":6}"#)
+        .unwrap();
+    assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.N".into(), 6));
+}

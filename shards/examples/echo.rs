@@ -53,6 +53,7 @@ fn main() {
         guest: None,
         namespaces: Default::default(),
         epoch: "echo".into(),
+        waits: Default::default(),
     })
     .expect("start the shard");
     eprintln!("echo: ws://{addr}/ (any path)");

@@ -67,6 +67,26 @@ impl Rules {
     };
 }
 
+/// How a shard treats subscribers waiting for a snapshot (from `[recovery]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waits {
+    /// After this long without a snapshot a waiter gets a `no_snapshot` gap (and again after
+    /// each further period, for what was published meanwhile). `snapshot_wait_ms`.
+    pub wait: std::time::Duration,
+    /// While anyone waits, the dispatcher is asked this often to request a snapshot of the
+    /// publisher. `snapshot_request_interval_ms`.
+    pub request_every: std::time::Duration,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits {
+            wait: std::time::Duration::from_millis(5_000),
+            request_every: std::time::Duration::from_millis(1_000),
+        }
+    }
+}
+
 /// Every namespace, ready for lookups: `rules(topic)` costs one comparison per namespace.
 #[derive(Debug, Clone, Default)]
 pub struct Namespaces {

@@ -161,11 +161,7 @@ fn interest_name(i: &Interest) -> String {
 fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
     match req {
         Request::Ping { id } => conn.push_own(ctx, protocol::pong(id)),
-        Request::Resync {
-            id,
-            topic,
-            fresh: _,
-        } => resync(ctx, conn, id, &topic),
+        Request::Resync { id, topic, fresh } => resync(ctx, conn, id, &topic, fresh),
         Request::Subscribe { id, topics } => {
             let names: Vec<String> = topics.iter().map(|e| e.name.clone()).collect();
             let wanted = match interests(&names) {
@@ -292,7 +288,7 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
 
 /// `resync`: the connection's queued frames of a snapshot topic it subscribes to are purged
 /// and it starts over from the snapshot, answered with an `ack` like a subscribe's.
-fn resync(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, topic: &str) {
+fn resync(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, topic: &str, fresh: bool) {
     let name = match parse_selector(topic) {
         Ok(Selector::Topic(t)) => t,
         Ok(Selector::Prefix(_)) => {
@@ -320,6 +316,16 @@ fn resync(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, topic: &str) {
     }
     let placed = conn.purge_topic(name);
     ctx.metrics.borrow_mut().counters.gap_notices += placed as u64;
+    if fresh {
+        // Ask the publisher for a new snapshot (at most once per the request interval per
+        // topic, whoever asks); the held one is sent meanwhile.
+        let _ = ctx
+            .control
+            .try_send(crate::ring::ControlMsg::SnapshotWanted {
+                shard: ctx.id,
+                topics: vec![Arc::from(name)],
+            });
+    }
     let item = RecoverItem {
         topic: Arc::from(name),
         since: None,

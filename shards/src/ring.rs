@@ -160,6 +160,9 @@ pub enum ControlMsg {
     },
     /// The shard's last subscriber for `interest` left.
     Unsubscribe { shard: usize, interest: Interest },
+    /// Subscribers on the shard still wait for a snapshot of these topics: ask the
+    /// publishers again (sent every `recovery.snapshot_request_interval_ms` while they wait).
+    SnapshotWanted { shard: usize, topics: Vec<Arc<str>> },
     /// Periodic counters and histograms, merged by the reporter.
     Report(Box<ShardReport>),
     /// The shard finished shutting down; nothing follows on this ring.

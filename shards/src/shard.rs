@@ -46,6 +46,8 @@ pub struct ShardSpec {
     /// The node's epoch (the dispatcher's, shared): at least 64 random bits as
     /// `[A-Za-z0-9]` text, new at every start.
     pub epoch: std::sync::Arc<str>,
+    /// How subscribers waiting for a snapshot are looked after.
+    pub waits: crate::namespace::Waits,
 }
 
 /// Work run on a shard's executor beside the shard: called once on the shard's thread, before
@@ -86,6 +88,7 @@ async fn run(spec: ShardSpec) {
         guest,
         namespaces,
         epoch,
+        waits,
         ..
     } = spec;
     let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
@@ -144,6 +147,7 @@ async fn run(spec: ShardSpec) {
 
     glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
+    glommio::spawn_local(snapshot_waiters(ctx.clone(), waits)).detach();
     let (nap, nap_max) = ctx.config.idle_naps();
     // A nap ends when the dispatcher pushes (the ring's doorbell), a client socket has news
     // (the epoll set, or the socket itself during its upgrade) or a client connects (the
@@ -429,6 +433,30 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         Routed::Stale => m.counters.stale_frames += 1,
         Routed::Unrouted => m.counters.unrouted_frames += 1,
         Routed::Delivered(_) => {}
+    }
+}
+
+/// Looks after subscribers waiting for a snapshot, every `request_every`: asks the dispatcher
+/// to request snapshots of their topics again, and tells each waiter that has waited `wait`
+/// which sequences it will not receive (`gap`, reason `no_snapshot`; it keeps waiting).
+async fn snapshot_waiters(ctx: Rc<ShardCtx>, waits: crate::namespace::Waits) {
+    loop {
+        glommio::timer::sleep(waits.request_every).await;
+        let found = ctx
+            .table
+            .borrow_mut()
+            .snapshot_waits(Instant::now(), waits.wait);
+        if !found.topics.is_empty() {
+            let _ = ctx.control.try_send(ControlMsg::SnapshotWanted {
+                shard: ctx.id,
+                topics: found.topics,
+            });
+        }
+        for (conn, topic, from, to) in found.overdue {
+            conn.push_notice(&topic, from, to, crate::protocol::reason::NO_SNAPSHOT);
+            ctx.metrics.borrow_mut().counters.gap_notices += 1;
+            ctx.mark_dirty(&conn);
+        }
     }
 }
 

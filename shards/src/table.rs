@@ -32,9 +32,26 @@ struct Entry<T> {
     subscribers: Vec<Rc<T>>,
     /// Subscribers of a snapshot topic waiting for its next snapshot: they get no frame of
     /// it until a `snapshot` frame comes, then join `subscribers`.
-    held: Vec<Rc<T>>,
+    held: Vec<Held<T>>,
     /// Requests waiting for this interest to become live.
     waiting: u32,
+}
+
+/// A subscriber waiting for a snapshot: since when (or its last `no_snapshot` notice), and the
+/// first sequence it has not been told about.
+struct Held<T> {
+    sub: Rc<T>,
+    since: std::time::Instant,
+    from: u64,
+}
+
+/// What [`Table::snapshot_waits`] found.
+pub struct SnapshotWaits<T> {
+    /// Topics that have subscribers waiting for a snapshot.
+    pub topics: Vec<Arc<str>>,
+    /// Waiters to tell: `(subscriber, topic, from, to)`, the sequences published since they
+    /// began to wait (or were last told) and that they will not receive.
+    pub overdue: Vec<(Rc<T>, Arc<str>, u64, u64)>,
 }
 
 impl<T> Entry<T> {
@@ -330,7 +347,7 @@ impl<T> Table<T> {
     ) -> Option<Resolved<T>> {
         let e = self.entry_mut(&interest);
         e.subscribers.retain(|s| !Rc::ptr_eq(s, &sub));
-        e.held.retain(|s| !Rc::ptr_eq(s, &sub));
+        e.held.retain(|h| !Rc::ptr_eq(&h.sub, &sub));
         let done = self.subscribe(sub, id, vec![(interest, true)], vec![item], out);
         if let Some(last) = self.requests.last_mut() {
             last.quiet = quiet;
@@ -339,6 +356,39 @@ impl<T> Table<T> {
             r.quiet = quiet;
             r
         })
+    }
+
+    /// Topics with subscribers waiting for a snapshot, and the waiters that have waited `wait`
+    /// since they began or were last told (their clock restarts, and their `from` moves past
+    /// what they are told of). Linear in the topics the shard tracks.
+    pub fn snapshot_waits(
+        &mut self,
+        now: std::time::Instant,
+        wait: std::time::Duration,
+    ) -> SnapshotWaits<T> {
+        let mut found = SnapshotWaits {
+            topics: Vec::new(),
+            overdue: Vec::new(),
+        };
+        for e in self.slots.iter_mut().flatten() {
+            if e.exact.held.is_empty() {
+                continue;
+            }
+            found.topics.push(e.name.clone());
+            for h in &mut e.exact.held {
+                if now.saturating_duration_since(h.since) < wait {
+                    continue;
+                }
+                h.since = now;
+                if e.last_seq >= h.from {
+                    found
+                        .overdue
+                        .push((h.sub.clone(), e.name.clone(), h.from, e.last_seq));
+                    h.from = e.last_seq + 1;
+                }
+            }
+        }
+        found
     }
 
     /// The name of the topic numbered `id`, if the table tracks it.
@@ -411,11 +461,15 @@ impl<T> Table<T> {
             let known = e
                 .subscribers
                 .iter()
-                .chain(&e.held)
+                .chain(e.held.iter().map(|h| &h.sub))
                 .any(|s| Rc::ptr_eq(s, &req.sub));
             if add && !known {
                 if held {
-                    e.held.push(req.sub.clone());
+                    e.held.push(Held {
+                        sub: req.sub.clone(),
+                        since: std::time::Instant::now(),
+                        from: seq.unwrap_or(0) + 1,
+                    });
                 } else {
                     e.subscribers.push(req.sub.clone());
                 }
@@ -484,7 +538,7 @@ impl<T> Table<T> {
                 e.exact
                     .subscribers
                     .iter()
-                    .chain(&e.exact.held)
+                    .chain(e.exact.held.iter().map(|h| &h.sub))
                     .any(|s| Rc::ptr_eq(s, sub))
             }),
             Interest::Prefix(p) => self
@@ -529,7 +583,7 @@ impl<T> Table<T> {
         if let Some(pos) = e.subscribers.iter().position(|s| Rc::ptr_eq(s, sub)) {
             e.subscribers.swap_remove(pos);
         }
-        if let Some(pos) = e.held.iter().position(|s| Rc::ptr_eq(s, sub)) {
+        if let Some(pos) = e.held.iter().position(|h| Rc::ptr_eq(&h.sub, sub)) {
             e.held.swap_remove(pos);
         }
         self.release_if_unused(interest, out);
@@ -618,7 +672,10 @@ impl<T> Table<T> {
         entry.last_seq = frame.seq;
         if frame.snapshot && !entry.exact.held.is_empty() {
             let held = std::mem::take(&mut entry.exact.held);
-            entry.exact.subscribers.extend(held);
+            entry
+                .exact
+                .subscribers
+                .extend(held.into_iter().map(|h| h.sub));
         }
         let mut n = 0;
         if exact_live {

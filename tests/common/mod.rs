@@ -62,6 +62,11 @@ impl TestServer {
         expect_contiguous(&mut witness, topic, ack_seq(&ack, topic) + 1, n);
     }
 
+    /// The running server.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
     /// The shards' latest reports merged (they report every `report_interval_ms`).
     pub fn totals(&self) -> corecast::report::Totals {
         let server = self.server.as_ref().expect("running");
