@@ -343,6 +343,45 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_and_recovery_parse_and_bad_ones_are_refused_with_the_reason() {
+        let c = Config::from_toml(
+            "[recovery]\nmax_messages = 7\n\
+             [[namespaces]]\nprefix = \"book.\"\nsnapshots = true\n\
+             [[namespaces]]\nprefix = \"risk.\"\ngap_policy = \"disconnect\"\nhistory_max_messages = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.recovery.max_messages, 7);
+        assert_eq!(c.namespaces.len(), 2);
+        assert_eq!(
+            c.namespaces[1].gap_policy,
+            Some(corecast_shards::namespace::GapPolicy::Disconnect)
+        );
+        for (bad, why) in [
+            ("[[namespaces]]\nprefix = \"\"\n", "empty"),
+            (
+                "[[namespaces]]\nprefix = \"a.\"\n[[namespaces]]\nprefix = \"a.\"\n",
+                "twice",
+            ),
+            (
+                "[[namespaces]]\nprefix = \"t.\"\ngap_policy = \"resnapshot\"\n",
+                "snapshots",
+            ),
+            (
+                "[[namespaces]]\nprefix = \"t.\"\ngap_policy = \"loud\"\n",
+                "loud",
+            ),
+            (
+                "[[namespaces]]\nprefix = \"t.\"\nsnapshot = true\n",
+                "snapshot",
+            ),
+            ("[recovery]\nsnapshot_wait_ms = 0\n", "snapshot_wait_ms"),
+        ] {
+            let e = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn example_file_parses_and_matches_defaults() {
         let text = include_str!("../corecast.example.toml");
         let c = Config::from_toml(text).unwrap();

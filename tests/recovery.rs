@@ -612,3 +612,32 @@ fn a_waiter_is_told_what_it_misses_after_snapshot_wait_ms_and_keeps_waiting() {
         .unwrap();
     assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.N".into(), 6));
 }
+
+#[test]
+fn history_trimmed_under_a_running_replay_does_not_break_it() {
+    // The replay holds its frames (shared): trimming history behind it takes nothing from it.
+    let server = start(|c| {
+        namespace(c, "trim.", false, Some(1_000));
+        c.shard.queue_max_messages = 1 << 20;
+        c.shard.queue_max_bytes = 1 << 30;
+    });
+    let mut ws = connect(&server.url);
+    let epoch = epoch_of(&subscribe(&mut ws, 1, &["trim.t"]), "trim.t");
+    let data = format!("\"{}\"", "x".repeat(500));
+    for _ in 0..1_000 {
+        server.publisher.publish("trim.t", data.clone()).unwrap();
+    }
+    server.publish_settled("trim.t", 1); // 1..=1001 sequenced
+    let mut c = connect(&server.url);
+    let ack = resume(&mut c, 2, &[("trim.t", &epoch, 100)]);
+    assert_eq!(
+        entry(&ack, "trim.t")["recovered"].as_bool(),
+        Some(true),
+        "{ack:?}"
+    );
+    // 5,000 more: history (1,000) is trimmed far past where the replay started.
+    for _ in 0..5_000 {
+        server.publisher.publish("trim.t", data.clone()).unwrap();
+    }
+    expect_contiguous(&mut c, "trim.t", 101, 5_901);
+}
