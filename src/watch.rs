@@ -70,7 +70,7 @@ pub fn run(url: &str, topics: &[String], count: Option<u64>) -> anyhow::Result<(
     Ok(())
 }
 
-/// What `watch --book` saw.
+/// What a book-keeping client saw (`watch --book`, loadgen's `book` scenario).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BookReport {
     /// Book messages whose checksum was checked (snapshots and deltas).
@@ -79,13 +79,146 @@ pub struct BookReport {
     pub failed: u64,
     /// Sequence holes the server did not announce.
     pub holes: u64,
-    /// `gap` notices received (each followed by a resync).
+    /// `gap` notices received (each followed by a resync, unless a snapshot follows).
     pub gaps: u64,
     /// Reconnections made with `since`, and how many of them recovered.
     pub resumes: u64,
     pub recovered: u64,
     /// Snapshots applied.
     pub snapshots: u64,
+}
+
+impl BookReport {
+    /// Adds another client's counts to these.
+    pub fn add(&mut self, o: &BookReport) {
+        self.checked += o.checked;
+        self.failed += o.failed;
+        self.holes += o.holes;
+        self.gaps += o.gaps;
+        self.resumes += o.resumes;
+        self.recovered += o.recovered;
+        self.snapshots += o.snapshots;
+    }
+}
+
+/// One topic's order book kept by a client across connections: it builds the subscribe
+/// request (with `since` once it holds a position), applies what arrives
+/// ([`crate::book::Book`]), checks every checksum, and answers a failed checksum, a gap or a
+/// hole with a resync. Transport-agnostic: feed it each text message.
+pub struct BookClient {
+    pub topic: String,
+    pub book: crate::book::Book,
+    pub report: BookReport,
+    /// Epoch and seq of the last message applied.
+    at: Option<(String, u64)>,
+    /// The book is whole (after a snapshot or a recovered resume).
+    whole: bool,
+    epoch: String,
+    last_seq: u64,
+}
+
+impl BookClient {
+    pub fn new(topic: &str, depth: usize) -> BookClient {
+        BookClient {
+            topic: topic.to_string(),
+            book: crate::book::Book::new(depth),
+            report: BookReport::default(),
+            at: None,
+            whole: false,
+            epoch: String::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// Sequence of the last message seen.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The subscribe request for a (new) connection: with `since` when the client holds a
+    /// position (a resume).
+    pub fn subscribe_request(&mut self) -> String {
+        use simd_json::prelude::*;
+        self.whole = false;
+        let entry = match &self.at {
+            Some((epoch, seq)) => {
+                self.report.resumes += 1;
+                simd_json::json!({"topic": self.topic.clone(), "since": {"epoch": epoch.clone(), "seq": *seq}})
+            }
+            None => simd_json::json!(self.topic.clone()),
+        };
+        simd_json::json!({"op": "subscribe", "id": 1, "topics": [entry]}).encode()
+    }
+
+    /// Takes one text message; returns a request to send back (a resync), if any.
+    /// Errors: the message is not JSON, or the server refused the subscription.
+    pub fn on_text(&mut self, text: &str) -> anyhow::Result<Option<String>> {
+        use simd_json::prelude::*;
+        let mut bytes = text.as_bytes().to_vec();
+        let v = simd_json::to_owned_value(&mut bytes).context("server sent invalid JSON")?;
+        let mut resync = false;
+        match v.get("op").and_then(|o| o.as_str()) {
+            Some("ack") => {
+                let Some(e) = v
+                    .get("topics")
+                    .and_then(|l| l.as_array())
+                    .and_then(|l| l.first())
+                else {
+                    return Ok(None);
+                };
+                self.epoch = e
+                    .get("epoch")
+                    .and_then(|x| x.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                self.last_seq = e.get("seq").and_then(|x| x.as_u64()).unwrap_or(0);
+                // Recovered: the same book carries on. Otherwise it comes with a snapshot.
+                self.whole = e.get("recovered").and_then(|x| x.as_bool()) == Some(true);
+                if self.whole {
+                    self.report.recovered += 1;
+                }
+            }
+            Some("error") => anyhow::bail!("the server refused: {text}"),
+            Some(op @ ("snapshot" | "msg")) => {
+                let seq = v.get("seq").and_then(|x| x.as_u64()).unwrap_or(0);
+                let snapshot = op == "snapshot";
+                if snapshot {
+                    self.report.snapshots += 1;
+                    self.whole = true;
+                } else if seq != self.last_seq + 1 {
+                    self.report.holes += 1;
+                    resync = true;
+                }
+                self.last_seq = seq;
+                if self.whole && !resync {
+                    self.report.checked += 1;
+                    let data = v.get("data").cloned().unwrap_or_default();
+                    if self.book.apply(&data, snapshot).is_err() {
+                        self.report.failed += 1;
+                        resync = true;
+                    }
+                }
+                if !self.epoch.is_empty() && self.whole && !resync {
+                    self.at = Some((self.epoch.clone(), seq));
+                }
+            }
+            Some("gap") => {
+                self.report.gaps += 1;
+                // A snapshot may follow (the resnapshot policy); if not, the resync brings
+                // one. Either way the book is not whole until then.
+                resync = true;
+            }
+            _ => {}
+        }
+        if !resync {
+            return Ok(None);
+        }
+        self.whole = false;
+        self.at = None;
+        Ok(Some(
+            simd_json::json!({"op": "resync", "id": 2, "topic": self.topic.clone()}).encode(),
+        ))
+    }
 }
 
 /// How `watch --book` runs.
@@ -102,17 +235,13 @@ pub struct BookWatch {
 }
 
 /// `corecast watch --book TOPIC`: keeps the topic's order book from its snapshot and deltas
-/// (`crate::book`), checks the checksum of every message, and, when asked, disconnects and
+/// ([`BookClient`]), checks the checksum of every message, and, when asked, disconnects and
 /// resumes from where it was (`since`), carrying on with the same book when the server
-/// recovers the missed messages. A checksum that fails, a gap, or a hole makes it resync.
-/// Errors: connecting, or the server refusing the subscription.
+/// recovers the missed messages. Errors: connecting, or the server refusing the subscription.
 pub fn run_book(w: &BookWatch) -> anyhow::Result<BookReport> {
     use std::time::{Duration, Instant};
     let started = Instant::now();
-    let mut report = BookReport::default();
-    let mut book = crate::book::Book::new(crate::demo::BOOK_DEPTH);
-    // Where the book stands: epoch and seq of the last message applied.
-    let mut at: Option<(String, u64)> = None;
+    let mut client = BookClient::new(&w.topic, crate::demo::BOOK_DEPTH);
     let mut last_print = Instant::now();
     loop {
         let (mut ws, _) =
@@ -120,20 +249,8 @@ pub fn run_book(w: &BookWatch) -> anyhow::Result<BookReport> {
         if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_millis(200)))?;
         }
-        let entry = match &at {
-            Some((epoch, seq)) => {
-                report.resumes += 1;
-                simd_json::json!({"topic": w.topic.clone(), "since": {"epoch": epoch.clone(), "seq": *seq}})
-            }
-            None => simd_json::json!(w.topic.clone()),
-        };
-        let request = simd_json::json!({"op": "subscribe", "id": 1, "topics": [entry]});
-        ws.send(Message::text(request.encode()))?;
+        ws.send(Message::text(client.subscribe_request()))?;
         let connected = Instant::now();
-        // False until the book is whole again (after a snapshot, or a recovered resume).
-        let mut whole = false;
-        let mut epoch = String::new();
-        let mut last_seq = at.as_ref().map_or(0, |a| a.1);
         loop {
             let done = w.duration.is_some_and(|d| started.elapsed() >= d);
             let reconnect = w
@@ -143,7 +260,7 @@ pub fn run_book(w: &BookWatch) -> anyhow::Result<BookReport> {
                 let _ = ws.close(None);
                 let _ = ws.flush();
                 if done {
-                    return Ok(report);
+                    return Ok(client.report);
                 }
                 break;
             }
@@ -152,23 +269,25 @@ pub fn run_book(w: &BookWatch) -> anyhow::Result<BookReport> {
                 let best = |l: Option<&crate::book::Level>| {
                     l.map_or("-".to_string(), |l| format!("{} x {}", l.price, l.size))
                 };
+                let r = &client.report;
                 println!(
-                    "{} seq {last_seq} | bid {} | ask {} | checked {} ok, {} failed | resumes {} ({} recovered) | gaps {}",
+                    "{} seq {} | bid {} | ask {} | checked {} ok, {} failed | resumes {} ({} recovered) | gaps {}",
                     w.topic,
-                    best(book.bids().next()),
-                    best(book.asks().next()),
-                    report.checked - report.failed,
-                    report.failed,
-                    report.resumes,
-                    report.recovered,
-                    report.gaps
+                    client.last_seq(),
+                    best(client.book.bids().next()),
+                    best(client.book.asks().next()),
+                    r.checked - r.failed,
+                    r.failed,
+                    r.resumes,
+                    r.recovered,
+                    r.gaps
                 );
             }
             let text = match ws.read() {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Close(frame)) => {
                     eprintln!("closed by server: {frame:?}");
-                    return Ok(report);
+                    return Ok(client.report);
                 }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
@@ -179,67 +298,11 @@ pub fn run_book(w: &BookWatch) -> anyhow::Result<BookReport> {
                 {
                     continue
                 }
-                Err(tungstenite::Error::ConnectionClosed) => return Ok(report),
+                Err(tungstenite::Error::ConnectionClosed) => return Ok(client.report),
                 Err(e) => return Err(e.into()),
             };
-            let mut bytes = text.as_bytes().to_vec();
-            let v = simd_json::to_owned_value(&mut bytes).context("server sent invalid JSON")?;
-            let mut resync = false;
-            match v["op"].as_str() {
-                Some("ack") => {
-                    let Some(e) = v["topics"].as_array().and_then(|l| l.first()) else {
-                        continue;
-                    };
-                    epoch = e
-                        .get("epoch")
-                        .and_then(|x| x.as_str())
-                        .unwrap_or_default()
-                        .to_string();
-                    last_seq = e.get("seq").and_then(|x| x.as_u64()).unwrap_or(0);
-                    if e.get("recovered").and_then(|x| x.as_bool()) == Some(true) {
-                        report.recovered += 1;
-                        whole = true;
-                    } else {
-                        // A new start: the book comes with the next snapshot.
-                        whole = false;
-                    }
-                }
-                Some("error") => anyhow::bail!("the server refused: {text}"),
-                Some(op @ ("snapshot" | "msg")) => {
-                    let seq = v["seq"].as_u64().unwrap_or(0);
-                    let snapshot = op == "snapshot";
-                    if snapshot {
-                        report.snapshots += 1;
-                        whole = true;
-                    } else if seq != last_seq + 1 {
-                        report.holes += 1;
-                        eprintln!("unannounced hole in {}: {last_seq} then {seq}", w.topic);
-                        resync = true;
-                    }
-                    last_seq = seq;
-                    if whole && !resync {
-                        report.checked += 1;
-                        if let Err(e) = book.apply(&v["data"], snapshot) {
-                            report.failed += 1;
-                            eprintln!("{} seq {seq}: {e}", w.topic);
-                            resync = true;
-                        }
-                    }
-                    if !epoch.is_empty() {
-                        at = Some((epoch.clone(), last_seq));
-                    }
-                }
-                Some("gap") => {
-                    report.gaps += 1;
-                    resync = true;
-                }
-                _ => {}
-            }
-            if resync {
-                whole = false;
-                at = None;
-                let r = simd_json::json!({"op": "resync", "id": 2, "topic": w.topic.clone()});
-                ws.send(Message::text(r.encode()))?;
+            if let Some(reply) = client.on_text(&text)? {
+                ws.send(Message::text(reply))?;
             }
         }
     }

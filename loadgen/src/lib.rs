@@ -8,8 +8,10 @@
 //!
 //! Scenarios ([`scenario`]): fanout and latency (one paced run), soak (long run with churn and
 //! slow consumers, periodic reports), capacity (stepped rate until delivery falls behind),
-//! connect (handshake storm) and idle (memory per connection).
+//! connect (handshake storm) and idle (memory per connection); and [`book`]: clients that keep
+//! the demo's order books, resume, and check every checksum.
 
+pub mod book;
 pub mod check;
 pub mod client;
 pub mod live;

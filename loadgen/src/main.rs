@@ -32,6 +32,35 @@ enum Scenario {
     Connect(Common),
     /// N idle subscribed connections held for the duration; server RSS per connection (B3).
     Idle(Common),
+    /// N clients keeping the order books of a running `corecast demo` (joining at random
+    /// times, a fraction resuming once), checking every checksum.
+    Book(BookArgs),
+}
+
+#[derive(Args, Clone)]
+struct BookArgs {
+    /// Server WebSocket URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    server: String,
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Books of the demo's first N symbols (`book.BTCUSD`, ...); connection i keeps book i % N.
+    #[arg(long, default_value_t = 300)]
+    symbols: usize,
+    /// Connections join at random times over this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    join_over: Duration,
+    /// Fraction of connections that disconnect once at a random time and resume with `since`.
+    #[arg(long, default_value_t = 0.2)]
+    resume_fraction: f64,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Reader threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -310,6 +339,70 @@ fn main() -> anyhow::Result<()> {
                     "{} of {} connections established",
                     r.connections_ok,
                     p.connections
+                );
+            }
+            Ok(())
+        }
+        Scenario::Book(b) => {
+            let (server, path) = parse_server(&b.server)?;
+            if !(0.0..=1.0).contains(&b.resume_fraction) {
+                bail!("--resume-fraction is a fraction (0..=1)");
+            }
+            let topics = corecast::demo::symbols(b.symbols.clamp(1, 300))
+                .into_iter()
+                .map(|s| format!("book.{s}"))
+                .collect();
+            let r = loadgen::book::run(&loadgen::book::BookPlan {
+                server,
+                path,
+                connections: b.connections,
+                topics,
+                join_over: b.join_over,
+                resume_fraction: b.resume_fraction,
+                duration: b.duration,
+                threads: b.threads,
+            })?;
+            let h = &r.resume_ack_us;
+            let x = &r.report;
+            eprintln!(
+                "loadgen book: {} connections ({} failed, {} open at the end) over {:.1} s\n\
+                 checked {} checksums: {} failed | snapshots {} | holes {} | gaps {}\n\
+                 resumes {} ({} recovered) | resume -> ack p50 {} us p99 {} us max {} us",
+                b.connections,
+                r.failed_connections,
+                r.open_at_end,
+                r.wall.as_secs_f64(),
+                x.checked,
+                x.failed,
+                x.snapshots,
+                x.holes,
+                x.gaps,
+                x.resumes,
+                x.recovered,
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max()
+            );
+            let json = simd_json::json!({
+                "connections": b.connections as u64,
+                "failed_connections": r.failed_connections,
+                "open_at_end": r.open_at_end,
+                "wall_s": r.wall.as_secs_f64(),
+                "checked": x.checked,
+                "checksum_failures": x.failed,
+                "snapshots": x.snapshots,
+                "holes": x.holes,
+                "gaps": x.gaps,
+                "resumes": x.resumes,
+                "recovered": x.recovered,
+                "resume_to_ack_us": {"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max()},
+            });
+            write(&b.json, simd_json::prelude::Writable::encode(&json) + "\n")?;
+            if x.failed > 0 || x.holes > 0 {
+                bail!(
+                    "{} checksum failures, {} unannounced holes",
+                    x.failed,
+                    x.holes
                 );
             }
             Ok(())

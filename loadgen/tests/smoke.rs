@@ -148,3 +148,45 @@ fn capacity_steps_up_and_connect_counts_handshakes() {
     assert!(c.span > Duration::ZERO);
     assert!(server.shutdown(Duration::from_secs(10)));
 }
+
+#[test]
+fn book_clients_keep_the_demo_books_through_resumes_with_no_checksum_failure() {
+    let mut config = corecast::Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.ingest = "127.0.0.1:0".parse().unwrap();
+    config.server.shards = 1;
+    config.dispatcher.summary_interval_ms = 0;
+    corecast::demo::declare_namespaces(&mut config);
+    let server = corecast::Server::start(config).expect("server starts");
+    let feed = corecast::demo::Feed::start(
+        server.publisher(),
+        corecast::demo::FeedConfig {
+            symbols: 10,
+            rate_scale: 5.0,
+        },
+    );
+    let topics = corecast::demo::symbols(10)
+        .into_iter()
+        .map(|s| format!("book.{s}"))
+        .collect();
+    let r = loadgen::book::run(&loadgen::book::BookPlan {
+        server: server.client_addr(),
+        path: "/ws".into(),
+        connections: 60,
+        topics,
+        join_over: Duration::from_secs(1),
+        resume_fraction: 0.5,
+        duration: Duration::from_secs(5),
+        threads: 2,
+    })
+    .expect("run completes");
+    feed.stop();
+    assert!(server.shutdown(Duration::from_secs(10)));
+    let x = &r.report;
+    assert_eq!(r.failed_connections, 0, "{x:?}");
+    assert_eq!(r.open_at_end, 60, "{x:?}");
+    assert_eq!((x.failed, x.holes, x.gaps), (0, 0, 0), "{x:?}");
+    assert!(x.checked > 1_000, "{x:?}");
+    assert!(x.resumes >= 15, "about half of 60 resume: {x:?}");
+    assert_eq!(x.recovered, x.resumes, "{x:?}");
+}
