@@ -185,6 +185,9 @@ struct TopicState {
     requested_at: Option<Instant>,
 }
 
+/// A TCP publisher's outbox (lines for it) and the signal that wakes its task to write them.
+type IngestOut = (Rc<RefCell<Vec<u8>>>, LocalSender<()>);
+
 /// Where a published message came from: a TCP ingest connection (by its number) or the
 /// in-process [`crate::publisher::Publisher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -283,8 +286,9 @@ pub struct Dispatcher {
     history_len: usize,
     /// Topic names by id, for `history_order`.
     by_id: Vec<Arc<str>>,
-    /// Each TCP publisher's outbox (lines written after its next read), by its number.
-    ingest_out: HashMap<u64, Rc<RefCell<Vec<u8>>>>,
+    /// Each TCP publisher's outbox and the signal that wakes its task to write it, by its
+    /// number.
+    ingest_out: HashMap<u64, IngestOut>,
     next_ingest: u64,
     /// The in-process publisher's snapshot requests.
     on_snapshot_request: Arc<std::sync::Mutex<Option<SnapshotRequestFn>>>,
@@ -350,13 +354,15 @@ impl Dispatcher {
         self.on_snapshot_request = to;
     }
 
-    /// A new TCP publisher: its number and its outbox.
-    pub(crate) fn register_ingest(&mut self) -> (Source, Rc<RefCell<Vec<u8>>>) {
+    /// A new TCP publisher: its number, its outbox, and what wakes its task when the outbox
+    /// has lines.
+    pub(crate) fn register_ingest(&mut self) -> (Source, Rc<RefCell<Vec<u8>>>, LocalReceiver<()>) {
         let n = self.next_ingest;
         self.next_ingest += 1;
         let outbox = Rc::new(RefCell::new(Vec::new()));
-        self.ingest_out.insert(n, outbox.clone());
-        (Source::Ingest(n), outbox)
+        let (kick, kicked) = local_channel::new_unbounded();
+        self.ingest_out.insert(n, (outbox.clone(), kick));
+        (Source::Ingest(n), outbox, kicked)
     }
 
     /// A TCP publisher is gone.
@@ -388,11 +394,12 @@ impl Dispatcher {
         };
         let to = outbox(s.snapshot_from).or_else(|| outbox(s.last_from));
         match to {
-            Some(out) => {
+            Some((out, kick)) => {
                 let line = simd_json::json!({"op": "snapshot_request", "topic": topic});
                 let mut out = out.borrow_mut();
                 out.extend_from_slice(simd_json::prelude::Writable::encode(&line).as_bytes());
                 out.push(b'\n');
+                let _ = kick.try_send(());
             }
             None => {
                 let f = self

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use simd_json::prelude::*;
 
@@ -30,9 +30,9 @@ pub(crate) type PassBudget = Rc<std::cell::Cell<usize>>;
 /// is published like any other, and its error (if any) is still written back. A connection
 /// that ends in an error (reset) loses only its unterminated last line.
 ///
-/// The dispatcher's `{"op":"snapshot_request","topic":T}` lines for this publisher are written
-/// after its next read (with the error lines), never while a read waits: a publisher that is
-/// sending (deltas, say) gets them at once, an idle one when it next sends anything.
+/// The dispatcher's `{"op":"snapshot_request","topic":T}` lines for this publisher are put in
+/// its outbox and the task woken: written at once while it waits to read, or with the error
+/// lines after a read.
 ///
 /// While it waits to read, the socket is in `nap_fds`, the descriptors whose readability ends
 /// the dispatcher's idle nap; at any other time (parsing, writing error lines back to a
@@ -48,15 +48,32 @@ pub(crate) async fn serve_ingest(
     let max_line = dispatcher.borrow().config().max_line_bytes;
     // Lines the dispatcher has for this publisher (`snapshot_request`), written with its
     // error lines after each read.
-    let (source, outbox) = dispatcher.borrow_mut().register_ingest();
+    let (source, outbox, kicked) = dispatcher.borrow_mut().register_ingest();
     let mut lines = Lines::new(max_line);
     let mut parser = LineParser::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut replies: Vec<u8> = Vec::new();
     loop {
         let waking = corecast_shards::executor::WakesNap::new(&nap_fds, fd);
-        let read = stream.read(&mut chunk).await;
+        // A read, or lines for the publisher while it is quiet. Dropping a pending read loses
+        // nothing: glommio waits for readiness, then reads without blocking.
+        let woke = async { Woke::Read(stream.read(&mut chunk).await) }
+            .or(async {
+                let _ = kicked.recv().await;
+                Woke::Outbox
+            })
+            .await;
         drop(waking);
+        let read = match woke {
+            Woke::Read(r) => r,
+            Woke::Outbox => {
+                let lines = std::mem::take(&mut *outbox.borrow_mut());
+                if !lines.is_empty() && stream.write_all(&lines).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         let Ok(n) = read else {
             break;
         };
@@ -108,6 +125,12 @@ pub(crate) async fn serve_ingest(
         budget.set(0);
     }
     dispatcher.borrow_mut().unregister_ingest(source);
+}
+
+/// What ended an ingest task's wait.
+enum Woke {
+    Read(std::io::Result<usize>),
+    Outbox,
 }
 
 fn error_line(out: &mut Vec<u8>, line: u64, e: &PublishError) {

@@ -401,9 +401,26 @@ fn the_disconnect_gap_policy_closes_a_slow_consumer_with_4002() {
 
 #[test]
 fn the_resnapshot_gap_policy_heals_a_slow_readers_book_from_the_snapshot() {
+    slow_reader_never_gets_a_delta_it_cannot_apply(None);
+}
+
+#[test]
+fn the_notice_gap_policy_on_a_snapshot_topic_waits_for_the_next_snapshot() {
+    slow_reader_never_gets_a_delta_it_cannot_apply(Some(
+        corecast_shards::namespace::GapPolicy::Notice,
+    ));
+}
+
+/// A slow reader of a snapshot topic (gap policy `policy`, default resnapshot): every gap is
+/// followed by a snapshot before any delta, deltas after a snapshot are contiguous, and the
+/// stream reaches the head.
+fn slow_reader_never_gets_a_delta_it_cannot_apply(
+    policy: Option<corecast_shards::namespace::GapPolicy>,
+) {
     let server = start(|c| {
         small_queues(c);
         books(c, None);
+        c.namespaces[0].gap_policy = policy;
     });
     let p = &server.publisher;
     let mut slow = connect(&server.url);
@@ -417,13 +434,16 @@ fn the_resnapshot_gap_policy_heals_a_slow_readers_book_from_the_snapshot() {
     for _ in 0..20 {
         p.publish("book.S", &data).unwrap(); // 303..=322
     }
-    // Read it all: every gap is followed by a snapshot, and after each snapshot the deltas
-    // are contiguous; the stream ends at the head.
+    // A last snapshot: under `notice` a reader whose queue dropped frames after 302 waits
+    // for the next snapshot, and this is it.
+    p.publish_snapshot("book.S", &data).unwrap(); // 323
+                                                  // Read it all: every gap is followed by a snapshot, and after each snapshot the deltas
+                                                  // are contiguous; the stream ends at the head.
     set_timeout(&slow, Duration::from_secs(10));
     let mut last: Option<u64> = None;
     let (mut gaps, mut snapshots) = (0, 0);
     let mut after_gap = false;
-    while last != Some(322) {
+    while last != Some(323) {
         let v = next_json(&mut slow);
         match v["op"].as_str() {
             Some("gap") => {
@@ -486,12 +506,12 @@ fn a_late_joiner_whose_snapshot_is_no_longer_held_waits_and_the_tcp_publisher_is
     let e = entry(&ack, "book.L");
     assert_eq!(e["waiting"].as_bool(), Some(true), "{ack:?}");
     assert_eq!(e["start"].as_str(), Some("snapshot"));
-    // The publisher hears of it after its next line.
+    // The publisher, quiet meanwhile, is asked at once.
+    let request = from_server.next().unwrap().unwrap();
+    assert_eq!(request, r#"{"op":"snapshot_request","topic":"book.L"}"#);
     publisher
         .write_all(b"{\"topic\":\"book.L\",\"data\":{\"v\":21}}\n")
         .unwrap();
-    let request = from_server.next().unwrap().unwrap();
-    assert_eq!(request, r#"{"op":"snapshot_request","topic":"book.L"}"#);
     publisher
         .write_all(
             b"{\"topic\":\"book.L\",\"data\":{\"v\":22},\"snapshot\":true}\n\

@@ -140,12 +140,12 @@ impl Namespaces {
         Ok(Namespaces { by_length })
     }
 
-    /// True when some namespace's gap policy is not `notice` (a drop must then look up its
-    /// topic's policy).
+    /// True when a drop may need more than its notice: some namespace has snapshot topics or
+    /// a gap policy other than `notice` (a drop must then look up its topic's rules).
     pub fn has_policies(&self) -> bool {
         self.by_length
             .iter()
-            .any(|(_, r)| r.gap_policy != GapPolicy::Notice)
+            .any(|(_, r)| r.snapshots || r.gap_policy != GapPolicy::Notice)
     }
 
     /// The rules of `topic`: its longest matching namespace's, else [`Rules::DEFAULT`].

@@ -346,13 +346,27 @@ fn resync(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, topic: &str, fresh: 
 }
 
 /// The gap policy of `topic`'s namespace after drop-oldest dropped frames of it from `conn`'s
-/// queue: `notice` (the gap notice already recorded), `disconnect` (close 4002), or
+/// queue: `notice` (the gap notice already recorded; on a snapshot topic the topic's queued
+/// frames are purged too and the connection waits for the next snapshot, so it never gets a
+/// delta it cannot apply), `disconnect` (close 4002), or
 /// `resnapshot` (the notices are put in place, the topic's queued frames purged, and the held
 /// snapshot and the deltas after it follow, as for a resync without an ack). A connection
 /// that receives the topic only through a pattern gets notices whatever the policy.
 pub(crate) fn apply_gap_policy(ctx: &ShardCtx, conn: &Rc<Conn>, topic: &Arc<str>) {
     use crate::namespace::GapPolicy;
-    match ctx.namespaces.rules(topic).gap_policy {
+    let rules = ctx.namespaces.rules(topic);
+    match rules.gap_policy {
+        GapPolicy::Notice if rules.snapshots => {
+            // A delta after the gap could not be applied: the topic's queued frames go (the
+            // notice stays) and the connection waits for the next snapshot, as a new
+            // subscriber with none held would.
+            if !conn.is_subscribed(&Interest::Topic(topic.clone())) {
+                return;
+            }
+            let placed = conn.announce_then_purge(topic);
+            ctx.metrics.borrow_mut().counters.gap_notices += placed as u64;
+            ctx.table.borrow_mut().hold_until_snapshot(conn, topic);
+        }
         GapPolicy::Notice => {}
         GapPolicy::Disconnect => {
             conn.request_close(ctx, crate::connection::CloseRequest::SlowConsumer);

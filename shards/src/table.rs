@@ -391,6 +391,24 @@ impl<T> Table<T> {
         found
     }
 
+    /// Moves `sub` from `topic`'s subscribers to those waiting for its next snapshot (after
+    /// a gap on a snapshot topic whose policy is `notice`). Nothing if it is not a subscriber.
+    pub fn hold_until_snapshot(&mut self, sub: &Rc<T>, topic: &str) {
+        let Some(e) = self.topic_mut(topic) else {
+            return;
+        };
+        let from = e.last_seq + 1;
+        let exact = &mut e.exact;
+        if let Some(pos) = exact.subscribers.iter().position(|s| Rc::ptr_eq(s, sub)) {
+            exact.subscribers.swap_remove(pos);
+            exact.held.push(Held {
+                sub: sub.clone(),
+                since: std::time::Instant::now(),
+                from,
+            });
+        }
+    }
+
     /// The name of the topic numbered `id`, if the table tracks it.
     pub fn name_of(&self, id: TopicId) -> Option<Arc<str>> {
         let slot = *self.by_id.get(id.0 as usize)?;
