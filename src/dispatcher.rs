@@ -68,8 +68,10 @@ pub struct RecoveryConfig {
     /// How often a snapshot is asked again of its publisher while someone waits, ms.
     /// Default 1000.
     pub snapshot_request_interval_ms: u64,
-    /// Bytes of history (encoded frames) kept over all topics; past it the oldest history
-    /// goes first. 0 keeps no history. Default 268435456 (256 MiB).
+    /// Memory of history kept over all topics, bytes: each held message counts its frame
+    /// plus 224 bytes of overhead (allocation, bookkeeping, as measured), so this bounds the
+    /// process's memory for history. Past it the oldest history goes first. 0 keeps no history.
+    /// Default 268435456 (256 MiB).
     pub history_max_bytes: usize,
 }
 
@@ -201,6 +203,17 @@ pub enum Source {
 /// snapshot that the in-process publisher sent (or would send): publish one with
 /// [`crate::publisher::Publisher::publish_snapshot`]. Keep it short; it must not block.
 pub type SnapshotRequestFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Memory a held frame costs beyond its bytes, as measured: 100 topics of 10,000 held
+/// messages of ~90-byte frames took 316 MB of RSS over an empty server, ~316 bytes each. The
+/// rest is the frame's allocation slack and shared header, its `Held` slot and its
+/// `history_order` entry, with the growth slack of both queues.
+const HELD_OVERHEAD: usize = 224;
+
+/// What one held frame counts against `recovery.history_max_bytes`.
+fn held_cost(bytes: &Bytes) -> usize {
+    bytes.len() + HELD_OVERHEAD
+}
 
 /// One frame of a topic's history.
 struct Held {
@@ -517,7 +530,7 @@ impl Dispatcher {
         };
         let topic = state.id;
         if keep {
-            self.history_bytes += bytes.len();
+            self.history_bytes += held_cost(&bytes);
             self.history_len += 1;
             state.history.push_back(Held {
                 seq,
@@ -531,7 +544,7 @@ impl Dispatcher {
                 if !over {
                     break;
                 }
-                self.history_bytes -= front.bytes.len();
+                self.history_bytes -= held_cost(&front.bytes);
                 self.history_len -= 1;
                 state.history.pop_front();
             }
@@ -731,7 +744,7 @@ impl Dispatcher {
             };
             if s.history.front().is_some_and(|h| h.seq == seq) {
                 if let Some(h) = s.history.pop_front() {
-                    self.history_bytes -= h.bytes.len();
+                    self.history_bytes -= held_cost(&h.bytes);
                     self.history_len -= 1;
                 }
             }
