@@ -407,6 +407,9 @@ impl Dispatcher {
         };
         let to = outbox(s.snapshot_from).or_else(|| outbox(s.last_from));
         match to {
+            // A publisher that does not read its socket: its outbox stops growing at 64 KiB
+            // (its task blocks in the write, as with error lines).
+            Some((out, _)) if out.borrow().len() >= 64 << 10 => {}
             Some((out, kick)) => {
                 let line = simd_json::json!({"op": "snapshot_request", "topic": topic});
                 let mut out = out.borrow_mut();
@@ -669,6 +672,21 @@ impl Dispatcher {
     /// and every message after it (or `waiting` when none is held), for a stream topic
     /// nothing (`start: next`). Frames are shared, not copied.
     fn recover(&mut self, item: &RecoverItem) -> RecoveredItem {
+        // History older than the namespace's age bound goes first, even on a quiet topic.
+        let now = Instant::now();
+        if let Some(s) = self.topics.get_mut(&*item.topic) {
+            let max_age = std::time::Duration::from_millis(s.rules.history_max_age_ms);
+            while s
+                .history
+                .front()
+                .is_some_and(|h| now.saturating_duration_since(h.at) > max_age)
+            {
+                if let Some(h) = s.history.pop_front() {
+                    self.history_bytes -= held_cost(&h.bytes);
+                    self.history_len -= 1;
+                }
+            }
+        }
         let state = self.topics.get(&*item.topic);
         let head = state.map_or(0, |s| s.seq);
         let frames_from = |s: &TopicState, first: u64| -> Vec<Bytes> {

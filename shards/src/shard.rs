@@ -346,8 +346,14 @@ fn skip_late(ctx: &ShardCtx, late: &mut HashMap<TopicId, Late>, frame: crate::ri
 /// has and before the topic's next frame. Advances the table's sequence past them.
 fn announce_late(ctx: &ShardCtx, skipped: Late) {
     let stamp = ctx.next_stamp();
-    let Late { from, last } = skipped;
+    let Late { from, mut last } = skipped;
+    // The skipped frame is not delivered: a skipped snapshot must not release the
+    // subscribers waiting for one.
+    last.snapshot = false;
     let mut notified = false;
+    // Subscribers of a snapshot topic told of the hole wait for the next snapshot.
+    let snapshots = ctx.namespaces.rules(last.name()).snapshots;
+    let mut to_hold: Vec<Rc<Conn>> = Vec::new();
     let mut table = ctx.table.borrow_mut();
     let name = last.name();
     // Routing the last skipped frame reports what the subscribers have not had before it
@@ -366,8 +372,14 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
             crate::protocol::reason::SHARD_OVERFLOW,
         );
         notified = true;
+        if snapshots {
+            to_hold.push(conn.clone());
+        }
         ctx.mark_dirty(conn);
     });
+    for conn in &to_hold {
+        table.hold_until_snapshot(conn, name);
+    }
     ctx.metrics.borrow_mut().counters.shard_gaps += u64::from(notified);
 }
 
@@ -385,18 +397,26 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     // Connections whose queue dropped frames, and the topics dropped (for gap policies).
     let mut dropped_topics: Vec<crate::ring::TopicId> = Vec::new();
     let mut policy_hits: Vec<(Rc<Conn>, crate::ring::TopicId)> = Vec::new();
+    // Subscribers of a snapshot topic told of a hole before this delta: it is not theirs to
+    // apply; they wait for the next snapshot.
+    let mut to_hold: Vec<Rc<Conn>> = Vec::new();
+    let hold_on_hole = !frame.snapshot && ctx.namespaces.has_policies();
     let routed = ctx.table.borrow_mut().route(&frame, |conn, missed| {
         if !conn.first_in_pass(stamp) {
             return;
         }
         if let Some((from, to)) = missed {
-            conn.push_notice(
-                name.get_or_insert_with(|| frame.name()),
-                from,
-                to,
-                crate::protocol::reason::SHARD_OVERFLOW,
-            );
+            let topic = *name.get_or_insert_with(|| frame.name());
+            conn.push_notice(topic, from, to, crate::protocol::reason::SHARD_OVERFLOW);
             shard_gap = true;
+            if hold_on_hole
+                && ctx.namespaces.rules(topic).snapshots
+                && conn.is_subscribed(&crate::ring::Interest::Topic(topic.into()))
+            {
+                to_hold.push(conn.clone());
+                ctx.mark_dirty(conn);
+                return;
+            }
         }
         if let crate::queue::Enqueued::DroppedOldest {
             dropped: n,
@@ -415,6 +435,12 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         delivered += 1;
         ctx.mark_dirty(conn);
     });
+    if !to_hold.is_empty() {
+        let mut table = ctx.table.borrow_mut();
+        for conn in &to_hold {
+            table.hold_until_snapshot(conn, frame.name());
+        }
+    }
     for (conn, topic) in policy_hits {
         let name = ctx.table.borrow().name_of(topic);
         if let Some(name) = name {

@@ -348,9 +348,11 @@ impl<T> Table<T> {
         let e = self.entry_mut(&interest);
         e.subscribers.retain(|s| !Rc::ptr_eq(s, &sub));
         e.held.retain(|h| !Rc::ptr_eq(&h.sub, &sub));
+        let before = self.requests.len();
         let done = self.subscribe(sub, id, vec![(interest, true)], vec![item], out);
-        if let Some(last) = self.requests.last_mut() {
-            last.quiet = quiet;
+        // Still waiting, it is the one request `subscribe` added (it pushes at the end).
+        if self.requests.len() == before + 1 {
+            self.requests[before].quiet = quiet;
         }
         done.map(|mut r| {
             r.quiet = quiet;
@@ -595,6 +597,20 @@ impl<T> Table<T> {
                 if x == interest {
                     *add = false;
                 }
+            }
+        }
+        // A resnapshot the server started for it (quiet) is dropped with the subscription:
+        // nothing of the topic may follow the unsubscribe's ack.
+        let mut i = 0;
+        while i < self.requests.len() {
+            let r = &self.requests[i];
+            if r.quiet && Rc::ptr_eq(&r.sub, sub) && r.items.iter().any(|(x, _)| x == interest) {
+                let req = self.requests.remove(i);
+                for (x, _) in &req.items {
+                    self.entry_mut(x).waiting -= 1;
+                }
+            } else {
+                i += 1;
             }
         }
         let e = self.entry_mut(interest);

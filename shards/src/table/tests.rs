@@ -383,33 +383,9 @@ fn history_is_asked_once_the_interest_is_live_and_the_request_completes_with_the
 
 #[test]
 fn a_resync_leaves_the_subscribers_at_once_and_rejoins_with_the_answer() {
-    let mut t = Table::default();
-    let mut out = Vec::new();
-    let a = Rc::new(1u32);
-    t.subscribe(
-        a.clone(),
-        None,
-        vec![(topic("book.y"), true)],
-        vec![],
-        &mut out,
-    );
-    t.on_subscribed(&topic("book.y"), 1, 0, &mut Vec::new());
+    let (mut t, a) = live_on("book.y");
     assert_eq!(delivered(&mut t, &frame("book.y", 1)), vec![(1, None)]);
-    let mut asks = Vec::new();
-    assert!(t
-        .resync(
-            a.clone(),
-            Some(9),
-            topic("book.y"),
-            snapshot_item("book.y"),
-            false,
-            &mut asks
-        )
-        .is_none());
-    let [ToDispatcher::Recover { nonce, .. }] = &asks[..] else {
-        panic!("{asks:?}")
-    };
-    let nonce = *nonce;
+    let nonce = start_resync(&mut t, &a, Some(9), "book.y", false);
     // Between the resync and the answer it gets nothing (the answer's frames cover it).
     assert!(delivered(&mut t, &frame("book.y", 2)).is_empty());
     let r = t
@@ -417,4 +393,59 @@ fn a_resync_leaves_the_subscribers_at_once_and_rejoins_with_the_answer() {
         .expect("completed");
     assert_eq!(r.id, Some(9));
     assert_eq!(delivered(&mut t, &frame("book.y", 3)), vec![(1, None)]);
+}
+
+#[test]
+fn an_unsubscribe_drops_a_pending_quiet_resnapshot_and_releases_the_topic() {
+    let (mut t, a) = live_on("book.z");
+    // The server starts a resnapshot (quiet); the client unsubscribes before the answer.
+    let nonce = start_resync(&mut t, &a, None, "book.z", true);
+    let mut gone = Vec::new();
+    t.unsubscribe(&a, &topic("book.z"), &mut gone);
+    assert_eq!(
+        gone,
+        vec![ToDispatcher::Unsubscribe {
+            interest: topic("book.z")
+        }],
+        "the topic is released"
+    );
+    assert!(
+        t.on_recovered(nonce, vec![answer(0, false)]).is_none(),
+        "nothing to deliver"
+    );
+    assert_eq!(t.interest_count(), 0);
+}
+
+/// A table where subscriber 1 is live on `name`, and its `Rc`.
+fn live_on(name: &str) -> (Table<u32>, Rc<u32>) {
+    let mut t = Table::default();
+    let a = Rc::new(1u32);
+    t.subscribe(
+        a.clone(),
+        None,
+        vec![(topic(name), true)],
+        vec![],
+        &mut Vec::new(),
+    );
+    t.on_subscribed(&topic(name), 1, 0, &mut Vec::new());
+    (t, a)
+}
+
+/// Starts a resync of `a` on `name` (quiet or not); returns the nonce of the `Recover`.
+fn start_resync(t: &mut Table<u32>, a: &Rc<u32>, id: Option<u64>, name: &str, quiet: bool) -> u64 {
+    let mut asks = Vec::new();
+    assert!(t
+        .resync(
+            a.clone(),
+            id,
+            topic(name),
+            snapshot_item(name),
+            quiet,
+            &mut asks
+        )
+        .is_none());
+    match &asks[..] {
+        [ToDispatcher::Recover { nonce, .. }] => *nonce,
+        other => panic!("{other:?}"),
+    }
 }
