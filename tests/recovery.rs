@@ -661,3 +661,29 @@ fn history_trimmed_under_a_running_replay_does_not_break_it() {
     }
     expect_contiguous(&mut c, "trim.t", 101, 5_901);
 }
+
+#[test]
+fn a_pattern_delivers_nothing_of_a_topic_its_connection_waits_on_exactly() {
+    let server = start(|c| books(c, None));
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["book.*"]);
+    server.publish("book.P", 2); // 1, 2 through the pattern, no snapshot
+    assert_eq!(next_data(&mut ws), ("msg".into(), "book.P".into(), 1));
+    assert_eq!(next_data(&mut ws), ("msg".into(), "book.P".into(), 2));
+    let ack = subscribe(&mut ws, 2, &["book.P"]);
+    assert_eq!(
+        entry(&ack, "book.P")["waiting"].as_bool(),
+        Some(true),
+        "{ack:?}"
+    );
+    server.publish("book.P", 2); // 3, 4: deltas the exact subscription waits past
+    server.publish("book.Q", 1); // another topic of the pattern still flows
+    server
+        .publisher
+        .publish_snapshot("book.P", r#"{"s":5}"#)
+        .unwrap(); // 5
+    server.publish("book.P", 1); // 6
+    assert_eq!(next_data(&mut ws), ("msg".into(), "book.Q".into(), 1));
+    assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.P".into(), 5));
+    assert_eq!(next_data(&mut ws), ("msg".into(), "book.P".into(), 6));
+}

@@ -688,7 +688,10 @@ impl<T> Table<T> {
             return Routed::Unrouted;
         };
         let Table {
-            slots, prefixes, ..
+            slots,
+            prefixes,
+            requests,
+            ..
         } = self;
         let entry = slots[slot as usize]
             .as_mut()
@@ -719,10 +722,30 @@ impl<T> Table<T> {
             }
         }
         if by_pattern {
+            // A connection that also subscribes to the topic exactly and waits there (for a
+            // snapshot, or for the answer of a resume or resync) gets nothing of it through a
+            // pattern meanwhile: its exact subscription says where its data starts. Free
+            // unless someone waits.
+            let held = &entry.exact.held;
+            let name = &entry.name;
+            let waits = |s: &Rc<T>| {
+                held.iter().any(|h| Rc::ptr_eq(&h.sub, s))
+                    || requests.iter().any(|r| {
+                        r.recovery.is_some()
+                            && Rc::ptr_eq(&r.sub, s)
+                            && r.items
+                                .iter()
+                                .any(|(i, _)| matches!(i, Interest::Topic(t) if t == name))
+                    })
+            };
+            let anyone_waits = !held.is_empty() || !requests.is_empty();
             for p in covering_prefixes(&entry.name) {
                 match prefixes.get(p) {
                     Some(e) if e.state == State::Live => {
                         for s in &e.subscribers {
+                            if anyone_waits && waits(s) {
+                                continue;
+                            }
                             deliver(s, missed);
                             n += 1;
                         }
