@@ -8,12 +8,15 @@
 //! # Layout
 //! In data-path order (publisher -> dispatcher -> ring -> shard -> connection -> socket):
 //! - [`publisher`]: TCP ingest (newline-delimited JSON) and the in-process [`Publisher`].
-//! - [`dispatcher`]: sequencing, encode-once framing, routing into the shard rings.
+//! - [`dispatcher`]: sequencing, encode-once framing, routing into the shard rings; its
+//!   history, epochs and recovery answers (`dispatcher::recovery`, docs/protocol.md "Recovery").
 //! - `corecast_shards::ring`, `::shard`, `::connection`, `::socket`: the per-core half, in its
 //!   own crate (`shards/`).
 //!
 //! Around them: [`server`] wires the threads together, [`config`] reads the TOML file,
-//! [`report`] merges the shards' metrics, [`demo`] is the synthetic market feed.
+//! [`report`] merges the shards' metrics, [`demo`] is the synthetic market feed (its order
+//! books checksummed by [`book`]), [`watch`] the bundled client (`watch --book` keeps a book
+//! across disconnects).
 
 pub mod book;
 pub mod config;
