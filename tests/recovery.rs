@@ -218,6 +218,16 @@ fn since_on_a_pattern_and_resync_of_a_stream_topic_are_refused() {
     send(&mut ws, r#"{"op":"resync","id":4}"#);
     let err = next_op(&mut ws, "error");
     assert_eq!(err["code"].as_str(), Some("bad_request"), "{err:?}");
+    // A resume of a topic a pattern of the connection delivers could repeat what it sent.
+    subscribe(&mut ws, 5, &["p.*"]);
+    send(
+        &mut ws,
+        r#"{"op":"subscribe","id":6,"topics":[{"topic":"p.x","since":{"epoch":"x","seq":1}}]}"#,
+    );
+    let err = next_op(&mut ws, "error");
+    assert_eq!(err["code"].as_str(), Some("bad_request"), "{err:?}");
+    assert_eq!(err["id"].as_u64(), Some(6));
+    assert!(err["message"].as_str().unwrap().contains("p.*"), "{err:?}");
 }
 
 #[test]
@@ -686,4 +696,32 @@ fn a_pattern_delivers_nothing_of_a_topic_its_connection_waits_on_exactly() {
     assert_eq!(next_data(&mut ws), ("msg".into(), "book.Q".into(), 1));
     assert_eq!(next_data(&mut ws), ("snapshot".into(), "book.P".into(), 5));
     assert_eq!(next_data(&mut ws), ("msg".into(), "book.P".into(), 6));
+}
+
+#[test]
+fn a_resume_that_would_queue_more_than_20000_frames_is_not_recovered() {
+    let server = start(|c| {
+        namespace(c, "long.", false, Some(30_000));
+        c.recovery.max_messages = 30_000;
+    });
+    let mut ws = connect(&server.url);
+    let epoch = epoch_of(&subscribe(&mut ws, 1, &["long.t"]), "long.t");
+    drop(ws);
+    server.publish("long.t", 24_999);
+    server.publish_settled("long.t", 1); // 25,000 held
+    let mut c = connect(&server.url);
+    let ack = resume(&mut c, 2, &[("long.t", &epoch, 0)]);
+    let e = entry(&ack, "long.t");
+    assert_eq!(e["recovered"].as_bool(), Some(false), "{ack:?}");
+    assert_eq!(e["seq"].as_u64(), Some(25_000), "joined at the head");
+    server.publish("long.t", 1);
+    assert_eq!(next_data(&mut c), ("msg".into(), "long.t".into(), 25_001));
+    // Within the budget it recovers.
+    let mut c = connect(&server.url);
+    let ack = resume(&mut c, 3, &[("long.t", &epoch, 10_000)]);
+    assert_eq!(
+        entry(&ack, "long.t")["recovered"].as_bool(),
+        Some(true),
+        "{ack:?}"
+    );
 }

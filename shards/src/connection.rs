@@ -420,6 +420,11 @@ impl Conn {
         self.out.borrow_mut().push_notice(topic, from, to, reason);
     }
 
+    /// Frames of every kind waiting to be written.
+    pub(crate) fn queued(&self) -> usize {
+        self.out.borrow().len()
+    }
+
     /// Queues frames of a replay (recovered history, a snapshot and its deltas), behind
     /// whatever is queued (the ack that announced them). Never dropped.
     pub(crate) fn push_replay(&self, frames: Vec<bytes::Bytes>) {
@@ -510,14 +515,25 @@ impl Conn {
         let subs = self.subs.borrow();
         let patterns = subs.partition_point(|i| matches!(i, Interest::Topic(_)));
         let (topics, patterns) = subs.split_at(patterns);
-        let find = |list: &[Interest], name: &str| {
-            list.binary_search_by(|i| match i {
-                Interest::Topic(t) | Interest::Prefix(t) => (**t).cmp(name),
-            })
-            .is_ok()
-        };
-        find(topics, topic) || covering_prefixes(topic).any(|p| find(patterns, p))
+        find_named(topics, topic) || covering_prefixes(topic).any(|p| find_named(patterns, p))
     }
+
+    /// The pattern of this connection that covers `topic`, if any (as its prefix).
+    pub(crate) fn pattern_covering(&self, topic: &str) -> Option<String> {
+        let subs = self.subs.borrow();
+        let patterns = &subs[subs.partition_point(|i| matches!(i, Interest::Topic(_)))..];
+        covering_prefixes(topic)
+            .find(|p| find_named(patterns, p))
+            .map(str::to_string)
+    }
+}
+
+/// Whether `list` (sorted by name) names `name`.
+fn find_named(list: &[Interest], name: &str) -> bool {
+    list.binary_search_by(|i| match i {
+        Interest::Topic(t) | Interest::Prefix(t) => (**t).cmp(name),
+    })
+    .is_ok()
 }
 
 #[cfg(test)]

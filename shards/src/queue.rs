@@ -117,6 +117,11 @@ impl Outbound {
         self.published as usize
     }
 
+    /// Frames of every kind waiting (a replay's included).
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// True when nothing at all waits to be written.
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty() && self.gaps.is_none()

@@ -180,6 +180,15 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                         );
                         return reject(ctx, conn, id, code::BAD_REQUEST, &msg);
                     }
+                    Ok(Selector::Topic(t))
+                        if entry.since.is_some() && conn.pattern_covering(t).is_some() =>
+                    {
+                        let pattern = conn.pattern_covering(t).unwrap_or_default();
+                        let msg = format!(
+                            "{t:?} is delivered to this connection through {pattern}.*: a resume of it could repeat what the pattern sent; unsubscribe the pattern first"
+                        );
+                        return reject(ctx, conn, id, code::BAD_REQUEST, &msg);
+                    }
                     Ok(Selector::Topic(t)) => {
                         let snapshot = ctx.namespaces.rules(t).snapshots;
                         let already = conn.is_subscribed(&Interest::Topic(Arc::from(t)))
@@ -400,6 +409,12 @@ pub(crate) fn apply_gap_policy(ctx: &ShardCtx, conn: &Rc<Conn>, topic: &Arc<str>
     }
 }
 
+/// Most frames a connection's queue may hold after a resume's replay is added: past it the
+/// resume of a stream topic is answered `"recovered":false` (the connection joined at the
+/// head, so nothing is lost but the replay). Bounds what a client that resumes many topics without reading can
+/// make the shard hold (a replay is never dropped).
+pub(crate) const MAX_QUEUED_REPLAY: usize = 20_000;
+
 /// One line of an `ack`, owned until the frame is made.
 struct AckLine {
     topic: String,
@@ -453,7 +468,13 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
         topics,
         recovered,
         quiet,
+        behind,
     } = r;
+    for (other, topic, from, to) in behind {
+        other.push_notice(&topic, from, to, protocol::reason::SHARD_OVERFLOW);
+        ctx.metrics.borrow_mut().counters.shard_gaps += 1;
+        ctx.mark_dirty(&other);
+    }
     if quiet {
         // A resnapshot: the snapshot and its deltas replace what was dropped; no ack, and
         // the connection's own requests are not held for it.
@@ -463,6 +484,22 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
         ctx.mark_dirty(&sub);
         return;
     }
+    // A resume whose replay would make the queue too long is not recovered after all.
+    let mut recovered = recovered;
+    let mut queued = sub.queued();
+    for (topic, a) in &mut recovered {
+        // (A snapshot topic keeps its replay: not recovered, it would start from a snapshot,
+        // which only the dispatcher can give; its replay is bounded by its history.)
+        if a.recovered == Some(true)
+            && queued + a.frames.len() > MAX_QUEUED_REPLAY
+            && !ctx.namespaces.rules(topic).snapshots
+        {
+            a.recovered = Some(false);
+            a.seq = a.head;
+            a.frames.clear();
+        }
+        queued += a.frames.len();
+    }
     let mut lines = Vec::with_capacity(topics.len());
     for (interest, seq) in &topics {
         let mut line = AckLine::new(interest_name(interest));
@@ -471,6 +508,7 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
             line.epoch = true;
             line.start = Some(Start::Next);
             if let Some((_, a)) = recovered.iter().find(|(r, _)| r == t) {
+                line.seq = Some(a.seq);
                 line.recovered = a.recovered;
                 line.start = Some(a.start);
                 line.waiting = a.waiting;

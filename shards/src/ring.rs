@@ -131,6 +131,8 @@ pub enum Start {
 pub struct RecoveredItem {
     /// The ack entry's `seq`: the topic's head (for a recovered resume: `since.seq`).
     pub seq: u64,
+    /// The topic's head when the dispatcher answered: the subscriber has everything up to it.
+    pub head: u64,
     /// Present when `since` was given: the messages after it are in `frames`.
     pub recovered: Option<bool>,
     pub start: Start,

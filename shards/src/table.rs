@@ -45,15 +45,6 @@ struct Held<T> {
     from: u64,
 }
 
-/// What [`Table::snapshot_waits`] found.
-pub struct SnapshotWaits<T> {
-    /// Topics that have subscribers waiting for a snapshot.
-    pub topics: Vec<Arc<str>>,
-    /// Waiters to tell: `(subscriber, topic, from, to)`, the sequences published since they
-    /// began to wait (or were last told) and that they will not receive.
-    pub overdue: Vec<(Rc<T>, Arc<str>, u64, u64)>,
-}
-
 impl<T> Entry<T> {
     fn new() -> Self {
         Entry {
@@ -95,6 +86,10 @@ pub struct Resolved<T> {
     pub recovered: Vec<(Arc<str>, RecoveredItem)>,
     /// Started by the server (a `resnapshot` gap policy), not by a request: no ack.
     pub quiet: bool,
+    /// Gap notices for the topic's other subscribers, `(subscriber, topic, from, to)`: the
+    /// shard had not received up to the answer's head (frames lost before it), which the new
+    /// subscriber's replay covers; announced now, so the next frame finds no hole.
+    pub behind: Vec<(Rc<T>, Arc<str>, u64, u64)>,
 }
 
 /// The history part of a request: asked of the dispatcher once every interest of the
@@ -360,57 +355,6 @@ impl<T> Table<T> {
         })
     }
 
-    /// Topics with subscribers waiting for a snapshot, and the waiters that have waited `wait`
-    /// since they began or were last told (their clock restarts, and their `from` moves past
-    /// what they are told of). Linear in the topics the shard tracks.
-    pub fn snapshot_waits(
-        &mut self,
-        now: std::time::Instant,
-        wait: std::time::Duration,
-    ) -> SnapshotWaits<T> {
-        let mut found = SnapshotWaits {
-            topics: Vec::new(),
-            overdue: Vec::new(),
-        };
-        for e in self.slots.iter_mut().flatten() {
-            if e.exact.held.is_empty() {
-                continue;
-            }
-            found.topics.push(e.name.clone());
-            for h in &mut e.exact.held {
-                if now.saturating_duration_since(h.since) < wait {
-                    continue;
-                }
-                h.since = now;
-                if e.last_seq >= h.from {
-                    found
-                        .overdue
-                        .push((h.sub.clone(), e.name.clone(), h.from, e.last_seq));
-                    h.from = e.last_seq + 1;
-                }
-            }
-        }
-        found
-    }
-
-    /// Moves `sub` from `topic`'s subscribers to those waiting for its next snapshot (after
-    /// a gap on a snapshot topic whose policy is `notice`). Nothing if it is not a subscriber.
-    pub fn hold_until_snapshot(&mut self, sub: &Rc<T>, topic: &str) {
-        let Some(e) = self.topic_mut(topic) else {
-            return;
-        };
-        let from = e.last_seq + 1;
-        let exact = &mut e.exact;
-        if let Some(pos) = exact.subscribers.iter().position(|s| Rc::ptr_eq(s, sub)) {
-            exact.subscribers.swap_remove(pos);
-            exact.held.push(Held {
-                sub: sub.clone(),
-                since: std::time::Instant::now(),
-                from,
-            });
-        }
-    }
-
     /// The name of the topic numbered `id`, if the table tracks it.
     pub fn name_of(&self, id: TopicId) -> Option<Arc<str>> {
         let slot = *self.by_id.get(id.0 as usize)?;
@@ -465,6 +409,34 @@ impl<T> Table<T> {
         req: Request<T>,
         recovered: Vec<(Arc<str>, RecoveredItem)>,
     ) -> Resolved<T> {
+        let mut behind: Vec<(Rc<T>, Arc<str>, u64, u64)> = Vec::new();
+        for (name, answer) in &recovered {
+            let Some(&slot) = self.by_name.get(&**name) else {
+                continue;
+            };
+            let Table {
+                slots, prefixes, ..
+            } = &mut *self;
+            let Some(e) = slots[slot as usize].as_mut() else {
+                continue;
+            };
+            if answer.head <= e.last_seq {
+                continue;
+            }
+            if e.last_seq != 0 {
+                let (from, to) = (e.last_seq + 1, answer.head);
+                let patterns = covering_prefixes(&e.name)
+                    .filter_map(|p| prefixes.get(p))
+                    .filter(|p| p.state == State::Live)
+                    .flat_map(|p| p.subscribers.iter());
+                for s in e.exact.subscribers.iter().chain(patterns) {
+                    if !behind.iter().any(|(b, ..)| Rc::ptr_eq(b, s)) {
+                        behind.push((s.clone(), e.name.clone(), from, to));
+                    }
+                }
+            }
+            e.last_seq = answer.head;
+        }
         let mut topics = Vec::with_capacity(req.items.len());
         for (interest, add) in req.items {
             let answer = match &interest {
@@ -502,6 +474,7 @@ impl<T> Table<T> {
             topics,
             recovered,
             quiet: req.quiet,
+            behind,
         }
     }
 
@@ -774,6 +747,9 @@ fn live_pattern_covers<T>(prefixes: &HashMap<Arc<str>, Entry<T>>, topic: &str) -
     !prefixes.is_empty()
         && covering_prefixes(topic).any(|p| prefixes.get(p).is_some_and(|e| e.state == State::Live))
 }
+
+mod waiting;
+pub use waiting::SnapshotWaits;
 
 #[cfg(test)]
 mod tests;

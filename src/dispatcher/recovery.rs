@@ -226,6 +226,7 @@ impl Dispatcher {
                 };
                 return RecoveredItem {
                     seq: *since,
+                    head,
                     recovered: Some(true),
                     start: Start::Next,
                     waiting: false,
@@ -238,6 +239,7 @@ impl Dispatcher {
         if !item.snapshot {
             return RecoveredItem {
                 seq: head,
+                head,
                 recovered,
                 start: Start::Next,
                 waiting: false,
@@ -248,6 +250,7 @@ impl Dispatcher {
         match held {
             Some(s) => RecoveredItem {
                 seq: head,
+                head,
                 recovered,
                 start: Start::Snapshot,
                 waiting: false,
@@ -255,6 +258,7 @@ impl Dispatcher {
             },
             None => RecoveredItem {
                 seq: head,
+                head,
                 recovered,
                 start: Start::Snapshot,
                 waiting: true,

@@ -330,6 +330,7 @@ fn snapshot_item(name: &str) -> RecoverItem {
 fn answer(seq: u64, waiting: bool) -> RecoveredItem {
     RecoveredItem {
         seq,
+        head: seq,
         recovered: None,
         start: crate::ring::Start::Snapshot,
         waiting,
@@ -448,4 +449,47 @@ fn start_resync(t: &mut Table<u32>, a: &Rc<u32>, id: Option<u64>, name: &str, qu
         [ToDispatcher::Recover { nonce, .. }] => *nonce,
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn frames_the_shard_missed_but_a_replay_covered_are_announced_to_the_others_only() {
+    let (mut t, _a) = live_on("t.h");
+    for seq in 1..=3 {
+        assert_eq!(delivered(&mut t, &frame("t.h", seq)), vec![(1, None)]);
+    }
+    // 4..=6 never reach the shard (lost before it); b resumes and its replay covers them.
+    let b = Rc::new(2u32);
+    let mut asks = Vec::new();
+    let item = RecoverItem {
+        topic: "t.h".into(),
+        since: Some(("e".into(), 2)),
+        snapshot: false,
+    };
+    assert!(t
+        .subscribe(
+            b.clone(),
+            Some(1),
+            vec![(topic("t.h"), true)],
+            vec![item],
+            &mut asks
+        )
+        .is_none());
+    let [ToDispatcher::Recover { nonce, .. }] = &asks[..] else {
+        panic!("{asks:?}")
+    };
+    let mut recovered = answer(2, false);
+    recovered.head = 6;
+    recovered.recovered = Some(true);
+    recovered.start = crate::ring::Start::Next;
+    let r = t.on_recovered(*nonce, vec![recovered]).expect("completed");
+    let behind: Vec<(u32, &str, u64, u64)> = r
+        .behind
+        .iter()
+        .map(|(s, n, f, to)| (**s, &**n, *f, *to))
+        .collect();
+    assert_eq!(behind, vec![(1, "t.h", 4, 6)], "a is told; b has them");
+    // The next frame finds no hole, for either.
+    let mut got = delivered(&mut t, &frame("t.h", 7));
+    got.sort();
+    assert_eq!(got, vec![(1, None), (2, None)]);
 }
