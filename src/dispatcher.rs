@@ -378,17 +378,9 @@ impl Dispatcher {
                 bytes: bytes.clone(),
                 at: ingest_at,
             });
-            let max_age = std::time::Duration::from_millis(state.rules.history_max_age_ms);
-            while let Some(front) = state.history.front() {
-                let over = state.history.len() > state.rules.history_max_messages
-                    || ingest_at.saturating_duration_since(front.at) > max_age;
-                if !over {
-                    break;
-                }
-                self.history_bytes -= held_cost(&front.bytes);
-                self.history_len -= 1;
-                state.history.pop_front();
-            }
+            let (cost, count) = state.trim_own_bounds(ingest_at);
+            self.history_bytes -= cost;
+            self.history_len -= count;
             self.history_order.push_back((topic, seq));
             self.trim_history();
         }

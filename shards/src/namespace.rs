@@ -92,6 +92,8 @@ impl Default for Waits {
 pub struct Namespaces {
     /// Longest prefix first, so the first match is the longest.
     by_length: Vec<(String, Rules)>,
+    /// Some namespace has snapshot topics or a gap policy other than `notice`.
+    policies: bool,
 }
 
 impl Namespaces {
@@ -137,15 +139,20 @@ impl Namespaces {
             by_length.push((ns.prefix.clone(), rules));
         }
         by_length.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        Ok(Namespaces { by_length })
+        let policies = by_length
+            .iter()
+            .any(|(_, r)| r.snapshots || r.gap_policy != GapPolicy::Notice);
+        Ok(Namespaces {
+            by_length,
+            policies,
+        })
     }
 
     /// True when a drop may need more than its notice: some namespace has snapshot topics or
     /// a gap policy other than `notice` (a drop must then look up its topic's rules).
+    /// Computed once: the fan-out round asks per frame.
     pub fn has_policies(&self) -> bool {
-        self.by_length
-            .iter()
-            .any(|(_, r)| r.snapshots || r.gap_policy != GapPolicy::Notice)
+        self.policies
     }
 
     /// The rules of `topic`: its longest matching namespace's, else [`Rules::DEFAULT`].

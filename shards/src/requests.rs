@@ -180,16 +180,15 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                         );
                         return reject(ctx, conn, id, code::BAD_REQUEST, &msg);
                     }
-                    Ok(Selector::Topic(t))
-                        if entry.since.is_some() && conn.pattern_covering(t).is_some() =>
-                    {
-                        let pattern = conn.pattern_covering(t).unwrap_or_default();
-                        let msg = format!(
-                            "{t:?} is delivered to this connection through {pattern}.*: a resume of it could repeat what the pattern sent; unsubscribe the pattern first"
-                        );
-                        return reject(ctx, conn, id, code::BAD_REQUEST, &msg);
-                    }
                     Ok(Selector::Topic(t)) => {
+                        if let Some(pattern) =
+                            entry.since.as_ref().and_then(|_| conn.pattern_covering(t))
+                        {
+                            let msg = format!(
+                                "{t:?} is delivered to this connection through {pattern}.*: a resume of it could repeat what the pattern sent; unsubscribe the pattern first"
+                            );
+                            return reject(ctx, conn, id, code::BAD_REQUEST, &msg);
+                        }
                         let snapshot = ctx.namespaces.rules(t).snapshots;
                         let already = conn.is_subscribed(&Interest::Topic(Arc::from(t)))
                             || recover.iter().any(|r| &*r.topic == t);

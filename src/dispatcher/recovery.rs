@@ -102,6 +102,24 @@ pub(super) struct Held {
 }
 
 impl TopicState {
+    /// Trims the oldest history past the namespace's count and age bounds (age as of `now`).
+    /// Returns the cost (`held_cost`) and number of the frames trimmed.
+    pub(super) fn trim_own_bounds(&mut self, now: Instant) -> (usize, usize) {
+        let max_age = std::time::Duration::from_millis(self.rules.history_max_age_ms);
+        let (mut cost, mut count) = (0, 0);
+        while let Some(front) = self.history.front() {
+            let over = self.history.len() > self.rules.history_max_messages
+                || now.saturating_duration_since(front.at) > max_age;
+            if !over {
+                break;
+            }
+            cost += held_cost(&front.bytes);
+            count += 1;
+            self.history.pop_front();
+        }
+        (cost, count)
+    }
+
     /// Index in `history` of `seq`, if held.
     fn held_at(&self, seq: u64) -> Option<usize> {
         let first = self.history.front()?.seq;
@@ -190,19 +208,10 @@ impl Dispatcher {
     /// nothing (`start: next`). Frames are shared, not copied.
     pub(super) fn recover(&mut self, item: &RecoverItem) -> RecoveredItem {
         // History older than the namespace's age bound goes first, even on a quiet topic.
-        let now = Instant::now();
         if let Some(s) = self.topics.get_mut(&*item.topic) {
-            let max_age = std::time::Duration::from_millis(s.rules.history_max_age_ms);
-            while s
-                .history
-                .front()
-                .is_some_and(|h| now.saturating_duration_since(h.at) > max_age)
-            {
-                if let Some(h) = s.history.pop_front() {
-                    self.history_bytes -= held_cost(&h.bytes);
-                    self.history_len -= 1;
-                }
-            }
+            let (cost, count) = s.trim_own_bounds(Instant::now());
+            self.history_bytes -= cost;
+            self.history_len -= count;
         }
         let state = self.topics.get(&*item.topic);
         let head = state.map_or(0, |s| s.seq);
