@@ -30,7 +30,9 @@ pub fn split(seed: u8, body: &[u8]) -> Vec<&[u8]> {
 pub fn upgrade(data: &[u8]) {
     match handshake::parse(data, "/ws") {
         Parsed::Partial => assert!(data.len() < handshake::MAX_REQUEST_HEAD),
-        Parsed::Upgrade { response, consumed } => {
+        Parsed::Upgrade {
+            response, consumed, ..
+        } => {
             assert!(consumed <= data.len());
             assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
         }
@@ -66,7 +68,7 @@ pub fn request(data: &[u8]) {
         Ok(Request::Unsubscribe { topics, .. }) => {
             assert!((1..=100).contains(&topics.len()));
         }
-        Ok(Request::Ping { .. } | Request::Resync { .. }) => {}
+        Ok(Request::Ping { .. } | Request::Resync { .. } | Request::Auth { .. }) => {}
         Err(r) => assert!(!r.code.is_empty() && !r.message.is_empty()),
     }
 }

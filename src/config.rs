@@ -90,6 +90,10 @@ pub struct Config {
     /// Per-prefix topic rules (`[[namespaces]]`): snapshot topics, history bounds, gap
     /// policy. Topics outside every namespace take the defaults. None by default.
     pub namespaces: Vec<corecast_shards::namespace::Namespace>,
+    /// Tokens and topic permissions (`[auth]`, `[auth.roles]`); off unless a key is set.
+    pub auth: corecast_shards::auth::AuthConfig,
+    /// Connection limits and the Origin allow-list (`[limits]`).
+    pub limits: corecast_shards::admission::LimitsConfig,
 }
 
 /// A configuration file that could not be used.
@@ -162,6 +166,15 @@ impl Config {
         self.recovery.validate().map_err(ConfigError::Invalid)?;
         corecast_shards::namespace::Namespaces::new(&self.namespaces)
             .map_err(ConfigError::Invalid)?;
+        corecast_shards::auth::Auth::new(&self.auth).map_err(ConfigError::Invalid)?;
+        corecast_shards::admission::Admission::new(&self.limits).map_err(ConfigError::Invalid)?;
+        if !self.server.ingest.ip().is_loopback() && self.dispatcher.publisher_key.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "server.ingest {} is not a loopback address: set dispatcher.publisher_key, \
+                 which every publisher then sends as its first line",
+                self.server.ingest
+            )));
+        }
         if self.server.shards > crate::dispatcher::MAX_SHARDS {
             return Err(ConfigError::Invalid(format!(
                 "server.shards is {}; at most {} are supported",
@@ -379,6 +392,53 @@ mod tests {
             let e = Config::from_toml(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn auth_limits_and_the_publisher_key_are_checked_with_the_reason() {
+        let secret = "hmac_secret = \"0123456789abcdef0123456789abcdef\"";
+        let c = Config::from_toml(&format!(
+            "[auth]\n{secret}\nanonymous_topics = [\"ticker.*\"]\n[auth.roles]\nops = [\"admin.*\"]\n\
+             [limits]\nconnections_per_ip = 5\ntrusted_proxies = [\"10.0.0.0/8\"]\n"
+        ))
+        .unwrap();
+        assert!(c.auth.enabled());
+        assert_eq!(c.auth.roles["ops"], vec!["admin.*".to_string()]);
+        assert_eq!(c.limits.connections_per_ip, 5);
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "the secret is redacted"
+        );
+        for (bad, why) in [
+            ("[auth]\nhmac_secret = \"short\"\n", "hmac_secret"),
+            ("[auth]\nanonymous_topics = [\"a.*\"]\n", "need a key"),
+            (
+                &format!("[auth]\n{secret}\nprivate_prefix = \"a..b\"\n"),
+                "private_prefix",
+            ),
+            (
+                &format!("[auth]\n{secret}\n[auth.roles]\nx = [\"a.*.b\"]\n"),
+                "auth.roles.x",
+            ),
+            (
+                "[limits]\ntrusted_proxies = [\"nope\"]\n",
+                "trusted_proxies",
+            ),
+            (
+                "[limits]\nallowed_origins = [\"null\"]\n",
+                "allowed_origins",
+            ),
+            ("[server]\ningest = \"0.0.0.0:9000\"\n", "publisher_key"),
+            ("[auth]\nhmac = \"x\"\n", "hmac"),
+        ] {
+            let e = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let c = Config::from_toml(
+            "[server]\ningest = \"0.0.0.0:9000\"\n[dispatcher]\npublisher_key = \"k\"\n",
+        )
+        .unwrap();
+        assert!(c.dispatcher.publisher_key.is_some());
     }
 
     #[test]

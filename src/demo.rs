@@ -50,6 +50,8 @@ pub fn symbols(n: usize) -> Vec<String> {
 }
 
 /// xorshift64*: a small deterministic generator, enough for a synthetic feed.
+mod orders;
+
 struct Rng(u64);
 
 impl Rng {
@@ -105,6 +107,46 @@ impl Drop for Feed {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The demo user's private topic: its orders and fills.
+pub const USER_TOPIC: &str = "user.demo.orders";
+
+/// Lifetime of the demo user's token, seconds (12 h).
+const USER_TOKEN_TTL: u64 = 12 * 3600;
+
+/// Turns on auth for the demo, unless the configuration already did: an HS256 secret made
+/// at this start (random), every public topic open without a token (`anonymous_topics =
+/// ["*"]`), and the private namespace `user.` for tokens. Returns the demo user's token
+/// (`sub` `demo`, 12 h), or `None` when auth was configured by the caller (then the demo
+/// mints nothing).
+pub fn declare_auth(config: &mut crate::config::Config) -> anyhow::Result<Option<String>> {
+    if config.auth.enabled() {
+        return Ok(None);
+    }
+    let secret = format!(
+        "{}{}{}{}",
+        crate::dispatcher::new_epoch(),
+        crate::dispatcher::new_epoch(),
+        crate::dispatcher::new_epoch(),
+        crate::dispatcher::new_epoch()
+    );
+    config.auth.hmac_secret = Some(corecast_shards::auth::Secret(secret.clone()));
+    if config.auth.anonymous_topics.is_none() {
+        config.auth.anonymous_topics = Some(vec!["*".into()]);
+    }
+    let spec = crate::token::TokenSpec {
+        sub: "demo".into(),
+        ttl_s: USER_TOKEN_TTL,
+        topics: Vec::new(),
+        roles: Vec::new(),
+        issuer: config.auth.issuer.clone(),
+        audience: config.auth.audience.clone(),
+        kid: None,
+        not_before_s: None,
+    };
+    let token = crate::token::mint(&spec, &crate::token::SigningKey::Hmac(secret))?;
+    Ok(Some(token))
 }
 
 /// Declares the demo's `book.` namespace (snapshot topics), unless the configuration already
@@ -370,7 +412,17 @@ fn run(publisher: Publisher, config: FeedConfig, stop: Arc<AtomicBool>) -> u64 {
     );
     let mut published = 0u64;
     let mut next = Instant::now();
+    let mut orders = orders::Orders::default();
+    let mut prices: Vec<(String, f64, usize)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
+        prices.clear();
+        prices.extend(
+            markets
+                .iter()
+                .take(8)
+                .map(|(m, b)| (m.symbol.clone(), m.price, b.decimals as usize)),
+        );
+        published += orders.tick(&mut rng, &publisher, &prices);
         let now = Instant::now();
         for (m, book) in &mut markets {
             // Trades and tickers follow the book's mid.

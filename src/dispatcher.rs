@@ -54,6 +54,10 @@ pub struct DispatcherConfig {
     pub publisher_queue: usize,
     /// How often a one-line summary is printed to stderr, ms; 0 never. Default 10000.
     pub summary_interval_ms: u64,
+    /// Key every TCP publisher sends as its first line (compared in constant time); a wrong
+    /// or missing key gets an `unauthorized` error line and the connection is closed. Required
+    /// when `server.ingest` is not a loopback address. Default unset (no key asked).
+    pub publisher_key: Option<corecast_shards::auth::Secret>,
 }
 
 impl Default for DispatcherConfig {
@@ -65,6 +69,7 @@ impl Default for DispatcherConfig {
             max_line_bytes: 1 << 20,
             publisher_queue: 8_192,
             summary_interval_ms: 10_000,
+            publisher_key: None,
         }
     }
 }

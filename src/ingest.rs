@@ -46,6 +46,29 @@ pub(crate) async fn serve_ingest(
 ) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let max_line = dispatcher.borrow().config().max_line_bytes;
+    let key = dispatcher.borrow().config().publisher_key.clone();
+    let mut carry = Vec::new();
+    if let Some(key) = key {
+        let waking = corecast_shards::executor::WakesNap::new(&nap_fds, fd);
+        let checked = read_key(&mut stream, key.0.as_bytes())
+            .or(async {
+                glommio::timer::sleep(KEY_TIMEOUT).await;
+                Err("no publisher key within 10 s")
+            })
+            .await;
+        drop(waking);
+        match checked {
+            Ok(rest) => carry = rest,
+            Err(why) => {
+                dispatcher.borrow_mut().stats.rejected_lines += 1;
+                let line = format!(
+                    "{{\"op\":\"error\",\"line\":0,\"code\":\"unauthorized\",\"message\":\"{why}\"}}\n"
+                );
+                let _ = stream.write_all(line.as_bytes()).await;
+                return;
+            }
+        }
+    }
     // Lines the dispatcher has for this publisher (`snapshot_request`), written with its
     // error lines after each read.
     let (source, outbox, kicked) = dispatcher.borrow_mut().register_ingest();
@@ -53,6 +76,30 @@ pub(crate) async fn serve_ingest(
     let mut parser = LineParser::default();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut replies: Vec<u8> = Vec::new();
+    if !carry.is_empty() {
+        // What came after the key line in the same read.
+        let mut each = |no: u64, line: Line<'_>| {
+            let result = match line {
+                Line::Text(text) => parser.parse(text).and_then(|p| {
+                    dispatcher.borrow_mut().publish_parts(
+                        p.topic,
+                        p.data,
+                        p.ts,
+                        Instant::now(),
+                        p.snapshot,
+                        source,
+                    )
+                }),
+                Line::TooLong => Err(PublishError::LineTooLong(max_line)),
+            };
+            if let Err(e) = result {
+                dispatcher.borrow_mut().stats.rejected_lines += 1;
+                error_line(&mut replies, no, &e);
+            }
+        };
+        lines.feed(&carry, &mut each);
+        drop(carry);
+    }
     loop {
         let waking = corecast_shards::executor::WakesNap::new(&nap_fds, fd);
         // A read, or lines for the publisher while it is quiet. Dropping a pending read loses
@@ -127,6 +174,46 @@ pub(crate) async fn serve_ingest(
     dispatcher.borrow_mut().unregister_ingest(source);
 }
 
+/// How long a publisher has to send its key line.
+const KEY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Longest key line read, bytes.
+const MAX_KEY_LINE: usize = 4096;
+
+/// Reads the publisher's first line and compares it with `key` in constant time (the time
+/// taken does not depend on where the two differ). `Ok` carries the bytes after the line.
+async fn read_key(stream: &mut TcpStream, key: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            break end;
+        }
+        if buf.len() > MAX_KEY_LINE {
+            return Err("the first line must be the publisher key");
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err("closed before the publisher key"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    if !same_bytes(line, key) {
+        return Err("wrong publisher key");
+    }
+    Ok(buf.split_off(end + 1))
+}
+
+/// Constant-time equality: every byte of the longer input is looked at whatever differs.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len().max(b.len());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..n {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
 /// What ended an ingest task's wait.
 enum Woke {
     Read(std::io::Result<usize>),
@@ -147,6 +234,15 @@ fn error_line(out: &mut Vec<u8>, line: u64, e: &PublishError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_bytes(b"secret", b"secret"));
+        assert!(!same_bytes(b"secret", b"secreT"));
+        assert!(!same_bytes(b"secret", b"secret2"));
+        assert!(!same_bytes(b"", b"x"));
+        assert!(same_bytes(b"", b""));
+    }
 
     #[test]
     fn error_line_names_line_and_reason() {

@@ -16,7 +16,9 @@
 //! Around them: [`server`] wires the threads together, [`config`] reads the TOML file,
 //! [`report`] merges the shards' metrics, [`demo`] is the synthetic market feed (its order
 //! books checksummed by [`book`]), [`watch`] the bundled client (`watch --book` keeps a book
-//! across disconnects).
+//! across disconnects), [`token`] mints test tokens. Authentication, permissions and
+//! connection limits are `corecast_shards::auth`, `::admission` and the shard's sessions
+//! (docs/security.md).
 
 pub mod book;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod ingest;
 pub mod publisher;
 pub mod report;
 pub mod server;
+pub mod token;
 pub mod watch;
 
 pub use config::Config;

@@ -63,6 +63,8 @@ enum Command {
     },
     /// Print the default configuration file, every field documented.
     PrintConfig,
+    /// Mint a signed token for tests and development (docs/security.md); prints it.
+    Token(TokenArgs),
     /// Subscribe to topics and print what arrives, checking sequence continuity.
     Watch {
         /// Server URL.
@@ -81,10 +83,52 @@ enum Command {
         /// With --book: stop after this many seconds.
         #[arg(long, value_name = "SECS", requires = "book")]
         seconds: Option<f64>,
+        /// Token to connect with (sent as `Authorization: Bearer`).
+        #[arg(long, env = "CORECAST_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Topics or `prefix.*` patterns.
         #[arg(required_unless_present = "book")]
         topics: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user (`sub`): 1 to 64 characters of [A-Za-z0-9_:-].
+    #[arg(long)]
+    sub: String,
+    /// HS256 secret (the server's auth.hmac_secret).
+    #[arg(
+        long,
+        env = "CORECAST_HMAC_SECRET",
+        hide_env_values = true,
+        conflicts_with = "key"
+    )]
+    secret: Option<String>,
+    /// PEM private key file (for RS*, PS*, ES* and EdDSA).
+    #[arg(long, requires = "alg")]
+    key: Option<PathBuf>,
+    /// Algorithm for --key: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA.
+    #[arg(long)]
+    alg: Option<String>,
+    /// Lifetime, seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// A pattern for the `topics` claim (repeatable).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// A role for the `roles` claim (repeatable).
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// `iss` claim.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// `aud` claim.
+    #[arg(long)]
+    audience: Option<String>,
+    /// `kid` header (a key of the server's JWKS).
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 #[derive(Args)]
@@ -148,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let mut config = serve.config()?;
             corecast::demo::declare_namespaces(&mut config);
+            let user = corecast::demo::declare_auth(&mut config)?;
             let path = config.shard.path.clone();
             let server = start(config)?;
             let feed = Feed::start(
@@ -157,7 +202,7 @@ fn main() -> anyhow::Result<()> {
                     rate_scale,
                 },
             );
-            print_demo_help(&server, &path, symbols);
+            print_demo_help(&server, &path, symbols, user.as_deref());
             let result = run_until_signal(server, exit_after.map(Duration::from_secs));
             let published = feed.stop();
             eprintln!("corecast demo: the feed published {published} events");
@@ -167,16 +212,41 @@ fn main() -> anyhow::Result<()> {
             print!("{}", include_str!("../corecast.example.toml"));
             Ok(())
         }
+        Command::Token(t) => {
+            let key = match (t.secret, t.key, t.alg) {
+                (Some(secret), None, _) => corecast::token::SigningKey::Hmac(secret),
+                (None, Some(path), Some(alg)) => corecast::token::SigningKey::Pem(
+                    path,
+                    alg.parse()
+                        .map_err(|_| anyhow::anyhow!("--alg {alg:?} is not a JWS algorithm"))?,
+                ),
+                _ => anyhow::bail!("give --secret (HS256) or --key with --alg"),
+            };
+            let spec = corecast::token::TokenSpec {
+                sub: t.sub,
+                ttl_s: t.ttl,
+                topics: t.topics,
+                roles: t.roles,
+                issuer: t.issuer,
+                audience: t.audience,
+                kid: t.kid,
+                not_before_s: None,
+            };
+            println!("{}", corecast::token::mint(&spec, &key)?);
+            Ok(())
+        }
         Command::Watch {
             server,
             count: _,
             book: Some(topic),
             reconnect_every,
             seconds,
+            token,
             ..
         } => {
             let report = corecast::watch::run_book(&corecast::watch::BookWatch {
                 url: server,
+                token,
                 topic,
                 reconnect_every: reconnect_every.map(Duration::from_secs_f64),
                 duration: seconds.map(Duration::from_secs_f64),
@@ -196,8 +266,9 @@ fn main() -> anyhow::Result<()> {
             server,
             count,
             topics,
+            token,
             ..
-        } => corecast::watch::run(&server, &topics, count),
+        } => corecast::watch::run(&server, token.as_deref(), &topics, count),
     }
 }
 
@@ -212,7 +283,7 @@ fn start(config: Config) -> anyhow::Result<Server> {
     Ok(server)
 }
 
-fn print_demo_help(server: &Server, path: &str, symbols: usize) {
+fn print_demo_help(server: &Server, path: &str, symbols: usize, user_token: Option<&str>) {
     let names = corecast::demo::symbols(symbols.min(300));
     let addr = server.client_addr();
     eprintln!(
@@ -230,6 +301,17 @@ fn print_demo_help(server: &Server, path: &str, symbols: usize) {
         server.ingest_addr().ip(),
         server.ingest_addr().port(),
     );
+    if let Some(token) = user_token {
+        eprintln!(
+            "A private stream: the user \"demo\"'s orders and fills on {topic}, readable only with\n\
+             its token (HS256, signed with a secret made at this start, valid 12 h):\n  \
+             {token}\n\
+             Watch it:\n  \
+             cargo run --release -- watch --server ws://{addr}{path} --token {token} {topic}\n\
+             Without the token that topic is refused (forbidden); docs/security.md explains.\n",
+            topic = corecast::demo::USER_TOPIC,
+        );
+    }
 }
 
 /// Serves until SIGINT/SIGTERM (or `limit`), then shuts down gracefully within a bound.
@@ -238,11 +320,20 @@ fn run_until_signal(server: Server, limit: Option<Duration>) -> anyhow::Result<(
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
+    let reload = server.jwks_reloader();
     std::thread::spawn(move || {
         let mut seen = 0;
         for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                match reload() {
+                    Ok(n) => eprintln!("corecast: SIGHUP: {n} JWKS key(s) in force"),
+                    Err(e) => eprintln!("corecast: SIGHUP: {e}; the previous keys stay"),
+                }
+                continue;
+            }
             seen += 1;
             if seen > 1 {
                 eprintln!("corecast: second signal, exiting now");

@@ -47,6 +47,7 @@ pub struct Server {
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     stats: SharedStats,
     snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>>,
+    auth: Option<Arc<corecast_shards::auth::Auth>>,
 }
 
 fn listener(
@@ -158,6 +159,12 @@ impl Server {
                 .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?,
         );
         let epoch = crate::dispatcher::new_epoch();
+        let invalid = |e| StartError::Config(crate::config::ConfigError::Invalid(e));
+        let auth = corecast_shards::auth::Auth::new(&config.auth)
+            .map_err(invalid)?
+            .map(Arc::new);
+        let admission =
+            Arc::new(corecast_shards::admission::Admission::new(&config.limits).map_err(invalid)?);
         let snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>> =
             Arc::default();
         let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
@@ -187,6 +194,8 @@ impl Server {
                         config.recovery.snapshot_request_interval_ms,
                     ),
                 },
+                auth: auth.clone(),
+                admission: admission.clone(),
             });
         }
 
@@ -240,7 +249,20 @@ impl Server {
             threads,
             stats,
             snapshot_requests,
+            auth,
         })
+    }
+
+    /// Reads `auth.jwks_file` again (what SIGHUP does): `Ok(n)` keys now in force, `Ok(0)`
+    /// without a JWKS; on an error the previous keys stay in force.
+    pub fn reload_jwks(&self) -> Result<usize, String> {
+        self.auth.as_ref().map_or(Ok(0), |a| a.reload_jwks())
+    }
+
+    /// [`Server::reload_jwks`] as a function for another thread (a signal handler's).
+    pub fn jwks_reloader(&self) -> impl Fn() -> Result<usize, String> + Send + 'static {
+        let auth = self.auth.clone();
+        move || auth.as_ref().map_or(Ok(0), |a| a.reload_jwks())
     }
 
     /// Where snapshot requests for the in-process publisher go: `f` is called on the

@@ -8,9 +8,49 @@ use anyhow::Context;
 use simd_json::prelude::*;
 use tungstenite::Message;
 
+/// Connects to `url`, with `token` as `Authorization: Bearer` when given (docs/security.md).
+/// A refused upgrade's error names the HTTP status.
+pub fn connect(
+    url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>>
+{
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .into_client_request()
+        .with_context(|| format!("bad server URL {url}"))?;
+    if let Some(t) = token {
+        let value = format!("Bearer {t}")
+            .parse()
+            .context("the token is not a valid header value")?;
+        request.headers_mut().insert("Authorization", value);
+    }
+    match tungstenite::connect(request) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            anyhow::bail!(
+                "{url} refused the upgrade: {} {}",
+                response.status(),
+                body.trim()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("connecting to {url}")),
+    }
+}
+
 /// Runs until the server closes, or `count` messages arrived.
-pub fn run(url: &str, topics: &[String], count: Option<u64>) -> anyhow::Result<()> {
-    let (mut ws, _) = tungstenite::connect(url).with_context(|| format!("connecting to {url}"))?;
+pub fn run(
+    url: &str,
+    token: Option<&str>,
+    topics: &[String],
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut ws = connect(url, token)?;
     let request = simd_json::json!({"op": "subscribe", "id": 1, "topics": topics});
     ws.send(Message::text(request.encode()))?;
     let mut last: HashMap<String, u64> = HashMap::new();
@@ -225,6 +265,8 @@ impl BookClient {
 #[derive(Debug, Clone)]
 pub struct BookWatch {
     pub url: String,
+    /// Sent as `Authorization: Bearer`, when set.
+    pub token: Option<String>,
     pub topic: String,
     /// Disconnect and resume (with `since`) this often; `None`: stay connected.
     pub reconnect_every: Option<std::time::Duration>,
@@ -244,8 +286,7 @@ pub fn run_book(w: &BookWatch) -> anyhow::Result<BookReport> {
     let mut client = BookClient::new(&w.topic, crate::demo::BOOK_DEPTH);
     let mut last_print = Instant::now();
     loop {
-        let (mut ws, _) =
-            tungstenite::connect(&w.url).with_context(|| format!("connecting to {}", w.url))?;
+        let mut ws = connect(&w.url, w.token.as_deref())?;
         if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_millis(200)))?;
         }

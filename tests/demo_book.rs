@@ -22,6 +22,7 @@ fn a_kept_book_checks_out_across_disconnects_and_resumes() {
         },
     );
     let report = run_book(&BookWatch {
+        token: None,
         url: server.url.clone(),
         topic: "book.BTCUSD".into(),
         reconnect_every: Some(Duration::from_millis(500)),

@@ -54,6 +54,8 @@ fn main() {
         namespaces: Default::default(),
         epoch: "echo".into(),
         waits: Default::default(),
+        auth: None,
+        admission: Default::default(),
     })
     .expect("start the shard");
     eprintln!("echo: ws://{addr}/ (any path)");

@@ -23,6 +23,10 @@ pub const HEARTBEAT_TIMEOUT: u16 = 4000;
 pub const CONTROL_BACKLOG: u16 = 4001;
 /// The client read too slowly for a topic whose namespace's gap policy is `disconnect`.
 pub const SLOW_CONSUMER: u16 = 4002;
+/// No valid `auth` within `auth.timeout_ms` on a server without anonymous access.
+pub const AUTH_REQUIRED: u16 = 4003;
+/// The token expired (`exp` plus `auth.leeway_s`) and no new one came.
+pub const TOKEN_EXPIRED: u16 = 4004;
 
 /// True when a peer may put `code` in a close frame, so a received one is accepted and
 /// echoed: the codes RFC 6455 7.4.1 defines for sending (1000-1003, 1007-1011), those the

@@ -161,6 +161,10 @@ pub(crate) enum CloseRequest {
     WriteFailed,
     /// Drop-oldest dropped frames of a topic whose gap policy is `disconnect`.
     SlowConsumer,
+    /// No valid `auth` in time where anonymous access is off.
+    AuthRequired,
+    /// The token expired and no new one came.
+    TokenExpired,
 }
 
 impl CloseRequest {
@@ -172,6 +176,8 @@ impl CloseRequest {
             Self::ControlBacklog => (close::CONTROL_BACKLOG, "control replies not read"),
             Self::WriteFailed => (close::NORMAL, "write failed"),
             Self::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer"),
+            Self::AuthRequired => (close::AUTH_REQUIRED, "authentication required"),
+            Self::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
         }
     }
 }
@@ -502,6 +508,11 @@ impl Conn {
         self.subs
             .borrow_mut()
             .retain(|i| gone.binary_search(i).is_err());
+    }
+
+    /// A copy of every subscription (topics, then patterns).
+    pub(crate) fn subscriptions(&self) -> Vec<Interest> {
+        self.subs.borrow().clone()
     }
 
     /// Takes every subscription (the connection is ending).

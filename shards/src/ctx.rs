@@ -74,6 +74,13 @@ pub(crate) struct ShardCtx {
     pub(crate) handshaking: Rc<RefCell<Vec<std::os::fd::RawFd>>>,
     /// Set once shutdown began; the acceptor stops and new connections are refused.
     pub(crate) shutting_down: Cell<bool>,
+    /// Token checks and permissions; `None` when auth is off.
+    pub(crate) auth: Option<std::sync::Arc<crate::auth::Auth>>,
+    /// The Origin allow-list and the process-wide connection counts.
+    pub(crate) admission: std::sync::Arc<crate::admission::Admission>,
+    /// Who each connection is (only while auth or a connection limit is on), and the clock
+    /// of refreshes and auth deadlines.
+    pub(crate) sessions: crate::session::Sessions,
 }
 
 impl ShardCtx {
@@ -106,6 +113,7 @@ impl ShardCtx {
 
     pub(crate) fn unregister(&self, conn: &Rc<Conn>) {
         self.conns.borrow_mut().remove(&conn.id());
+        crate::session::closed(self, conn.id());
         self.metrics.borrow_mut().counters.open -= 1;
     }
 

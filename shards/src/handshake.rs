@@ -28,19 +28,41 @@ pub const MAX_HEADERS: usize = 64;
 pub enum Parsed {
     /// The head is not complete yet.
     Partial,
-    /// A valid upgrade: the 101 response to send and how many request bytes it consumed.
-    Upgrade { response: Vec<u8>, consumed: usize },
+    /// A valid upgrade: the 101 response to send, how many request bytes it consumed, and
+    /// what admission looks at (Origin, credentials, forwarding) before sending it.
+    Upgrade {
+        response: Vec<u8>,
+        consumed: usize,
+        head: Head,
+    },
     /// Not a valid upgrade: the HTTP response to send before closing.
     Reject(Rejection),
 }
 
+/// The fields of a valid upgrade request that admission reads (docs/security.md): the
+/// `Origin`, the token (`Authorization: Bearer …` or the `token` query parameter, percent-
+/// decoded), and `X-Forwarded-For`. Values are raw bytes as received (trimmed).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    pub origin: Option<Vec<u8>>,
+    /// `Some` when the request carries a token in either place; `Err` text when the
+    /// `Authorization` field is not a Bearer token, or both places hold one.
+    pub token: Option<Result<String, &'static str>>,
+    pub forwarded_for: Option<Vec<u8>>,
+}
+
 /// An HTTP refusal of the handshake: status code, reason phrase and a one-line explanation
-/// sent as the `text/plain` body.
+/// sent as the `text/plain` body, or a JSON body (`{"error":…,"reason":…,"message":…}`)
+/// for the refusals of admission (401, 403, 429; docs/security.md).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub status: u16,
     pub reason: &'static str,
     pub message: String,
+    /// The JSON body's `error` and `reason` (for a token refusal), when the body is JSON.
+    pub json: Option<(&'static str, Option<&'static str>)>,
+    /// `Retry-After`, seconds (429).
+    pub retry_after: Option<u64>,
 }
 
 impl Rejection {
@@ -49,6 +71,30 @@ impl Rejection {
             status,
             reason,
             message: message.into(),
+            json: None,
+            retry_after: None,
+        }
+    }
+
+    /// A refusal with a JSON body: `error` names the rule, `reason` (for a token) why.
+    pub fn json(
+        status: u16,
+        error: &'static str,
+        reason: Option<&'static str>,
+        message: impl Into<String>,
+        retry_after: Option<u64>,
+    ) -> Self {
+        let phrase = match status {
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            429 => "Too Many Requests",
+            503 => "Service Unavailable",
+            _ => "Bad Request",
+        };
+        Rejection {
+            json: Some((error, reason)),
+            retry_after,
+            ..Rejection::new(status, phrase, message)
         }
     }
 
@@ -56,19 +102,37 @@ impl Rejection {
         Rejection::new(400, "Bad Request", message)
     }
 
-    /// The full HTTP/1.1 response. 426 names the protocol and version to upgrade to (RFC 6455 4.4).
+    /// The full HTTP/1.1 response. 426 names the protocol and version to upgrade to (RFC 6455
+    /// 4.4); 401 carries `WWW-Authenticate: Bearer` (RFC 6750 3); 429 `Retry-After`.
     pub fn response(&self) -> Vec<u8> {
-        let extra = if self.status == 426 {
-            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-        } else {
-            ""
+        let mut extra = String::new();
+        if self.status == 426 {
+            extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+        }
+        if self.status == 401 {
+            extra.push_str("WWW-Authenticate: Bearer\r\n");
+        }
+        if let Some(s) = self.retry_after {
+            extra.push_str(&format!("Retry-After: {s}\r\n"));
+        }
+        let (kind, body) = match self.json {
+            None => ("text/plain; charset=utf-8", format!("{}\n", self.message)),
+            Some((error, reason)) => {
+                let body = serde_json::json!({
+                    "error": error,
+                    "reason": reason,
+                    "message": self.message,
+                });
+                let mut body = body.to_string();
+                body.push('\n');
+                ("application/json", body)
+            }
         };
         format!(
-            "HTTP/1.1 {} {}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}\n",
+            "HTTP/1.1 {} {}\r\n{extra}Content-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.status,
             self.reason,
-            self.message.len() + 1,
-            self.message
+            body.len(),
         )
         .into_bytes()
     }
@@ -84,7 +148,10 @@ enum Field {
 }
 
 /// Every header field the upgrade reads; any other field is ignored.
-const FIELDS: [(&str, Field); 9] = [
+const FIELDS: [(&str, Field); 12] = [
+    ("origin", Field::Singleton),
+    ("authorization", Field::Singleton),
+    ("x-forwarded-for", Field::List),
     ("host", Field::Singleton),
     ("sec-websocket-key", Field::Singleton),
     ("sec-websocket-version", Field::Singleton),
@@ -344,20 +411,24 @@ pub fn parse(buf: &[u8], path: &str) -> Parsed {
         ));
     }
     match check(&req, path) {
-        Ok(key) => {
+        Ok((key, head)) => {
             let accept = tungstenite::handshake::derive_accept_key(&key);
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             )
             .into_bytes();
-            Parsed::Upgrade { response, consumed }
+            Parsed::Upgrade {
+                response,
+                consumed,
+                head,
+            }
         }
         Err(r) => Parsed::Reject(r),
     }
 }
 
-/// Applies the rules to a complete head; `Ok` carries the key.
-fn check(req: &httparse::Request<'_, '_>, path: &str) -> Result<Vec<u8>, Rejection> {
+/// Applies the rules to a complete head; `Ok` carries the key and the admission fields.
+fn check(req: &httparse::Request<'_, '_>, path: &str) -> Result<(Vec<u8>, Head), Rejection> {
     let fields = Fields::collect(req.headers)?;
     match fields.get("host") {
         None => {
@@ -413,12 +484,58 @@ fn check(req: &httparse::Request<'_, '_>, path: &str) -> Result<Vec<u8>, Rejecti
             "Sec-WebSocket-Version must be 13",
         ));
     }
-    match fields.get("sec-websocket-key") {
-        Some(k) if valid_key(k) => Ok(k.to_vec()),
-        _ => Err(Rejection::bad(
-            "Sec-WebSocket-Key must be a base64-encoded 16-byte value",
-        )),
+    let key = match fields.get("sec-websocket-key") {
+        Some(k) if valid_key(k) => k.to_vec(),
+        _ => {
+            return Err(Rejection::bad(
+                "Sec-WebSocket-Key must be a base64-encoded 16-byte value",
+            ))
+        }
+    };
+    let bearer = fields.get("authorization").map(|v| {
+        let v = std::str::from_utf8(v).map_err(|_| "Authorization is not text")?;
+        match v.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Ok(token.trim().to_string())
+            }
+            _ => Err("Authorization must be \"Bearer <token>\""),
+        }
+    });
+    let query = query_token(req.path.unwrap_or(""));
+    let token = match (bearer, query) {
+        (Some(_), Some(_)) => Some(Err("a token in both Authorization and the query")),
+        (b, q) => b.or(q.map(Ok)),
+    };
+    let head = Head {
+        origin: fields.get("origin").map(<[u8]>::to_vec),
+        token,
+        forwarded_for: fields.get("x-forwarded-for").map(<[u8]>::to_vec),
+    };
+    Ok((key, head))
+}
+
+/// The `token` parameter of a request target's query, percent-decoded (`+` is not a space:
+/// a JWT never holds one).
+fn query_token(target: &str) -> Option<String> {
+    let query = target.split_once('?')?.1.split('#').next()?;
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
+        {
+            out.push(hex(bytes[i + 1]) << 4 | hex(bytes[i + 2]));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
     }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -437,13 +554,41 @@ mod tests {
 
     #[test]
     fn upgrades_with_rfc_sample_accept_key() {
-        let Parsed::Upgrade { response, consumed } = parse(GOOD.as_bytes(), "/ws") else {
+        let Parsed::Upgrade {
+            response,
+            consumed,
+            head,
+        } = parse(GOOD.as_bytes(), "/ws")
+        else {
             panic!("expected an upgrade")
         };
         assert_eq!(consumed, GOOD.len());
         let text = String::from_utf8(response).unwrap();
         // RFC 6455 section 1.3's worked example.
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert_eq!(head.token, Some(Ok("x".into())), "GOOD has ?token=x");
+    }
+
+    #[test]
+    fn tokens_come_from_the_header_or_the_query_not_both() {
+        let head = |req: &str| match parse(req.as_bytes(), "/ws") {
+            Parsed::Upgrade { head, .. } => head,
+            other => panic!("{other:?}"),
+        };
+        let plain = GOOD.replace("/ws?token=x", "/ws");
+        assert_eq!(head(&plain).token, None);
+        let bearer = plain.replace("Host: a\r\n", "Host: a\r\nAuthorization: Bearer a.b.c\r\n");
+        assert_eq!(head(&bearer).token, Some(Ok("a.b.c".into())));
+        let basic = plain.replace("Host: a\r\n", "Host: a\r\nAuthorization: Basic xyz\r\n");
+        assert!(head(&basic).token.unwrap().is_err());
+        let both = GOOD.replace("Host: a\r\n", "Host: a\r\nAuthorization: Bearer a.b.c\r\n");
+        assert!(head(&both).token.unwrap().is_err());
+        let escaped = GOOD.replace("token=x", "a=1&token=a%2Eb.c&z");
+        assert_eq!(head(&escaped).token, Some(Ok("a.b.c".into())));
+        let with = GOOD.replace("Host: a\r\n", "Host: a\r\nOrigin: https://o\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n");
+        let h = head(&with);
+        assert_eq!(h.origin.as_deref(), Some(&b"https://o"[..]));
+        assert_eq!(h.forwarded_for.as_deref(), Some(&b"1.2.3.4,5.6.7.8"[..]));
     }
 
     #[test]

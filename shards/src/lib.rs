@@ -34,6 +34,8 @@
 //! (client JSON messages, error codes), [`close`] (close codes), [`ratelimit`] (token bucket).
 //! Configuration: [`config`] and [`namespace`] (per-prefix rules: snapshots, history, gap policy); probes: [`metrics`]; executor policy (never park, polling, naps, fairness): [`executor`].
 
+pub mod admission;
+pub mod auth;
 pub mod close;
 pub mod config;
 pub mod connection;
@@ -52,6 +54,7 @@ pub mod ratelimit;
 mod readiness;
 mod requests;
 pub mod ring;
+mod session;
 pub mod shard;
 pub mod socket;
 pub mod table;

@@ -39,6 +39,15 @@ pub struct Counters {
     pub rejected_requests: u64,
     /// Connections closed for silence past the heartbeat timeout.
     pub heartbeat_timeouts: u64,
+    /// Tokens refused (at the upgrade, 401, or in an `auth` message).
+    pub auth_refused: u64,
+    /// Subscribes refused as `forbidden`.
+    pub forbidden: u64,
+    /// Upgrades refused by the Origin allow-list (403) or a connection limit (429), and
+    /// `auth` messages refused by the per-user limit.
+    pub limit_refused: u64,
+    /// Connections closed with 4003 (no `auth` in time) or 4004 (token expired).
+    pub auth_closes: u64,
 }
 
 impl Counters {
@@ -60,6 +69,10 @@ impl Counters {
         self.protocol_errors += o.protocol_errors;
         self.rejected_requests += o.rejected_requests;
         self.heartbeat_timeouts += o.heartbeat_timeouts;
+        self.auth_refused += o.auth_refused;
+        self.forbidden += o.forbidden;
+        self.limit_refused += o.limit_refused;
+        self.auth_closes += o.auth_closes;
     }
 }
 

@@ -21,6 +21,17 @@ pub mod code {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// `resync` on a topic that is not a snapshot topic.
     pub const NO_SNAPSHOT: &str = "no_snapshot";
+    /// A subscribe to a topic the connection's token (or anonymous access) does not allow;
+    /// the request is refused as a whole.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// A request before the `auth` message on a server without anonymous access.
+    pub const AUTH_REQUIRED: &str = "auth_required";
+    /// An `auth` whose token was refused; the error's `reason` says why (docs/security.md).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// A refresh `auth` with a token for another user; the old token stays in force.
+    pub const SUB_MISMATCH: &str = "sub_mismatch";
+    /// An `auth` for a user with `limits.connections_per_user` connections open.
+    pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
 }
 
 /// Where a client's copy of a topic stands: the `since` of a subscribe entry
@@ -68,6 +79,11 @@ pub enum Request {
         topic: String,
         fresh: bool,
     },
+    /// Authenticate (or refresh) with a JWT; docs/protocol.md, "Authentication".
+    Auth {
+        id: Option<u64>,
+        token: String,
+    },
 }
 
 /// A request that could not be understood: the `error` message to send back.
@@ -85,6 +101,7 @@ struct RawRequest {
     topics: Option<Vec<RawEntry>>,
     topic: Option<String>,
     fresh: Option<bool>,
+    token: Option<String>,
 }
 
 /// `id` is echoed back; anything but an unsigned integer is a `bad_request`.
@@ -167,9 +184,15 @@ pub fn parse_request(text: &mut [u8], max_topics: usize) -> Result<Request, Reje
                 .ok_or_else(|| reject(code::BAD_REQUEST, "\"resync\" needs \"topic\"".into()))?,
             fresh: raw.fresh.unwrap_or(false),
         }),
+        "auth" => Ok(Request::Auth {
+            id,
+            token: raw
+                .token
+                .ok_or_else(|| reject(code::BAD_REQUEST, "\"auth\" needs \"token\"".into()))?,
+        }),
         other => Err(reject(
             code::UNKNOWN_OP,
-            format!("unknown op {other:?}; expected subscribe, unsubscribe, resync or ping"),
+            format!("unknown op {other:?}; expected subscribe, unsubscribe, resync, auth or ping"),
         )),
     }
 }
@@ -200,6 +223,21 @@ enum Out<'a> {
         heartbeat_ms: u64,
         timeout_ms: u64,
         max_message_bytes: usize,
+        #[serde(flatten)]
+        auth: WelcomeAuth<'a>,
+    },
+    #[serde(rename = "ack")]
+    AuthAck {
+        id: Option<u64>,
+        sub: &'a str,
+        expires_at: u64,
+    },
+    Refresh {
+        expires_at: u64,
+    },
+    Unsubscribed {
+        topic: &'a str,
+        reason: &'a str,
     },
     Ack {
         id: Option<u64>,
@@ -214,6 +252,8 @@ enum Out<'a> {
     Error {
         id: Option<u64>,
         code: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
         message: &'a str,
     },
     Pong {
@@ -290,18 +330,67 @@ pub fn msg_topic(frame: &[u8]) -> Option<&str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
+/// Where a new connection stands with authentication, in its `welcome`: nothing when auth
+/// is off or it is anonymous; `"auth":"required"` with the deadline when it must send `auth`;
+/// its `sub` and `expires_at` when its upgrade carried a valid token.
+#[derive(Debug, Default, Serialize)]
+pub struct WelcomeAuth<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<&'static str>,
+    /// How long the client has to send `auth`, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<&'a str>,
+    /// The token's `exp`, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
 /// `welcome` frame, sent once after the handshake.
 pub fn welcome(
     conn: &str,
     heartbeat_ms: u64,
     timeout_ms: u64,
     max_message_bytes: usize,
+    auth: WelcomeAuth<'_>,
 ) -> Vec<u8> {
     text_frame(&Out::Welcome {
         conn,
         heartbeat_ms,
         timeout_ms,
         max_message_bytes,
+        auth,
+    })
+}
+
+/// `ack` of an `auth`: `{"op":"ack","id":N,"sub":S,"expires_at":T}` (Unix seconds).
+pub fn auth_ack(id: Option<u64>, sub: &str, expires_at: u64) -> Vec<u8> {
+    text_frame(&Out::AuthAck {
+        id,
+        sub,
+        expires_at,
+    })
+}
+
+/// `refresh`: the token ends at `expires_at` (Unix seconds); send a new `auth` before then.
+pub fn refresh(expires_at: u64) -> Vec<u8> {
+    text_frame(&Out::Refresh { expires_at })
+}
+
+/// `unsubscribed`: the server ended a subscription (`reason`: `forbidden` after a refresh
+/// with fewer permissions).
+pub fn unsubscribed(topic: &str, reason: &str) -> Vec<u8> {
+    text_frame(&Out::Unsubscribed { topic, reason })
+}
+
+/// `error` frame with a `reason` (an `unauthorized` token's reason).
+pub fn error_with_reason(id: Option<u64>, code: &str, reason: &str, message: &str) -> Vec<u8> {
+    text_frame(&Out::Error {
+        id,
+        code,
+        reason: Some(reason),
+        message,
     })
 }
 
@@ -322,7 +411,12 @@ pub fn gap(topic: &str, from: u64, to: u64, reason: &str) -> Vec<u8> {
 
 /// `error` frame; the connection stays open.
 pub fn error(id: Option<u64>, code: &str, message: &str) -> Vec<u8> {
-    text_frame(&Out::Error { id, code, message })
+    text_frame(&Out::Error {
+        id,
+        code,
+        reason: None,
+        message,
+    })
 }
 
 /// `pong` frame answering an application-level `ping`.

@@ -159,8 +159,22 @@ fn interest_name(i: &Interest) -> String {
 }
 
 fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
+    if ctx.auth.is_some() && crate::session::pending(ctx, conn) {
+        let id = match &req {
+            Request::Subscribe { id, .. }
+            | Request::Unsubscribe { id, .. }
+            | Request::Resync { id, .. } => Some(*id),
+            Request::Ping { .. } | Request::Auth { .. } => None,
+        };
+        if let Some(id) = id {
+            let msg =
+                "send {\"op\":\"auth\",\"token\":…} first: this server has no anonymous access";
+            return reject(ctx, conn, id, code::AUTH_REQUIRED, msg);
+        }
+    }
     match req {
         Request::Ping { id } => conn.push_own(ctx, protocol::pong(id)),
+        Request::Auth { id, token } => crate::session::on_auth(ctx, conn, id, &token),
         Request::Resync { id, topic, fresh } => resync(ctx, conn, id, &topic, fresh),
         Request::Subscribe { id, topics } => {
             let names: Vec<String> = topics.iter().map(|e| e.name.clone()).collect();
@@ -168,6 +182,12 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 Ok(w) => w,
                 Err(msg) => return reject(ctx, conn, id, code::BAD_TOPIC, &msg),
             };
+            if let Err((code, msg)) = crate::session::check_subscribe(ctx, conn, &wanted) {
+                if code == code::FORBIDDEN {
+                    ctx.metrics.borrow_mut().counters.forbidden += 1;
+                }
+                return reject(ctx, conn, id, code, &msg);
+            }
             // Topics that need the dispatcher's history: a resume (`since`), or any new
             // subscription to a snapshot topic (it starts from the snapshot).
             let mut recover: Vec<RecoverItem> = Vec::new();

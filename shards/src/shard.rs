@@ -48,6 +48,11 @@ pub struct ShardSpec {
     pub epoch: std::sync::Arc<str>,
     /// How subscribers waiting for a snapshot are looked after.
     pub waits: crate::namespace::Waits,
+    /// Token checks and permissions, shared by every shard; `None`: auth is off (every
+    /// topic open to every client).
+    pub auth: Option<std::sync::Arc<crate::auth::Auth>>,
+    /// The Origin allow-list and connection limits, counted across every shard.
+    pub admission: std::sync::Arc<crate::admission::Admission>,
 }
 
 /// Work run on a shard's executor beside the shard: called once on the shard's thread, before
@@ -89,6 +94,8 @@ async fn run(spec: ShardSpec) {
         namespaces,
         epoch,
         waits,
+        auth,
+        admission,
         ..
     } = spec;
     let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
@@ -115,6 +122,9 @@ async fn run(spec: ShardSpec) {
         namespaces,
         epoch,
         shutting_down: Cell::new(false),
+        auth,
+        admission,
+        sessions: Default::default(),
     });
 
     let to_dispatcher = control;
@@ -148,6 +158,9 @@ async fn run(spec: ShardSpec) {
     glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     glommio::spawn_local(snapshot_waiters(ctx.clone(), waits)).detach();
+    if ctx.auth.is_some() {
+        glommio::spawn_local(crate::session::run_clock(ctx.clone())).detach();
+    }
     let (nap, nap_max) = ctx.config.idle_naps();
     // A nap ends when the dispatcher pushes (the ring's doorbell), a client socket has news
     // (the epoll set, or the socket itself during its upgrade) or a client connects (the

@@ -35,9 +35,11 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     };
     let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
     let path = ctx.config.path.clone();
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     // The client's request (and its reads after a refusal) end the shard's nap.
     let waking = crate::executor::WakesNap::new(&ctx.handshaking, stream.as_raw_fd());
-    let handshake = Box::pin(handshake(&mut stream, path));
+    let admit = |head: &handshake::Head| crate::session::admit(&ctx, peer, head);
+    let handshake = Box::pin(handshake(&mut stream, path, admit));
     let leftover = handshake
         .or(async {
             glommio::timer::sleep(timeout).await;
@@ -46,7 +48,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         .await;
     drop(waking);
     drop(stream);
-    let Ok(leftover) = leftover else {
+    let Ok((leftover, session)) = leftover else {
         ctx.metrics.borrow_mut().counters.handshake_failed += 1;
         return;
     };
@@ -60,8 +62,12 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     if ctx.readiness.add(conn.fd(), conn.id()).is_err() {
         // The epoll set refused it (out of memory): the socket closes with `conn`.
         ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+        crate::session::opened(&ctx, &conn, session);
+        crate::session::closed(&ctx, conn.id());
         return;
     }
+    let (auth, auth_timeout_ms, user) = crate::session::welcome_auth(&ctx, session.as_ref());
+    crate::session::opened(&ctx, &conn, session);
     ctx.register(&conn);
     if ctx.handler == Handler::Protocol {
         let welcome = protocol::welcome(
@@ -69,6 +75,12 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
             ctx.config.heartbeat_interval_ms,
             ctx.config.heartbeat_timeout_ms,
             ctx.config.max_message_bytes,
+            protocol::WelcomeAuth {
+                auth,
+                auth_timeout_ms,
+                sub: user.as_ref().map(|(s, _)| &**s),
+                expires_at: user.as_ref().map(|(_, e)| *e),
+            },
         );
         conn.push_own(&ctx, welcome);
         ctx.mark_dirty(&conn);
@@ -81,9 +93,16 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     }
 }
 
-/// Reads the HTTP upgrade request and answers it. Boxed by the caller so its buffer is freed
-/// as soon as it returns. `Ok` carries bytes the client sent after the request.
-async fn handshake(stream: &mut TcpStream, path: String) -> Result<Vec<u8>, ()> {
+/// Reads the HTTP upgrade request and answers it: a valid request goes through `admit`
+/// (Origin, limits, token) before the 101. Boxed by the caller so its buffer is freed as soon
+/// as it returns. `Ok` carries bytes the client sent after the request, and what `admit`
+/// kept of the connection's identity.
+async fn handshake<S>(
+    stream: &mut TcpStream,
+    path: String,
+    admit: impl FnOnce(&handshake::Head) -> Result<S, handshake::Rejection>,
+) -> Result<(Vec<u8>, S), ()> {
+    let mut admit = Some(admit);
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 2048];
     loop {
@@ -94,9 +113,24 @@ async fn handshake(stream: &mut TcpStream, path: String) -> Result<Vec<u8>, ()> 
         buf.extend_from_slice(&chunk[..n]);
         match handshake::parse(&buf, &path) {
             Parsed::Partial => continue,
-            Parsed::Upgrade { response, consumed } => {
-                stream.write_all(&response).await.map_err(|_| ())?;
-                return Ok(buf.split_off(consumed));
+            Parsed::Upgrade {
+                response,
+                consumed,
+                head,
+            } => {
+                let admit = admit.take().expect("one request per handshake");
+                let r = match admit(&head) {
+                    Ok(session) => {
+                        if stream.write_all(&response).await.is_err() {
+                            return Err(()); // the session's counts are released as it drops
+                        }
+                        return Ok((buf.split_off(consumed), session));
+                    }
+                    Err(r) => r,
+                };
+                let _ = stream.write_all(&r.response()).await;
+                linger_refused(stream).await;
+                return Err(());
             }
             Parsed::Reject(r) => {
                 let _ = stream.write_all(&r.response()).await;

@@ -1,0 +1,475 @@
+//! Who a connection is, shard-local: admission at the upgrade (Origin, address limits,
+//! token, user limits, in the documented order), the `auth` message and its refresh, the
+//! permission check of a subscribe, and the clock that sends `refresh`, and closes with 4003
+//! or 4004. Nothing here runs per published message. docs/security.md.
+//! Data path: upgrade -> **session** -> requests.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::admission::{IpKey, Refusal};
+use crate::auth::perms::Permissions;
+use crate::auth::Grant;
+use crate::connection::{CloseRequest, Conn};
+use crate::ctx::ShardCtx;
+use crate::handshake::{Head, Rejection};
+use crate::protocol::{self, code};
+use crate::ring::Interest;
+use crate::topic::Selector;
+
+/// At most one `auth` message per connection per this long (a signature check runs on the
+/// shard's core).
+pub(crate) const AUTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the shard's auth clock looks for due refreshes and closes: the bound on how
+/// late a 4003 or 4004 comes.
+const CLOCK_TICK: Duration = Duration::from_millis(100);
+
+/// One connection's identity. Kept only while auth or a connection limit is on.
+#[derive(Default)]
+pub(crate) struct Session {
+    /// The verified token in force; `None` for an anonymous connection or one that has not
+    /// sent `auth` yet.
+    grant: Option<Rc<Grant>>,
+    /// When the last `auth` message was taken.
+    last_auth: Option<Instant>,
+    /// Bumped by every new grant: clock entries of an older one are ignored.
+    generation: u32,
+    /// What this connection is counted under, released when the session drops.
+    counted: Counted,
+}
+
+/// A connection's place in the process-wide counts ([`crate::admission`]): released when
+/// dropped, whatever ends the connection (a failed 101 write, a handshake timeout, a close).
+#[derive(Default)]
+struct Counted {
+    admission: Option<Arc<crate::admission::Admission>>,
+    ip: Option<IpKey>,
+    user: Option<Arc<str>>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let Some(a) = &self.admission else { return };
+        if let Some(k) = self.ip {
+            a.release_ip(k);
+        }
+        if let Some(u) = &self.user {
+            a.release_user(u);
+        }
+    }
+}
+
+/// What a clock entry does when due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// Close with 4003 if the connection still has no token.
+    AuthTimeout,
+    /// Send `refresh`.
+    Refresh,
+    /// Close with 4004 (the grant of this generation expired).
+    Expire,
+}
+
+/// The shard's sessions and their clock.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    by_conn: RefCell<HashMap<u64, Session>>,
+    clock: RefCell<BinaryHeap<Reverse<(Instant, u64, u32, Due)>>>,
+}
+
+/// What a connection may do, as the subscribe check sees it.
+pub(crate) enum Access {
+    /// Auth is off: everything.
+    Open,
+    /// It must send `auth` first.
+    Pending,
+    /// These permissions apply.
+    Allowed(Permissions),
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The instant of Unix time `at` (seconds), from the pair `(now, unix)`.
+fn instant_of(at: u64, now: Instant, unix: u64) -> Instant {
+    if at >= unix {
+        now + Duration::from_secs(at - unix)
+    } else {
+        now.checked_sub(Duration::from_secs(unix - at))
+            .unwrap_or(now)
+    }
+}
+
+fn rejection(r: Refusal) -> Rejection {
+    Rejection::json(r.status, r.error, None, r.message, r.retry_after)
+}
+
+/// Admission of an upgrade request, in the documented order (after path, method and the
+/// upgrade headers, which the handshake checked): Origin (403), per-address limits (429),
+/// token (401), per-user limits (429). `Ok` carries the session to keep, if any.
+pub(crate) fn admit(
+    ctx: &ShardCtx,
+    peer: Option<IpAddr>,
+    head: &Head,
+) -> Result<Option<Session>, Rejection> {
+    let counted = |r: Rejection| {
+        ctx.metrics.borrow_mut().counters.limit_refused += 1;
+        r
+    };
+    ctx.admission
+        .check_origin(head.origin.as_deref())
+        .map_err(|r| counted(rejection(r)))?;
+    let mut place = Counted::default();
+    place.admission = Some(ctx.admission.clone());
+    if let Some(peer) = peer {
+        let client = ctx.admission.client_ip(peer, head.forwarded_for.as_deref());
+        place.ip = ctx
+            .admission
+            .admit_ip(client, Instant::now())
+            .map_err(|r| counted(rejection(r)))?;
+    }
+    let Some(auth) = &ctx.auth else {
+        return Ok(place.ip.is_some().then(|| Session {
+            counted: place,
+            ..Session::default()
+        }));
+    };
+    let grant = match &head.token {
+        None => None,
+        Some(Err(what)) => {
+            ctx.metrics.borrow_mut().counters.auth_refused += 1;
+            return Err(Rejection::json(
+                401,
+                "unauthorized",
+                Some("malformed"),
+                *what,
+                None,
+            ));
+        }
+        Some(Ok(token)) => match auth.verify(token, unix_now()) {
+            Ok(g) => Some(g),
+            Err(r) => {
+                ctx.metrics.borrow_mut().counters.auth_refused += 1;
+                return Err(Rejection::json(
+                    401,
+                    "unauthorized",
+                    Some(r.reason.as_str()),
+                    r.message,
+                    None,
+                ));
+            }
+        },
+    };
+    if let Some(g) = &grant {
+        if ctx
+            .admission
+            .admit_user(&g.sub)
+            .map_err(|r| counted(rejection(r)))?
+        {
+            place.user = Some(g.sub.clone());
+        }
+    }
+    Ok(Some(Session {
+        grant: grant.map(Rc::new),
+        counted: place,
+        ..Session::default()
+    }))
+}
+
+/// The `welcome`'s auth fields of a connection just opened with `session`.
+pub(crate) fn welcome_auth(
+    ctx: &ShardCtx,
+    session: Option<&Session>,
+) -> (Option<&'static str>, Option<u64>, Option<(Arc<str>, u64)>) {
+    let Some(auth) = &ctx.auth else {
+        return (None, None, None);
+    };
+    match session.and_then(|s| s.grant.as_ref()) {
+        Some(g) => (None, None, Some((g.sub.clone(), g.exp))),
+        None if auth.anonymous().is_none() => (
+            Some("required"),
+            Some(auth.timeout.as_millis() as u64),
+            None,
+        ),
+        None => (None, None, None),
+    }
+}
+
+/// Keeps the session of a connection just opened and starts its clock: the auth deadline
+/// of a connection that must authenticate, the refresh and expiry of a token.
+pub(crate) fn opened(ctx: &ShardCtx, conn: &Conn, session: Option<Session>) {
+    let Some(auth) = &ctx.auth else {
+        if let Some(s) = session {
+            ctx.sessions.by_conn.borrow_mut().insert(conn.id(), s);
+        }
+        return;
+    };
+    let session = session.unwrap_or_default();
+    let now = Instant::now();
+    if session.grant.is_none() && auth.anonymous().is_none() {
+        ctx.sessions.clock.borrow_mut().push(Reverse((
+            now + auth.timeout,
+            conn.id(),
+            0,
+            Due::AuthTimeout,
+        )));
+    }
+    if let Some(g) = &session.grant {
+        schedule(ctx, conn.id(), g, session.generation);
+    }
+    ctx.sessions.by_conn.borrow_mut().insert(conn.id(), session);
+}
+
+/// Schedules the `refresh` (at `exp` minus min(30 s, a third of the lifetime), minus up to
+/// a quarter of that lead as jitter) and the close (at `exp` plus the leeway).
+fn schedule(ctx: &ShardCtx, conn: u64, grant: &Grant, generation: u32) {
+    let Some(auth) = &ctx.auth else { return };
+    let (now, unix) = (Instant::now(), unix_now());
+    let lead = Duration::from_secs(30).min(Duration::from_secs(grant.lifetime) / 3);
+    // Jitter spread by connection id (a multiplicative hash), so connections whose tokens
+    // share an `exp` do not all refresh in the same instant.
+    let spread = (conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64;
+    let jitter = lead.mul_f64(0.25 * spread);
+    let exp = instant_of(grant.exp, now, unix);
+    let refresh_at = exp.checked_sub(lead + jitter).unwrap_or(now).max(now);
+    let expire_at = exp + Duration::from_secs(auth.leeway());
+    let mut clock = ctx.sessions.clock.borrow_mut();
+    clock.push(Reverse((refresh_at, conn, generation, Due::Refresh)));
+    clock.push(Reverse((expire_at, conn, generation, Due::Expire)));
+}
+
+/// The connection ended: its session is dropped and its counts released.
+pub(crate) fn closed(ctx: &ShardCtx, conn_id: u64) {
+    let gone = ctx.sessions.by_conn.borrow_mut().remove(&conn_id);
+    drop(gone);
+}
+
+/// What `conn` may subscribe to now.
+pub(crate) fn access(ctx: &ShardCtx, conn: &Conn) -> Access {
+    let Some(auth) = &ctx.auth else {
+        return Access::Open;
+    };
+    let by_conn = ctx.sessions.by_conn.borrow();
+    match by_conn.get(&conn.id()).and_then(|s| s.grant.as_ref()) {
+        Some(g) => Access::Allowed(g.permissions.clone()),
+        None => match auth.anonymous() {
+            Some(p) => Access::Allowed(p.clone()),
+            None => Access::Pending,
+        },
+    }
+}
+
+/// Checks every interest of a subscribe: `Err((code, message))` for the first refused one.
+pub(crate) fn check_subscribe(
+    ctx: &ShardCtx,
+    conn: &Conn,
+    wanted: &[Interest],
+) -> Result<(), (&'static str, String)> {
+    let permissions = match access(ctx, conn) {
+        Access::Open => return Ok(()),
+        Access::Pending => {
+            return Err((
+                code::AUTH_REQUIRED,
+                "send {\"op\":\"auth\",\"token\":…} first: this server has no anonymous access"
+                    .into(),
+            ))
+        }
+        Access::Allowed(p) => p,
+    };
+    let private = ctx.auth.as_ref().expect("auth is on").private();
+    for i in wanted {
+        if !permissions.allows(private, selector(i)) {
+            return Err((
+                code::FORBIDDEN,
+                format!("{:?} is not allowed for this connection", name(i)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn selector(i: &Interest) -> Selector<'_> {
+    match i {
+        Interest::Topic(t) => Selector::Topic(t),
+        Interest::Prefix(p) => Selector::Prefix(p),
+    }
+}
+
+fn name(i: &Interest) -> String {
+    match i {
+        Interest::Topic(t) => t.to_string(),
+        Interest::Prefix(p) => format!("{p}.*"),
+    }
+}
+
+/// True when a request other than `auth` and `ping` must wait for `auth` (it is refused
+/// with `auth_required`).
+pub(crate) fn pending(ctx: &ShardCtx, conn: &Conn) -> bool {
+    matches!(access(ctx, conn), Access::Pending)
+}
+
+/// The `auth` message: checks the token (at most once per [`AUTH_INTERVAL`]), keeps it in
+/// force, answers with an `ack` or an error, and ends the subscriptions a refreshed token
+/// no longer allows. A token for another `sub` than the one in force is refused
+/// (`sub_mismatch`) and the old one stays.
+pub(crate) fn on_auth(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, token: &str) {
+    let Some(auth) = &ctx.auth else {
+        let msg = "authentication is not configured on this server: every topic is open";
+        return conn.push_own(ctx, protocol::error(id, code::BAD_REQUEST, msg));
+    };
+    let now = Instant::now();
+    let mut by_conn = ctx.sessions.by_conn.borrow_mut();
+    let session = by_conn.entry(conn.id()).or_default();
+    if session
+        .last_auth
+        .is_some_and(|t| now.duration_since(t) < AUTH_INTERVAL)
+    {
+        drop(by_conn);
+        let msg = "at most one auth per second per connection";
+        return conn.push_own(ctx, protocol::error(id, code::RATE_LIMITED, msg));
+    }
+    session.last_auth = Some(now);
+    let grant = match auth.verify(token, unix_now()) {
+        Ok(g) => g,
+        Err(r) => {
+            drop(by_conn);
+            ctx.metrics.borrow_mut().counters.auth_refused += 1;
+            let frame =
+                protocol::error_with_reason(id, code::UNAUTHORIZED, r.reason.as_str(), &r.message);
+            return conn.push_own(ctx, frame);
+        }
+    };
+    if let Some(old) = &session.grant {
+        if old.sub != grant.sub {
+            drop(by_conn);
+            let msg = "the token is for another user; the one in force stays until it expires";
+            return conn.push_own(ctx, protocol::error(id, code::SUB_MISMATCH, msg));
+        }
+    } else {
+        match ctx.admission.admit_user(&grant.sub) {
+            Ok(counted) => {
+                if counted {
+                    session.counted.admission = Some(ctx.admission.clone());
+                    session.counted.user = Some(grant.sub.clone());
+                }
+            }
+            Err(r) => {
+                drop(by_conn);
+                ctx.metrics.borrow_mut().counters.limit_refused += 1;
+                return conn.push_own(
+                    ctx,
+                    protocol::error(id, code::TOO_MANY_CONNECTIONS, &r.message),
+                );
+            }
+        }
+    }
+    let narrower = session
+        .grant
+        .as_ref()
+        .is_some_and(|old| !grant.permissions.same_as(&old.permissions));
+    session.generation += 1;
+    let generation = session.generation;
+    let grant = Rc::new(grant);
+    session.grant = Some(grant.clone());
+    drop(by_conn);
+    schedule(ctx, conn.id(), &grant, generation);
+    conn.push_own(ctx, protocol::auth_ack(id, &grant.sub, grant.exp));
+    if narrower {
+        end_forbidden(ctx, conn, &grant.permissions);
+    }
+}
+
+/// Ends every subscription of `conn` that `permissions` do not allow: out of the table, its
+/// queued frames purged, and an `unsubscribed` with reason `forbidden` for each.
+fn end_forbidden(ctx: &ShardCtx, conn: &Rc<Conn>, permissions: &Permissions) {
+    let private = ctx.auth.as_ref().expect("auth is on").private();
+    let mut gone: Vec<Interest> = conn
+        .subscriptions()
+        .into_iter()
+        .filter(|i| !permissions.allows(private, selector(i)))
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    gone.sort_unstable();
+    conn.remove_subscriptions(&gone);
+    let mut to_dispatcher = Vec::new();
+    {
+        let mut table = ctx.table.borrow_mut();
+        for i in &gone {
+            table.unsubscribe(conn, i, &mut to_dispatcher);
+        }
+    }
+    ctx.tell_dispatcher(to_dispatcher);
+    let placed = conn.retain_covered();
+    let mut m = ctx.metrics.borrow_mut();
+    m.counters.gap_notices += placed as u64;
+    m.counters.forbidden += gone.len() as u64;
+    drop(m);
+    for i in &gone {
+        conn.push_own(ctx, protocol::unsubscribed(&name(i), "forbidden"));
+    }
+    ctx.mark_dirty(conn);
+}
+
+/// The shard's auth clock: every [`CLOCK_TICK`], sends due `refresh` messages and closes
+/// connections whose `auth` is late (4003) or whose token expired (4004). Runs only while
+/// auth is on.
+pub(crate) async fn run_clock(ctx: Rc<ShardCtx>) {
+    loop {
+        glommio::timer::sleep(CLOCK_TICK).await;
+        if ctx.shutting_down.get() {
+            return;
+        }
+        let now = Instant::now();
+        loop {
+            let next = {
+                let mut clock = ctx.sessions.clock.borrow_mut();
+                match clock.peek() {
+                    Some(Reverse((at, ..))) if *at <= now => clock.pop().map(|Reverse(e)| e),
+                    _ => None,
+                }
+            };
+            let Some((_, conn_id, generation, due)) = next else {
+                break;
+            };
+            let Some(conn) = ctx.conn(conn_id) else {
+                continue;
+            };
+            let current = {
+                let by_conn = ctx.sessions.by_conn.borrow();
+                by_conn
+                    .get(&conn_id)
+                    .map(|s| (s.generation, s.grant.as_ref().map(|g| g.exp)))
+            };
+            let Some((current, exp)) = current else {
+                continue;
+            };
+            match (due, exp) {
+                (Due::AuthTimeout, None) => {
+                    ctx.metrics.borrow_mut().counters.auth_closes += 1;
+                    conn.request_close(ctx.as_ref(), CloseRequest::AuthRequired);
+                }
+                (Due::Refresh, Some(exp)) if current == generation => {
+                    conn.push_own(ctx.as_ref(), protocol::refresh(exp));
+                    ctx.mark_dirty(&conn);
+                }
+                (Due::Expire, Some(_)) if current == generation => {
+                    ctx.metrics.borrow_mut().counters.auth_closes += 1;
+                    conn.request_close(ctx.as_ref(), CloseRequest::TokenExpired);
+                }
+                _ => {}
+            }
+        }
+        crate::write::write_dirty(&ctx);
+    }
+}
