@@ -100,6 +100,18 @@ pub fn run(
                     }
                 }
             }
+            Some("error") if v["id"].as_u64() == Some(1) => {
+                anyhow::bail!(
+                    "the subscription was refused: {} ({})",
+                    v["code"].as_str().unwrap_or_default(),
+                    v["message"].as_str().unwrap_or_default()
+                );
+            }
+            Some("refresh") => eprintln!(
+                "the token expires at {} (Unix seconds); watch cannot refresh it: the server \
+                 will close with 4004 then",
+                v["expires_at"].as_u64().unwrap_or(0)
+            ),
             _ => {}
         }
     }

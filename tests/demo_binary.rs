@@ -78,3 +78,70 @@ fn demo_feed_reaches_a_client_in_order_and_sigterm_says_going_away() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }
+
+/// The demo's private stream: the token it prints reads `user.demo.orders` (orders and fills
+/// arrive), an anonymous client is refused it, and `corecast watch --token` shows it.
+#[test]
+fn the_demo_prints_a_token_for_its_private_stream() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--ingest", "127.0.0.1:0"])
+        .args(["--shards", "1", "--exit-after", "60", "--symbols", "8"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut url = None;
+    let mut token = None;
+    let mut watch_command = None;
+    while token.is_none() || watch_command.is_none() {
+        let line = lines.next().expect("the demo prints its token").unwrap();
+        if let Some(rest) = line.split("clients on ws://").nth(1) {
+            url = Some(format!(
+                "ws://{}/ws",
+                rest.split(',').next().unwrap().trim()
+            ));
+        }
+        let trimmed = line.trim();
+        if trimmed.starts_with("ey") && trimmed.matches('.').count() == 2 {
+            token = Some(trimmed.to_string());
+        }
+        if trimmed.contains("watch") && trimmed.contains("--token") {
+            watch_command = Some(trimmed.to_string());
+        }
+    }
+    let (url, token) = (url.unwrap(), token.unwrap());
+    assert!(watch_command
+        .unwrap()
+        .ends_with(&format!("--token {token} user.demo.orders")));
+    std::thread::spawn(move || for _ in lines {}); // keep stderr drained
+
+    let mut anon = connect(&url);
+    send(
+        &mut anon,
+        r#"{"op":"subscribe","id":1,"topics":["user.demo.orders"]}"#,
+    );
+    assert_eq!(next_op(&mut anon, "error")["code"], "forbidden");
+    subscribe(&mut anon, 2, &["trades.BTCUSD"]); // public topics stay open
+
+    let mut ws = common::tokens::with_bearer(&url, &token).unwrap();
+    assert_eq!(next_op(&mut ws, "welcome")["sub"], "demo");
+    subscribe(&mut ws, 1, &["user.demo.orders"]);
+    set_timeout(&ws, Duration::from_secs(30));
+    let m = next_op(&mut ws, "msg");
+    assert_eq!(m["topic"], "user.demo.orders");
+    assert_eq!(m["data"]["type"], "order", "an order comes first: {m:?}");
+    assert!(m["data"]["order_id"].as_u64().is_some(), "{m:?}");
+
+    let watched = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["watch", "--server", &url, "--token", &token, "--count", "1"])
+        .arg("user.demo.orders")
+        .output()
+        .unwrap();
+    assert!(watched.status.success(), "{watched:?}");
+    let text = String::from_utf8_lossy(&watched.stdout);
+    assert!(text.contains("user.demo.orders"), "{text}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

@@ -572,10 +572,8 @@ fn load_public_key(path: &PathBuf) -> Result<(DecodingKey, AlgorithmFamily), Str
             path.display()
         ));
     }
-    let tries: [(
-        fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-        AlgorithmFamily,
-    ); 3] = [
+    type Load = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+    let tries: [(Load, AlgorithmFamily); 3] = [
         (DecodingKey::from_rsa_pem, AlgorithmFamily::Rsa),
         (DecodingKey::from_ec_pem, AlgorithmFamily::Ec),
         (DecodingKey::from_ed_pem, AlgorithmFamily::Ed),

@@ -292,7 +292,7 @@ impl<T> crate::executor::NapWake for RingWake<T> {
     /// waited for any more).
     fn arm(&self) -> bool {
         self.bell.arm();
-        self.rx.upgrade().map_or(true, |rx| rx.is_empty())
+        self.rx.upgrade().is_none_or(|rx| rx.is_empty())
     }
     fn disarm(&self, rang: bool) {
         self.bell.disarm(rang);

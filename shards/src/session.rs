@@ -76,11 +76,14 @@ enum Due {
     Expire,
 }
 
+/// A clock entry: when, the connection, the session generation it was made for, and what.
+type Entry = (Instant, u64, u32, Due);
+
 /// The shard's sessions and their clock.
 #[derive(Default)]
 pub(crate) struct Sessions {
     by_conn: RefCell<HashMap<u64, Session>>,
-    clock: RefCell<BinaryHeap<Reverse<(Instant, u64, u32, Due)>>>,
+    clock: RefCell<BinaryHeap<Reverse<Entry>>>,
 }
 
 /// What a connection may do, as the subscribe check sees it.
@@ -185,22 +188,25 @@ pub(crate) fn admit(
     }))
 }
 
+/// What a new connection's `welcome` says of its identity.
+pub(crate) struct Welcome {
+    /// It must send `auth` within this many ms.
+    pub(crate) auth_required_ms: Option<u64>,
+    /// Its upgrade carried this valid token.
+    pub(crate) grant: Option<Rc<Grant>>,
+}
+
 /// The `welcome`'s auth fields of a connection just opened with `session`.
-pub(crate) fn welcome_auth(
-    ctx: &ShardCtx,
-    session: Option<&Session>,
-) -> (Option<&'static str>, Option<u64>, Option<(Arc<str>, u64)>) {
-    let Some(auth) = &ctx.auth else {
-        return (None, None, None);
-    };
-    match session.and_then(|s| s.grant.as_ref()) {
-        Some(g) => (None, None, Some((g.sub.clone(), g.exp))),
-        None if auth.anonymous().is_none() => (
-            Some("required"),
-            Some(auth.timeout.as_millis() as u64),
-            None,
-        ),
-        None => (None, None, None),
+pub(crate) fn welcome(ctx: &ShardCtx, session: Option<&Session>) -> Welcome {
+    let grant = session.and_then(|s| s.grant.clone());
+    let auth_required_ms = ctx
+        .auth
+        .as_ref()
+        .filter(|a| grant.is_none() && a.anonymous().is_none())
+        .map(|a| a.timeout.as_millis() as u64);
+    Welcome {
+        auth_required_ms,
+        grant,
     }
 }
 

@@ -66,7 +66,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         crate::session::closed(&ctx, conn.id());
         return;
     }
-    let (auth, auth_timeout_ms, user) = crate::session::welcome_auth(&ctx, session.as_ref());
+    let who = crate::session::welcome(&ctx, session.as_ref());
     crate::session::opened(&ctx, &conn, session);
     ctx.register(&conn);
     if ctx.handler == Handler::Protocol {
@@ -76,10 +76,10 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
             ctx.config.heartbeat_timeout_ms,
             ctx.config.max_message_bytes,
             protocol::WelcomeAuth {
-                auth,
-                auth_timeout_ms,
-                sub: user.as_ref().map(|(s, _)| &**s),
-                expires_at: user.as_ref().map(|(_, e)| *e),
+                auth: who.auth_required_ms.map(|_| "required"),
+                auth_timeout_ms: who.auth_required_ms,
+                sub: who.grant.as_ref().map(|g| &*g.sub),
+                expires_at: who.grant.as_ref().map(|g| g.exp),
             },
         );
         conn.push_own(&ctx, welcome);

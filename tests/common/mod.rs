@@ -3,6 +3,8 @@
 //! executors nap (docs/runtime.md), so servers share the cores without starving each other.
 #![allow(dead_code)]
 
+pub mod tokens;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -50,7 +52,7 @@ impl TestServer {
     pub fn shutdown(&mut self) -> bool {
         self.server
             .take()
-            .map_or(true, |s| s.shutdown(Duration::from_secs(10)))
+            .is_none_or(|s| s.shutdown(Duration::from_secs(10)))
     }
 
     /// Publishes `n` messages and returns once the dispatcher has sequenced them (a witness

@@ -140,5 +140,5 @@ fn configuration_errors_name_the_field() {
     })
     .contains("need a key"));
     assert!(Auth::new(&AuthConfig::default()).unwrap().is_none());
-    assert_eq!(format!("{:?}", secret.unwrap()), "\"<redacted>\"");
+    assert_eq!(format!("{:?}", Secret(SECRET.into())), "\"<redacted>\"");
 }
