@@ -99,15 +99,13 @@ pub struct Config {
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    // `error` is shown in the message, not chained as a source: printed once.
+    #[error("{path}: {error}")]
     Parse {
         path: String,
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -122,14 +120,14 @@ impl Config {
         let mut merged = toml::Table::new();
         for path in files {
             let name = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: name.clone(),
-                source,
+                error,
             })?;
             // Checked alone first, so an unknown field is reported with the file it is in.
             let parse = |e| ConfigError::Parse {
                 path: name.clone(),
-                source: Box::new(e),
+                error: Box::new(e),
             };
             let table: toml::Table = toml::from_str(&text).map_err(parse)?;
             Config::deserialize(table.clone()).map_err(parse)?;
@@ -141,9 +139,9 @@ impl Config {
         let config: Config =
             toml::Value::Table(merged)
                 .try_into()
-                .map_err(|source| ConfigError::Parse {
+                .map_err(|e| ConfigError::Parse {
                     path: "--set".into(),
-                    source: Box::new(source),
+                    error: Box::new(e),
                 })?;
         config.validate()?;
         Ok(config)
@@ -151,9 +149,9 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "<text>".into(),
-            source: Box::new(source),
+            error: Box::new(e),
         })?;
         config.validate()?;
         Ok(config)
@@ -168,6 +166,17 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         corecast_shards::auth::Auth::new(&self.auth).map_err(ConfigError::Invalid)?;
         corecast_shards::admission::Admission::new(&self.limits).map_err(ConfigError::Invalid)?;
+        if let Some(k) = self
+            .dispatcher
+            .publisher_key
+            .as_ref()
+            .filter(|k| k.0.len() < 16)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "dispatcher.publisher_key must be at least 16 bytes, got {}",
+                k.0.len()
+            )));
+        }
         if !self.server.ingest.ip().is_loopback() && self.dispatcher.publisher_key.is_none() {
             return Err(ConfigError::Invalid(format!(
                 "server.ingest {} is not a loopback address: set dispatcher.publisher_key, \
@@ -430,12 +439,25 @@ mod tests {
             ),
             ("[server]\ningest = \"0.0.0.0:9000\"\n", "publisher_key"),
             ("[auth]\nhmac = \"x\"\n", "hmac"),
+            ("[dispatcher]\npublisher_key = \"\"\n", "at least 16 bytes"),
+            (
+                &format!("[auth]\n{secret}\n[auth.roles]\nx = [\"user.*\"]\n"),
+                "private_read_roles",
+            ),
+            (
+                &format!("[auth]\n{secret}\nanonymous_topics = [\"user.bob\"]\n"),
+                "private namespace",
+            ),
+            (
+                &format!("[auth]\n{secret}\nmax_token_lifetime_s = 40000000\n"),
+                "a year",
+            ),
         ] {
             let e = Config::from_toml(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
         let c = Config::from_toml(
-            "[server]\ningest = \"0.0.0.0:9000\"\n[dispatcher]\npublisher_key = \"k\"\n",
+            "[server]\ningest = \"0.0.0.0:9000\"\n[dispatcher]\npublisher_key = \"0123456789abcdef\"\n",
         )
         .unwrap();
         assert!(c.dispatcher.publisher_key.is_some());

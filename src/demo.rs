@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use crate::publisher::Publisher;
 
 const BASES: [&str; 50] = [
@@ -124,13 +126,13 @@ pub fn declare_auth(config: &mut crate::config::Config) -> anyhow::Result<Option
     if config.auth.enabled() {
         return Ok(None);
     }
-    let secret = format!(
-        "{}{}{}{}",
-        crate::dispatcher::new_epoch(),
-        crate::dispatcher::new_epoch(),
-        crate::dispatcher::new_epoch(),
-        crate::dispatcher::new_epoch()
-    );
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+        &mut bytes,
+    )
+    .context("reading /dev/urandom for the demo's secret")?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     config.auth.hmac_secret = Some(corecast_shards::auth::Secret(secret.clone()));
     if config.auth.anonymous_topics.is_none() {
         config.auth.anonymous_topics = Some(vec!["*".into()]);
@@ -145,7 +147,10 @@ pub fn declare_auth(config: &mut crate::config::Config) -> anyhow::Result<Option
         kid: None,
         not_before_s: None,
     };
-    let token = crate::token::mint(&spec, &crate::token::SigningKey::Hmac(secret))?;
+    let token = crate::token::mint(
+        &spec,
+        &crate::token::SigningKey::Hmac(secret, jsonwebtoken::Algorithm::HS256),
+    )?;
     Ok(Some(token))
 }
 

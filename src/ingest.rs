@@ -65,6 +65,16 @@ pub(crate) async fn serve_ingest(
                     "{{\"op\":\"error\",\"line\":0,\"code\":\"unauthorized\",\"message\":\"{why}\"}}\n"
                 );
                 let _ = stream.write_all(line.as_bytes()).await;
+                // Half-close and read what the publisher still sends until its EOF (at most a
+                // second): closing with unread input would reset the connection and could
+                // lose the error line.
+                corecast_shards::socket::shutdown_write(fd);
+                let mut sink = [0u8; 4096];
+                let drain =
+                    async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+                drain
+                    .or(glommio::timer::sleep(std::time::Duration::from_secs(1)))
+                    .await;
                 return;
             }
         }
@@ -99,6 +109,13 @@ pub(crate) async fn serve_ingest(
         };
         lines.feed(&carry, &mut each);
         drop(carry);
+        if !replies.is_empty() {
+            if stream.write_all(&replies).await.is_err() {
+                dispatcher.borrow_mut().unregister_ingest(source);
+                return;
+            }
+            replies.clear();
+        }
     }
     loop {
         let waking = corecast_shards::executor::WakesNap::new(&nap_fds, fd);

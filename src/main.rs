@@ -97,7 +97,8 @@ struct TokenArgs {
     /// The user (`sub`): 1 to 64 characters of [A-Za-z0-9_:-].
     #[arg(long)]
     sub: String,
-    /// HS256 secret (the server's auth.hmac_secret).
+    /// HMAC secret (the server's auth.hmac_secret, at least 32 bytes); HS256 unless --alg
+    /// says HS384 or HS512.
     #[arg(
         long,
         env = "CORECAST_HMAC_SECRET",
@@ -106,9 +107,10 @@ struct TokenArgs {
     )]
     secret: Option<String>,
     /// PEM private key file (for RS*, PS*, ES* and EdDSA).
-    #[arg(long, requires = "alg")]
+    #[arg(long)]
     key: Option<PathBuf>,
-    /// Algorithm for --key: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA.
+    /// Algorithm: HS256, HS384, HS512 with --secret; RS256, RS384, RS512, PS256, PS384, PS512,
+    /// ES256, ES384, EdDSA with --key.
     #[arg(long)]
     alg: Option<String>,
     /// Lifetime, seconds.
@@ -213,14 +215,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(t) => {
-            let key = match (t.secret, t.key, t.alg) {
-                (Some(secret), None, _) => corecast::token::SigningKey::Hmac(secret),
-                (None, Some(path), Some(alg)) => corecast::token::SigningKey::Pem(
-                    path,
-                    alg.parse()
-                        .map_err(|_| anyhow::anyhow!("--alg {alg:?} is not a JWS algorithm"))?,
+            let alg = t
+                .alg
+                .as_deref()
+                .map(corecast::token::algorithm)
+                .transpose()?;
+            let key = match (t.secret, t.key) {
+                (Some(secret), None) => corecast::token::SigningKey::Hmac(
+                    secret,
+                    alg.unwrap_or(jsonwebtoken::Algorithm::HS256),
                 ),
-                _ => anyhow::bail!("give --secret (HS256) or --key with --alg"),
+                (None, Some(path)) => corecast::token::SigningKey::Pem(
+                    path,
+                    alg.ok_or_else(|| anyhow::anyhow!("--key needs --alg"))?,
+                ),
+                _ => anyhow::bail!("give --secret (HS256/384/512) or --key with --alg"),
             };
             let spec = corecast::token::TokenSpec {
                 sub: t.sub,
@@ -275,7 +284,8 @@ fn main() -> anyhow::Result<()> {
 fn start(config: Config) -> anyhow::Result<Server> {
     let server = Server::start(config).context("starting corecast")?;
     eprintln!(
-        "corecast: {} shard(s); clients on ws://{}, publishers on tcp://{}",
+        "corecast: pid {}, {} shard(s); clients on ws://{}, publishers on tcp://{}",
+        std::process::id(),
         server.shards(),
         server.client_addr(),
         server.ingest_addr()

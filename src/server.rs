@@ -23,18 +23,15 @@ const CONTROL_RING_CAPACITY: usize = 16_384;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("dispatcher_core {core} does not exist; this process may use cores {cores:?}")]
     NoSuchCore { core: usize, cores: Vec<usize> },
-    #[error("cannot start the {what} executor: {source}")]
-    Executor {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("cannot start the {what} executor: {error}")]
+    Executor { what: String, error: std::io::Error },
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -136,21 +133,35 @@ impl Server {
 
         let bind = |addr: SocketAddr, reuse_port: bool| {
             listener(addr, s.listen_backlog, reuse_port)
-                .map_err(|source| StartError::Bind { addr, source })
+                .map_err(|error| StartError::Bind { addr, error })
         };
+        // Every shard's listener sets SO_REUSEPORT, which would also let this server share
+        // a port another process (of the same user) listens on with it, each taking a random
+        // part of the connections. A plain bind first makes a port in use an error.
+        if s.listen.port() != 0 {
+            Socket::new(Domain::for_address(s.listen), Type::STREAM, None)
+                .and_then(|probe| {
+                    probe.set_reuse_address(true)?;
+                    probe.bind(&s.listen.into())
+                })
+                .map_err(|error| StartError::Bind {
+                    addr: s.listen,
+                    error,
+                })?;
+        }
         let first = bind(s.listen, true)?;
-        let client_addr = first.local_addr().map_err(|source| StartError::Bind {
+        let client_addr = first.local_addr().map_err(|error| StartError::Bind {
             addr: s.listen,
-            source,
+            error,
         })?;
         let mut listeners = vec![first];
         for _ in 1..n {
             listeners.push(bind(client_addr, true)?);
         }
         let ingest = bind(s.ingest, false)?;
-        let ingest_addr = ingest.local_addr().map_err(|source| StartError::Bind {
+        let ingest_addr = ingest.local_addr().map_err(|error| StartError::Bind {
             addr: s.ingest,
-            source,
+            error,
         })?;
 
         let stats: SharedStats = Arc::new(Mutex::new(Stats::default()));
@@ -228,15 +239,15 @@ impl Server {
                 .spawn(move || crate::dispatcher_thread::run(spec, naps))
                 .map_err(|e| StartError::Executor {
                     what: "dispatcher".into(),
-                    source: std::io::Error::other(e.to_string()),
+                    error: std::io::Error::other(e.to_string()),
                 })?;
             threads.push(dispatcher);
         }
         for spec in specs {
             let id = spec.id;
-            let handle = corecast_shards::spawn(spec).map_err(|source| StartError::Executor {
+            let handle = corecast_shards::spawn(spec).map_err(|error| StartError::Executor {
                 what: format!("shard {id}"),
-                source,
+                error,
             })?;
             threads.push(handle);
         }

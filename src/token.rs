@@ -30,11 +30,22 @@ pub struct TokenSpec {
     pub not_before_s: Option<i64>,
 }
 
+/// The algorithm named `name` (`RS256`, ...); the error lists the names accepted.
+pub fn algorithm(name: &str) -> anyhow::Result<Algorithm> {
+    name.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{name:?} is not a JWS algorithm; one of HS256, HS384, HS512, RS256, RS384, RS512, \
+             PS256, PS384, PS512, ES256, ES384, EdDSA (case matters)"
+        )
+    })
+}
+
 /// The key a token is signed with.
 #[derive(Debug, Clone)]
 pub enum SigningKey {
-    /// HS256 with the secret's UTF-8 bytes (the server's `auth.hmac_secret`).
-    Hmac(String),
+    /// An HMAC algorithm (HS256/384/512) with the secret's UTF-8 bytes (the server's
+    /// `auth.hmac_secret`, at least 32 bytes).
+    Hmac(String, Algorithm),
     /// A PEM private key file (PKCS#8, or PKCS#1 for RSA) and the algorithm: RS256/384/512,
     /// PS256/384/512, ES256/384 or EdDSA.
     Pem(PathBuf, Algorithm),
@@ -46,8 +57,16 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Signs a token. Errors: an unreadable key file, a key that does not fit the algorithm.
+/// Signs a token. Errors: a `sub` the server would refuse, a secret shorter than the server
+/// accepts, an algorithm of another family than the key, an unreadable key file, a public key
+/// where the private one is needed, a key that does not fit the algorithm.
 pub fn mint(spec: &TokenSpec, key: &SigningKey) -> anyhow::Result<String> {
+    if !corecast_shards::auth::valid_sub(&spec.sub) {
+        anyhow::bail!(
+            "sub {:?} would be refused (bad_sub): 1 to 64 characters of [A-Za-z0-9_:-]",
+            spec.sub
+        );
+    }
     let iat = now();
     let mut claims = serde_json::json!({
         "sub": spec.sub,
@@ -71,12 +90,26 @@ pub fn mint(spec: &TokenSpec, key: &SigningKey) -> anyhow::Result<String> {
         c.insert("nbf".into(), (iat as i64 + nbf).into());
     }
     let (alg, key) = match key {
-        SigningKey::Hmac(secret) => (
-            Algorithm::HS256,
-            EncodingKey::from_secret(secret.as_bytes()).context("an empty secret")?,
-        ),
+        SigningKey::Hmac(secret, alg) => {
+            if alg.family() != jsonwebtoken::AlgorithmFamily::Hmac {
+                anyhow::bail!("{alg:?} signs with a private key: give --key, not --secret");
+            }
+            if secret.len() < 32 {
+                anyhow::bail!(
+                    "the secret is {} bytes; the server accepts at least 32 (auth.hmac_secret)",
+                    secret.len()
+                );
+            }
+            (*alg, EncodingKey::from_secret(secret.as_bytes())?)
+        }
         SigningKey::Pem(path, alg) => {
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            if String::from_utf8_lossy(&pem).contains("PUBLIC KEY") {
+                anyhow::bail!(
+                    "{} is a public key: tokens are signed with the private key",
+                    path.display()
+                );
+            }
             use jsonwebtoken::AlgorithmFamily as F;
             let key = match alg.family() {
                 F::Rsa => EncodingKey::from_rsa_pem(&pem),
@@ -117,9 +150,48 @@ mod tests {
             kid: None,
             not_before_s: None,
         };
-        let token = mint(&spec, &SigningKey::Hmac(secret)).unwrap();
+        let token = mint(&spec, &SigningKey::Hmac(secret.clone(), Algorithm::HS256)).unwrap();
         let grant = auth.verify(&token, now()).unwrap();
         assert_eq!(&*grant.sub, "alice");
         assert_eq!(grant.lifetime, 600);
+        let token = mint(&spec, &SigningKey::Hmac(secret.clone(), Algorithm::HS512)).unwrap();
+        assert!(
+            auth.verify(&token, now()).is_ok(),
+            "HS512 with the same secret"
+        );
+    }
+
+    #[test]
+    fn what_the_server_would_refuse_is_not_minted() {
+        let spec = |sub: &str| TokenSpec {
+            sub: sub.into(),
+            ttl_s: 60,
+            topics: vec![],
+            roles: vec![],
+            issuer: None,
+            audience: None,
+            kid: None,
+            not_before_s: None,
+        };
+        let long = "0123456789abcdef0123456789abcdef".to_string();
+        let err = |s: &TokenSpec, k: SigningKey| mint(s, &k).unwrap_err().to_string();
+        assert!(err(
+            &spec("a.b"),
+            SigningKey::Hmac(long.clone(), Algorithm::HS256)
+        )
+        .contains("bad_sub"));
+        assert!(err(
+            &spec("a"),
+            SigningKey::Hmac("short".into(), Algorithm::HS256)
+        )
+        .contains("32"));
+        assert!(err(&spec("a"), SigningKey::Hmac(long, Algorithm::RS256)).contains("--key"));
+        let public =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/rsa-public.pem");
+        assert!(err(&spec("a"), SigningKey::Pem(public, Algorithm::RS256)).contains("public key"));
+        assert!(algorithm("rs256")
+            .unwrap_err()
+            .to_string()
+            .contains("RS256"));
     }
 }

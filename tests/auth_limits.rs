@@ -40,11 +40,39 @@ fn connections_per_user_are_counted_across_the_server() {
     });
     let mut bystander = Bystander::new(&server, "public.bystander");
     let alice = hs(claims("alice", 600, json!({})));
-    let a1 = with_bearer(&server.url, &alice).unwrap();
-    let _a2 = with_bearer(&server.url, &alice).unwrap();
-    let r = refused(with_bearer(&server.url, &alice));
-    assert_eq!((r.status, r.retry_after.as_deref()), (429, Some("1")));
-    assert_eq!(r.body["error"], "connections_per_user");
+    // Alice's two connections on different shards (the welcome's `conn` is `<shard>-<id>`):
+    // were the count per shard, a third would find room on either.
+    let shard_of = |ws: &mut Client| -> String {
+        let w = next_op(ws, "welcome");
+        w["conn"]
+            .as_str()
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut a1 = with_bearer(&server.url, &alice).unwrap();
+    let first = shard_of(&mut a1);
+    let mut a2 = None;
+    for _ in 0..200 {
+        // A refusal here is the place of the last try, not yet released by the server.
+        let Ok(mut ws) = with_bearer(&server.url, &alice) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        if shard_of(&mut ws) != first {
+            a2 = Some(ws);
+            break;
+        }
+        close(ws);
+    }
+    let _a2 = a2.expect("a connection on the other shard within 64 tries");
+    for _ in 0..8 {
+        let r = refused(with_bearer(&server.url, &alice));
+        assert_eq!((r.status, r.retry_after.as_deref()), (429, Some("1")));
+        assert_eq!(r.body["error"], "connections_per_user");
+    }
     // In the first message too: the connection stays, without the user.
     let mut a3 = connect(&server.url);
     send(
@@ -174,8 +202,17 @@ fn the_upgrade_checks_run_in_the_documented_order() {
     let r = refused(upgrade(&server.url, &[origin, ("Authorization", bad)]));
     assert_eq!(r.status, 403, "Origin before the token");
     let _a = with_bearer(&server.url, &alice).unwrap();
-    let r = refused(upgrade(&server.url, &[("Authorization", bad)]));
-    assert_eq!(r.status, 401, "the token before the per-user limit");
+    let expired = hs(claims(
+        "alice",
+        600,
+        json!({"iat": now() - 100, "exp": now() - 60}),
+    ));
+    let r = refused(with_bearer(&server.url, &expired));
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (401, Some("expired")),
+        "the token before the per-user limit (alice is at hers)"
+    );
     let r = refused(with_bearer(&server.url, &alice));
     assert_eq!(
         (r.status, r.body["error"].as_str()),
@@ -190,6 +227,9 @@ fn the_upgrade_checks_run_in_the_documented_order() {
     );
     let r = refused(upgrade(&server.url, &[origin]));
     assert_eq!(r.status, 403, "Origin before per-address");
+    let elsewhere = server.url.replace("/ws", "/other");
+    let r = refused(upgrade(&elsewhere, &[origin, ("Authorization", bad)]));
+    assert_eq!(r.status, 404, "the path before Origin");
 }
 
 /// With `dispatcher.publisher_key` a publisher's first line is the key: a wrong one gets an
@@ -197,13 +237,14 @@ fn the_upgrade_checks_run_in_the_documented_order() {
 #[test]
 fn publishers_send_the_key_first() {
     let server = start(|c| {
-        c.dispatcher.publisher_key = Some(corecast_shards::auth::Secret("pub-key-1".into()));
+        c.dispatcher.publisher_key =
+            Some(corecast_shards::auth::Secret("pub-key-0123456789".into()));
     });
     let mut ws = connect(&server.url);
     subscribe(&mut ws, 1, &["t.a"]);
     for first in [
         "wrong-key",
-        "pub-key-12",
+        "pub-key-0123456789x",
         "",
         "{\"topic\":\"t.a\",\"data\":1}",
     ] {
@@ -223,7 +264,11 @@ fn publishers_send_the_key_first() {
         );
     }
     let mut p = std::net::TcpStream::connect(server.ingest).unwrap();
-    write!(p, "pub-key-1\r\n{{\"topic\":\"t.a\",\"data\":1}}\n").unwrap();
+    write!(
+        p,
+        "pub-key-0123456789\r\n{{\"topic\":\"t.a\",\"data\":1}}\n"
+    )
+    .unwrap();
     p.flush().unwrap();
     writeln!(p, "{{\"topic\":\"t.a\",\"data\":2}}").unwrap();
     let m = next_op(&mut ws, "msg");
@@ -234,4 +279,46 @@ fn publishers_send_the_key_first() {
     );
     let m = next_op(&mut ws, "msg");
     assert_eq!(m["data"].as_u64(), Some(2));
+}
+
+/// Whatever ends a connection releases its places: a 4003 (no `auth` in time), a 4004 (the
+/// token expired), an `auth` refused by the per-user limit.
+#[test]
+fn closed_connections_give_their_places_back() {
+    let server = auth_server(|c| {
+        c.auth.anonymous_topics = None;
+        c.auth.timeout_ms = 300;
+        c.auth.leeway_s = 0;
+        c.limits.connections_per_ip = 2;
+        c.limits.connections_per_user = 1;
+    });
+    // 4003, twice the limit over: each releases its address.
+    for _ in 0..4 {
+        let mut ws = upgrade(&server.url, &[]).unwrap();
+        assert_eq!(expect_close(&mut ws).0, 4003);
+        close(ws);
+    }
+    // A 4004 releases the user.
+    let mut ws = with_bearer(&server.url, &hs(claims("alice", 2, json!({})))).unwrap();
+    assert_eq!(expect_close(&mut ws).0, 4004);
+    close(ws);
+    let alice = hs(claims("alice", 600, json!({})));
+    let mut kept = None;
+    assert!(eventually(|| {
+        kept = with_bearer(&server.url, &alice).ok();
+        kept.is_some()
+    }));
+    // An `auth` over the user limit counts nothing: the connection still ends with 4003 and
+    // alice keeps exactly one place.
+    let mut over = upgrade(&server.url, &[]).unwrap();
+    send(
+        &mut over,
+        &format!(r#"{{"op":"auth","id":1,"token":"{alice}"}}"#),
+    );
+    assert_eq!(next_op(&mut over, "error")["code"], "too_many_connections");
+    assert_eq!(expect_close(&mut over).0, 4003);
+    close(over);
+    assert_eq!(refused(with_bearer(&server.url, &alice)).status, 429);
+    drop(kept);
+    assert!(eventually(|| with_bearer(&server.url, &alice).is_ok()));
 }

@@ -187,3 +187,58 @@ fn a_narrower_token_ends_what_it_no_longer_allows() {
     assert_eq!(next_op(&mut ws, "error")["code"], "forbidden");
     bystander.check(&server, 3);
 }
+
+/// The frames of an ended subscription still queued on the shard are purged, not written:
+/// with a batch window holding the connection's writes, messages published just before the
+/// narrowing `auth` never reach the client; those of the topics it keeps do, in order.
+#[test]
+fn a_narrower_token_purges_what_is_queued() {
+    let server = auth_server(|c| c.shard.batch_window_us = 1_000_000);
+    let wide = hs(claims(
+        "alice",
+        600,
+        json!({"topics": ["trades.*", "ticker.BTC"]}),
+    ));
+    let narrow = hs(claims("alice", 600, json!({"topics": ["ticker.BTC"]})));
+    let mut ws = with_bearer(&server.url, &wide).unwrap();
+    subscribe(&mut ws, 1, &["trades.BTC", "ticker.BTC"]);
+    // Queued behind the window: the first write of this connection is up to 1 s away.
+    server.publish("trades.BTC", 5);
+    server.publish("ticker.BTC", 2);
+    std::thread::sleep(Duration::from_millis(100));
+    auth(&mut ws, 2, &narrow);
+    let mut seen = Vec::new();
+    loop {
+        let m = next_json(&mut ws);
+        match m["op"].as_str() {
+            Some("msg") => seen.push((
+                m["topic"].as_str().unwrap().to_string(),
+                m["seq"].as_u64().unwrap(),
+            )),
+            Some("ack") => assert_eq!(m["id"], 2),
+            Some("unsubscribed") => {
+                assert_eq!(
+                    (m["topic"].as_str(), m["reason"].as_str()),
+                    (Some("trades.BTC"), Some("forbidden"))
+                );
+                break;
+            }
+            _ => panic!("unexpected {m:?}"),
+        }
+    }
+    server.publish("ticker.BTC", 1);
+    let m = next_op(&mut ws, "msg");
+    seen.push((
+        m["topic"].as_str().unwrap().to_string(),
+        m["seq"].as_u64().unwrap(),
+    ));
+    assert_eq!(
+        seen,
+        [
+            ("ticker.BTC".to_string(), 1),
+            ("ticker.BTC".into(), 2),
+            ("ticker.BTC".into(), 3)
+        ],
+        "no trades.BTC frame was written"
+    );
+}

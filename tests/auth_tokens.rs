@@ -272,8 +272,19 @@ fn jwks_keys_are_picked_by_kid_and_reloaded() {
     write(vec![
         jwk("rsa-private.pem", Algorithm::RS256, "rsa-1"),
         jwk("ec-private.pem", Algorithm::ES256, "ec-1"),
+        {
+            // An encryption key beside the signing keys, as identity providers publish: left out.
+            let mut enc = jwk("rsa-private.pem", Algorithm::RS256, "enc-1");
+            enc.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Encryption);
+            enc
+        },
     ]);
     assert_eq!(server.server().reload_jwks(), Ok(2));
+    let r = refused(with_bearer(&server.url, &rs(Some("enc-1"))));
+    assert_eq!(
+        r.body["reason"], "unknown_kid",
+        "an encryption key verifies nothing"
+    );
     assert!(
         with_bearer(&server.url, &es(Some("ec-1"))).is_ok(),
         "reloaded"

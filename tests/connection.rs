@@ -275,3 +275,27 @@ fn each_connection_is_pinged_once_per_interval_not_once_per_slice() {
         );
     }
 }
+
+/// A port another server listens on is an error at start, not a silent share: every shard's
+/// listener sets SO_REUSEPORT, which alone would let a second server take part of the
+/// connections.
+#[test]
+fn a_client_port_in_use_is_a_start_error() {
+    let first = start(|_| {});
+    let e = corecast::Server::start({
+        let mut c = corecast::Config::default();
+        c.server.listen = first.addr;
+        c.server.ingest = "127.0.0.1:0".parse().unwrap();
+        c.server.shards = 1;
+        c
+    })
+    .err()
+    .expect("the second server is refused");
+    let text = e.to_string();
+    assert!(
+        text.contains(&first.addr.to_string()) && text.contains("in use"),
+        "{text}"
+    );
+    let mut ws = connect(&first.url);
+    subscribe(&mut ws, 1, &["t.still"]);
+}

@@ -69,6 +69,11 @@ impl Block {
                 format!("limits.trusted_proxies: {text:?} has a bad prefix length")
             })?,
         };
+        // An IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 block it maps.
+        let (addr, bits) = match (addr, canonical(addr)) {
+            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) => (v4, bits.saturating_sub(96)),
+            _ => (addr, bits),
+        };
         Ok(Block { addr, bits })
     }
 
@@ -101,11 +106,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
 pub struct IpKey(u128);
 
 impl IpKey {
-    /// The key `ip` is counted under.
+    /// The key `ip` is counted under: an IPv4 address as its IPv4-mapped IPv6 form (low 64
+    /// bits not zero), an IPv6 address as its /64 (low 64 bits zero), so the two never meet.
     pub fn of(ip: IpAddr) -> IpKey {
         match canonical(ip) {
-            IpAddr::V4(v4) => IpKey(u128::from(u32::from(v4))),
-            IpAddr::V6(v6) => IpKey((u128::from(v6) & !((1u128 << 64) - 1)) | 1),
+            IpAddr::V4(v4) => IpKey(u128::from(v4.to_ipv6_mapped())),
+            IpAddr::V6(v6) => IpKey(u128::from(v6) & !((1u128 << 64) - 1)),
         }
     }
 }
@@ -127,11 +133,18 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
 }
 
+/// The per-address table, and the size at which it is pruned next.
+#[derive(Default)]
+struct Addresses {
+    map: HashMap<IpKey, PerIp>,
+    prune_at: usize,
+}
+
 /// The process-wide admission state. See the module docs.
 pub struct Admission {
     config: LimitsConfig,
     trusted: Vec<Block>,
-    per_ip: Mutex<HashMap<IpKey, PerIp>>,
+    per_ip: Mutex<Addresses>,
     per_user: Mutex<HashMap<Arc<str>, u32>>,
 }
 
@@ -175,6 +188,11 @@ impl Admission {
         })
     }
 
+    /// True when `ip` is one of `limits.trusted_proxies`.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|b| b.contains(ip))
+    }
+
     /// True when addresses are counted (a per-address limit is set).
     pub fn counts_ips(&self) -> bool {
         self.config.connections_per_ip > 0 || self.config.connects_per_ip_per_sec > 0
@@ -210,7 +228,7 @@ impl Admission {
     /// rightmost `X-Forwarded-For` entry that is not a trusted proxy (entries that are not
     /// addresses end the walk: the last trusted hop is then the client).
     pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&[u8]>) -> IpAddr {
-        let trusted = |ip: IpAddr| self.trusted.iter().any(|b| b.contains(ip));
+        let trusted = |ip: IpAddr| self.is_trusted(ip);
         if !trusted(peer) {
             return peer;
         }
@@ -239,13 +257,18 @@ impl Admission {
         }
         let key = IpKey::of(ip);
         let c = &self.config;
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 4096 {
-            // Addresses with nothing open and a full bucket hold no state worth keeping.
-            map.retain(|_, e| e.open > 0 || now.duration_since(e.at).as_secs() < 2);
+        let mut table = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if table.map.len() >= table.prune_at {
+            // An address with nothing open whose bucket has refilled (a second after its last
+            // connect) holds nothing worth keeping. Pruned when the table has doubled since
+            // the last pruning: amortised O(1) per admission.
+            table
+                .map
+                .retain(|_, e| e.open > 0 || now.duration_since(e.at).as_secs_f64() < 1.0);
+            table.prune_at = (2 * table.map.len()).max(4096);
         }
         let rate = f64::from(c.connects_per_ip_per_sec);
-        let e = map.entry(key).or_insert(PerIp {
+        let e = table.map.entry(key).or_insert(PerIp {
             open: 0,
             tokens: rate,
             at: now,
@@ -277,11 +300,15 @@ impl Admission {
         Ok(Some(key))
     }
 
-    /// A connection counted by [`Admission::admit_ip`] ended.
+    /// A connection counted by [`Admission::admit_ip`] ended. An address with nothing open
+    /// and no connect rate to remember leaves the table at once.
     pub fn release_ip(&self, key: IpKey) {
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = map.get_mut(&key) {
+        let mut table = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = table.map.get_mut(&key) {
             e.open = e.open.saturating_sub(1);
+            if e.open == 0 && self.config.connects_per_ip_per_sec == 0 {
+                table.map.remove(&key);
+            }
         }
     }
 
@@ -359,6 +386,8 @@ mod tests {
             a.client_ip(ip("::ffff:10.0.0.1"), Some(b"7.7.7.7")),
             ip("7.7.7.7")
         );
+        let mapped = admission(|c| c.trusted_proxies = vec!["::ffff:10.0.0.0/104".into()]);
+        assert!(mapped.is_trusted(ip("10.9.9.9")) && !mapped.is_trusted(ip("11.0.0.1")));
         assert!(Admission::new(&LimitsConfig {
             trusted_proxies: vec!["10.0.0.0/33".into()],
             ..LimitsConfig::default()
@@ -372,6 +401,8 @@ mod tests {
         assert_eq!(ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::9"));
         assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
         assert_eq!(ip("::ffff:1.2.3.4"), ip("1.2.3.4"));
+        assert_ne!(ip("::"), ip("0.0.0.0"));
+        assert_ne!(ip("::1"), ip("0.0.0.1"));
     }
 
     #[test]

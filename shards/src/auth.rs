@@ -22,6 +22,9 @@ use serde::Deserialize;
 
 use perms::{Perm, Permissions, Private};
 
+/// Longest `auth.max_token_lifetime_s` accepted: a year.
+pub const MAX_LIFETIME_S: u64 = 366 * 86_400;
+
 /// A secret that never appears in `Debug` output, logs or `print-config`.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -292,10 +295,24 @@ impl Auth {
         if config.max_token_lifetime_s == 0 || config.timeout_ms == 0 {
             return Err("auth.max_token_lifetime_s and auth.timeout_ms must be above 0".into());
         }
+        if config.max_token_lifetime_s > MAX_LIFETIME_S {
+            return Err(format!(
+                "auth.max_token_lifetime_s must be at most {MAX_LIFETIME_S} (a year), got {}",
+                config.max_token_lifetime_s
+            ));
+        }
         let private = Private::new(&config.private_prefix)?;
         let mut roles = BTreeMap::new();
         for (name, patterns) in &config.roles {
             let perms = Perm::parse_all(patterns).map_err(|e| format!("auth.roles.{name}: {e}"))?;
+            if let Some(p) = perms.iter().find(|p| private.reaches(p)) {
+                return Err(format!(
+                    "auth.roles.{name}: {p} reaches into the private namespace {:?}: list the \
+                     role in auth.private_read_roles instead (private topics are granted only \
+                     to their owner and to those roles)",
+                    private.prefix()
+                ));
+            }
             roles.insert(name.clone(), perms);
         }
         if let Some(r) = config
@@ -308,11 +325,22 @@ impl Auth {
             ));
         }
         let anonymous = match &config.anonymous_topics {
-            Some(list) if !list.is_empty() => Some(Permissions {
-                perms: Perm::parse_all(list).map_err(|e| format!("auth.anonymous_topics: {e}"))?,
-                sub: None,
-                private_read: false,
-            }),
+            Some(list) if !list.is_empty() => {
+                let perms =
+                    Perm::parse_all(list).map_err(|e| format!("auth.anonymous_topics: {e}"))?;
+                if let Some(p) = perms.iter().find(|p| private.reaches(p)) {
+                    return Err(format!(
+                        "auth.anonymous_topics: {p} is in the private namespace {:?}, which \
+                         anonymous clients never read",
+                        private.prefix()
+                    ));
+                }
+                Some(Permissions {
+                    perms,
+                    sub: None,
+                    private_read: false,
+                })
+            }
             _ => None,
         };
         Ok(Some(Auth {
@@ -373,7 +401,7 @@ impl Auth {
         let alg: Algorithm = alg_name.parse().map_err(|_| {
             refused(
                 Reason::BadAlgorithm,
-                format!("alg {alg_name:?} is not a JWS algorithm this server accepts"),
+                "alg is not a JWS algorithm this server accepts",
             )
         })?;
         let jwks = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -472,7 +500,8 @@ impl Auth {
             ));
         }
         let exp = exp.max(0.0) as u64;
-        let from = claims.iat.map_or(now, |iat| iat.max(0.0) as u64);
+        // An `iat` in the future does not shorten the lifetime: it counts from now at most.
+        let from = claims.iat.map_or(now, |iat| (iat.max(0.0) as u64).min(now));
         let lifetime = exp.saturating_sub(from);
         if lifetime > self.max_lifetime {
             return Err(refused(
@@ -589,20 +618,44 @@ fn load_public_key(path: &PathBuf) -> Result<(DecodingKey, AlgorithmFamily), Str
     ))
 }
 
-/// Reads a JWKS file: every key needs a `kid`; symmetric (`oct`) keys are refused (a shared
-/// secret belongs in `hmac_secret`, never beside public keys).
+/// Reads a JWKS file. Symmetric (`oct`) keys are refused (a shared secret belongs in
+/// `hmac_secret`, never beside public keys). Left out: keys meant for encryption (`"use":"enc"`,
+/// `key_ops` without `verify`, or an `alg` that is not a signature algorithm), which identity
+/// providers publish beside their signing keys, and keys without `kid` or of a type or curve
+/// this server cannot use. A file with no usable key is an error naming what was left out.
 fn load_jwks(path: &PathBuf) -> Result<Vec<JwksKey>, String> {
     let where_ = || format!("auth.jwks_file {}", path.display());
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", where_()))?;
     let set: jsonwebtoken::jwk::JwkSet =
         serde_json::from_slice(&text).map_err(|e| format!("{}: not a JWK set: {e}", where_()))?;
     let mut keys = Vec::with_capacity(set.keys.len());
+    let mut skipped: Vec<String> = Vec::new();
     for jwk in &set.keys {
-        let kid = jwk
+        if matches!(
+            jwk.common.public_key_use,
+            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+        ) {
+            continue;
+        }
+        let alg = match jwk.common.key_algorithm {
+            Some(a) => match a.to_string().parse::<Algorithm>() {
+                Ok(alg) => Some(alg),
+                Err(_) => continue, // an encryption algorithm (RSA-OAEP, ...)
+            },
+            None => None,
+        };
+        if jwk
             .common
-            .key_id
-            .clone()
-            .ok_or_else(|| format!("{}: every key needs a kid", where_()))?;
+            .key_operations
+            .as_ref()
+            .is_some_and(|ops| !ops.contains(&jsonwebtoken::jwk::KeyOperations::Verify))
+        {
+            continue;
+        }
+        let Some(kid) = jwk.common.key_id.clone() else {
+            skipped.push("a key without kid".to_string());
+            continue;
+        };
         let family = match &jwk.algorithm {
             jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
             jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
@@ -613,19 +666,18 @@ fn load_jwks(path: &PathBuf) -> Result<Vec<JwksKey>, String> {
                     where_()
                 ))
             }
-            _ => return Err(format!("{}: key {kid:?} is of an unknown type", where_())),
+            _ => {
+                skipped.push(format!("key {kid:?} of an unknown type"));
+                continue;
+            }
         };
-        let alg = match jwk.common.key_algorithm {
-            Some(a) => Some(a.to_string().parse::<Algorithm>().map_err(|_| {
-                format!(
-                    "{}: key {kid:?} has alg {a:?}, not a signature algorithm",
-                    where_()
-                )
-            })?),
-            None => None,
+        let key = match DecodingKey::from_jwk(jwk) {
+            Ok(k) => k,
+            Err(e) => {
+                skipped.push(format!("key {kid:?}: {e}"));
+                continue;
+            }
         };
-        let key =
-            DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: key {kid:?}: {e}", where_()))?;
         if keys.iter().any(|k: &JwksKey| k.kid == kid) {
             return Err(format!("{}: kid {kid:?} appears twice", where_()));
         }
@@ -635,6 +687,17 @@ fn load_jwks(path: &PathBuf) -> Result<Vec<JwksKey>, String> {
             family,
             alg,
         });
+    }
+    if keys.is_empty() {
+        let left_out = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" (left out: {})", skipped.join("; "))
+        };
+        return Err(format!(
+            "{}: no key to verify signatures with{left_out}",
+            where_()
+        ));
     }
     Ok(keys)
 }

@@ -86,29 +86,27 @@ pub(crate) struct Sessions {
     clock: RefCell<BinaryHeap<Reverse<Entry>>>,
 }
 
-/// What a connection may do, as the subscribe check sees it.
-pub(crate) enum Access {
-    /// Auth is off: everything.
-    Open,
-    /// It must send `auth` first.
-    Pending,
-    /// These permissions apply.
-    Allowed(Permissions),
+/// Time since the Unix epoch, to the nanosecond.
+fn unix_time() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    unix_time().as_secs()
 }
 
-/// The instant of Unix time `at` (seconds), from the pair `(now, unix)`.
-fn instant_of(at: u64, now: Instant, unix: u64) -> Instant {
+/// The instant of Unix time `at` (whole seconds), from the pair `(now, unix)` read together;
+/// far futures are capped at a year from now (a token lives at most
+/// `auth.max_token_lifetime_s`, itself at most a year).
+fn instant_of(at: u64, now: Instant, unix: Duration) -> Instant {
+    let at = Duration::from_secs(at);
+    let year = Duration::from_secs(366 * 86_400);
     if at >= unix {
-        now + Duration::from_secs(at - unix)
+        now + (at - unix).min(year)
     } else {
-        now.checked_sub(Duration::from_secs(unix - at))
-            .unwrap_or(now)
+        now.checked_sub(unix - at).unwrap_or(now)
     }
 }
 
@@ -116,12 +114,41 @@ fn rejection(r: Refusal) -> Rejection {
     Rejection::json(r.status, r.error, None, r.message, r.retry_after)
 }
 
+/// A just-accepted socket's place in the per-address counts, taken before its upgrade
+/// request is read so that sockets in their upgrade count too (a client cannot hold more
+/// than its share open by never finishing its request). A refusal is kept, not sent: it is
+/// answered at its place in the documented order, after the request's own checks. A socket
+/// from a trusted proxy is counted later, under the address its `X-Forwarded-For` names.
+pub(crate) struct Early {
+    counted: Counted,
+    peer: Option<IpAddr>,
+    refused: Option<Refusal>,
+}
+
+/// Counts a just-accepted socket from `peer` (see [`Early`]).
+pub(crate) fn accepted(ctx: &ShardCtx, peer: Option<IpAddr>) -> Early {
+    let mut counted = Counted::default();
+    counted.admission = Some(ctx.admission.clone());
+    let mut refused = None;
+    if let Some(p) = peer.filter(|p| !ctx.admission.is_trusted(*p)) {
+        match ctx.admission.admit_ip(p, Instant::now()) {
+            Ok(key) => counted.ip = key,
+            Err(r) => refused = Some(r),
+        }
+    }
+    Early {
+        counted,
+        peer,
+        refused,
+    }
+}
+
 /// Admission of an upgrade request, in the documented order (after path, method and the
 /// upgrade headers, which the handshake checked): Origin (403), per-address limits (429),
 /// token (401), per-user limits (429). `Ok` carries the session to keep, if any.
 pub(crate) fn admit(
     ctx: &ShardCtx,
-    peer: Option<IpAddr>,
+    early: Early,
     head: &Head,
 ) -> Result<Option<Session>, Rejection> {
     let counted = |r: Rejection| {
@@ -131,9 +158,15 @@ pub(crate) fn admit(
     ctx.admission
         .check_origin(head.origin.as_deref())
         .map_err(|r| counted(rejection(r)))?;
-    let mut place = Counted::default();
-    place.admission = Some(ctx.admission.clone());
-    if let Some(peer) = peer {
+    let Early {
+        counted: mut place,
+        peer,
+        refused,
+    } = early;
+    if let Some(r) = refused {
+        return Err(counted(rejection(r)));
+    }
+    if let Some(peer) = peer.filter(|p| ctx.admission.is_trusted(*p)) {
         let client = ctx.admission.client_ip(peer, head.forwarded_for.as_deref());
         place.ip = ctx
             .admission
@@ -228,18 +261,23 @@ pub(crate) fn opened(ctx: &ShardCtx, conn: &Conn, session: Option<Session>) {
             0,
             Due::AuthTimeout,
         )));
+        compact(ctx);
     }
     if let Some(g) = &session.grant {
         schedule(ctx, conn.id(), g, session.generation);
     }
-    ctx.sessions.by_conn.borrow_mut().insert(conn.id(), session);
+    // A connection with no token and not counted anywhere needs no entry (an anonymous
+    // one costs nothing more); its first `auth` makes one.
+    if session.grant.is_some() || session.counted.ip.is_some() {
+        ctx.sessions.by_conn.borrow_mut().insert(conn.id(), session);
+    }
 }
 
 /// Schedules the `refresh` (at `exp` minus min(30 s, a third of the lifetime), minus up to
 /// a quarter of that lead as jitter) and the close (at `exp` plus the leeway).
 fn schedule(ctx: &ShardCtx, conn: u64, grant: &Grant, generation: u32) {
     let Some(auth) = &ctx.auth else { return };
-    let (now, unix) = (Instant::now(), unix_now());
+    let (now, unix) = (Instant::now(), unix_time());
     let lead = Duration::from_secs(30).min(Duration::from_secs(grant.lifetime) / 3);
     // Jitter spread by connection id (a multiplicative hash), so connections whose tokens
     // share an `exp` do not all refresh in the same instant.
@@ -251,6 +289,31 @@ fn schedule(ctx: &ShardCtx, conn: u64, grant: &Grant, generation: u32) {
     let mut clock = ctx.sessions.clock.borrow_mut();
     clock.push(Reverse((refresh_at, conn, generation, Due::Refresh)));
     clock.push(Reverse((expire_at, conn, generation, Due::Expire)));
+    drop(clock);
+    compact(ctx);
+}
+
+/// Drops the clock's entries that can no longer do anything (of connections gone, or of a
+/// grant since replaced) once they are more than twice the live ones: entries otherwise stay
+/// until due, up to a token's lifetime, and a client reconnecting or re-authenticating in a
+/// loop would grow the clock without bound. Amortised O(1) per entry pushed.
+fn compact(ctx: &ShardCtx) {
+    let live = ctx.conns.borrow().len();
+    let mut clock = ctx.sessions.clock.borrow_mut();
+    if clock.len() <= 2 * live + 1024 {
+        return;
+    }
+    let by_conn = ctx.sessions.by_conn.borrow();
+    let conns = ctx.conns.borrow();
+    clock.retain(|Reverse((_, id, generation, due))| {
+        conns.contains_key(id)
+            && match due {
+                Due::AuthTimeout => by_conn.get(id).is_none_or(|s| s.grant.is_none()),
+                Due::Refresh | Due::Expire => {
+                    by_conn.get(id).is_some_and(|s| s.generation == *generation)
+                }
+            }
+    });
 }
 
 /// The connection ended: its session is dropped and its counts released.
@@ -259,41 +322,37 @@ pub(crate) fn closed(ctx: &ShardCtx, conn_id: u64) {
     drop(gone);
 }
 
-/// What `conn` may subscribe to now.
-pub(crate) fn access(ctx: &ShardCtx, conn: &Conn) -> Access {
-    let Some(auth) = &ctx.auth else {
-        return Access::Open;
-    };
+/// The grant in force on `conn`, if any.
+fn grant_of(ctx: &ShardCtx, conn: &Conn) -> Option<Rc<Grant>> {
     let by_conn = ctx.sessions.by_conn.borrow();
-    match by_conn.get(&conn.id()).and_then(|s| s.grant.as_ref()) {
-        Some(g) => Access::Allowed(g.permissions.clone()),
-        None => match auth.anonymous() {
-            Some(p) => Access::Allowed(p.clone()),
-            None => Access::Pending,
-        },
-    }
+    by_conn.get(&conn.id()).and_then(|s| s.grant.clone())
 }
 
-/// Checks every interest of a subscribe: `Err((code, message))` for the first refused one.
+/// Checks every interest of a subscribe against the connection's permissions (its token's,
+/// or anonymous access): `Err((code, message))` for the first refused one. Always `Ok` with
+/// auth off.
 pub(crate) fn check_subscribe(
     ctx: &ShardCtx,
     conn: &Conn,
     wanted: &[Interest],
 ) -> Result<(), (&'static str, String)> {
-    let permissions = match access(ctx, conn) {
-        Access::Open => return Ok(()),
-        Access::Pending => {
+    let Some(auth) = &ctx.auth else {
+        return Ok(());
+    };
+    let grant = grant_of(ctx, conn);
+    let permissions = match (&grant, auth.anonymous()) {
+        (Some(g), _) => &g.permissions,
+        (None, Some(anonymous)) => anonymous,
+        (None, None) => {
             return Err((
                 code::AUTH_REQUIRED,
                 "send {\"op\":\"auth\",\"token\":…} first: this server has no anonymous access"
                     .into(),
             ))
         }
-        Access::Allowed(p) => p,
     };
-    let private = ctx.auth.as_ref().expect("auth is on").private();
     for i in wanted {
-        if !permissions.allows(private, selector(i)) {
+        if !permissions.allows(auth.private(), selector(i)) {
             return Err((
                 code::FORBIDDEN,
                 format!("{:?} is not allowed for this connection", name(i)),
@@ -318,9 +377,11 @@ fn name(i: &Interest) -> String {
 }
 
 /// True when a request other than `auth` and `ping` must wait for `auth` (it is refused
-/// with `auth_required`).
+/// with `auth_required`): auth is on, anonymous access is off, and no token is in force.
 pub(crate) fn pending(ctx: &ShardCtx, conn: &Conn) -> bool {
-    matches!(access(ctx, conn), Access::Pending)
+    ctx.auth
+        .as_ref()
+        .is_some_and(|a| a.anonymous().is_none() && grant_of(ctx, conn).is_none())
 }
 
 /// The `auth` message: checks the token (at most once per [`AUTH_INTERVAL`]), keeps it in
@@ -451,14 +512,12 @@ pub(crate) async fn run_clock(ctx: Rc<ShardCtx>) {
             let Some(conn) = ctx.conn(conn_id) else {
                 continue;
             };
-            let current = {
+            // No entry: a connection that never sent a valid `auth`.
+            let (current, exp) = {
                 let by_conn = ctx.sessions.by_conn.borrow();
-                by_conn
-                    .get(&conn_id)
-                    .map(|s| (s.generation, s.grant.as_ref().map(|g| g.exp)))
-            };
-            let Some((current, exp)) = current else {
-                continue;
+                by_conn.get(&conn_id).map_or((0, None), |s| {
+                    (s.generation, s.grant.as_ref().map(|g| g.exp))
+                })
             };
             match (due, exp) {
                 (Due::AuthTimeout, None) => {

@@ -38,7 +38,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     // The client's request (and its reads after a refusal) end the shard's nap.
     let waking = crate::executor::WakesNap::new(&ctx.handshaking, stream.as_raw_fd());
-    let admit = |head: &handshake::Head| crate::session::admit(&ctx, peer, head);
+    let early = crate::session::accepted(&ctx, peer);
+    let admit = |head: &handshake::Head| crate::session::admit(&ctx, early, head);
     let handshake = Box::pin(handshake(&mut stream, path, admit));
     let leftover = handshake
         .or(async {

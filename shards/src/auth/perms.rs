@@ -10,6 +10,16 @@
 
 use crate::topic::{parse_selector, validate_topic, Selector};
 
+impl std::fmt::Display for Perm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Perm::All => f.write_str("*"),
+            Perm::Prefix(p) => write!(f, "{p}.*"),
+            Perm::Topic(t) => f.write_str(t),
+        }
+    }
+}
+
 /// One permission pattern: `*` (every topic outside the private namespace), `prefix.*`
 /// (every topic under `prefix`, and every pattern under it), or an exact topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +100,15 @@ impl Private {
     /// The namespace's prefix (`user`).
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// True when `perm` covers a topic of the private namespace.
+    pub fn reaches(&self, perm: &Perm) -> bool {
+        match perm {
+            Perm::All => false, // `*` is defined as everything outside it
+            Perm::Topic(t) => self.owner(Selector::Topic(t)) != Owner::Public,
+            Perm::Prefix(p) => self.owner(Selector::Prefix(p)) != Owner::Public,
+        }
     }
 
     pub(crate) fn owner<'a>(&self, selector: Selector<'a>) -> Owner<'a> {
@@ -190,6 +209,13 @@ mod tests {
         assert!(!a.allows(&p, sel("user.bob.*")));
         assert!(!a.allows(&p, sel("user.*")), "`*` never reaches users");
         assert!(a.allows(&p, sel("users.bob")), "another prefix");
+        let colon = user("desk:7-a", &[], false);
+        assert!(colon.allows(&p, sel("user.desk:7-a.orders")));
+        assert!(!colon.allows(&p, sel("user.desk:7-b.orders")));
+        assert!(p.reaches(&Perm::parse("user.*").unwrap()));
+        assert!(p.reaches(&Perm::parse("user.bob").unwrap()));
+        assert!(!p.reaches(&Perm::parse("users.*").unwrap()));
+        assert!(!p.reaches(&Perm::All));
         let admin = user("ops", &[], true);
         assert!(admin.allows(&p, sel("user.*")));
         assert!(admin.allows(&p, sel("user.bob.orders")));
