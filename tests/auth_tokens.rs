@@ -514,3 +514,98 @@ fn auth_messages_are_checked_and_rate_limited() {
     assert_eq!(next_op(&mut ws, "error")["code"], "bad_request");
     subscribe(&mut ws, 2, &["user.anyone"]);
 }
+
+/// The real binary: SIGHUP reads the JWKS again (a new key is then accepted), and a file that
+/// fails to load keeps the previous keys, saying why on stderr.
+#[test]
+fn sighup_reloads_the_jwks_of_the_running_binary() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("corecast-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("jwks.json");
+    let set = |keys: &[(&str, Algorithm, &str)]| {
+        let keys = keys
+            .iter()
+            .map(|(pem, alg, kid)| {
+                let bytes = std::fs::read(key(pem)).unwrap();
+                let k = match alg {
+                    Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&bytes),
+                    _ => jsonwebtoken::EncodingKey::from_rsa_pem(&bytes),
+                }
+                .unwrap();
+                let mut j = jsonwebtoken::jwk::Jwk::from_encoding_key(&k, *alg).unwrap();
+                j.common.key_id = Some(kid.to_string());
+                j
+            })
+            .collect();
+        serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys }).unwrap()
+    };
+    std::fs::write(&jwks, set(&[("rsa-private.pem", Algorithm::RS256, "a")])).unwrap();
+    let config = dir.join("corecast.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\njwks_file = {:?}\n", jwks.display().to_string()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next_line = || lines.next().expect("stderr open").unwrap();
+    let url = loop {
+        let line = next_line();
+        if let Some(rest) = line.split("clients on ws://").nth(1) {
+            break format!("ws://{}/ws", rest.split(',').next().unwrap().trim());
+        }
+    };
+    let es = signed(
+        Algorithm::ES256,
+        "ec-private.pem",
+        Some("b"),
+        claims("alice", 600, json!({})),
+    );
+    assert_eq!(
+        refused(with_bearer(&url, &es)).body["reason"],
+        "unknown_kid"
+    );
+    let hup = || {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    };
+    std::fs::write(
+        &jwks,
+        set(&[
+            ("rsa-private.pem", Algorithm::RS256, "a"),
+            ("ec-private.pem", Algorithm::ES256, "b"),
+        ]),
+    )
+    .unwrap();
+    hup();
+    assert_eq!(next_line(), "corecast: SIGHUP: 2 JWKS key(s) in force");
+    assert!(with_bearer(&url, &es).is_ok(), "the new key is in force");
+    std::fs::write(&jwks, "{").unwrap();
+    hup();
+    let line = next_line();
+    assert!(
+        line.contains("jwks_file") && line.ends_with("the previous keys stay"),
+        "{line}"
+    );
+    assert!(with_bearer(&url, &es).is_ok());
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -46,7 +46,9 @@ pub(crate) async fn serve_open(ctx: Rc<ShardCtx>) {
                 on_ready(&ctx, &conn, r);
             }
         }
-        crate::ending::expire(&ctx, std::time::Instant::now());
+        let now = std::time::Instant::now();
+        crate::ending::expire(&ctx, now);
+        crate::session::tick(&ctx, now);
         crate::write::write_dirty(&ctx);
         glommio::timer::sleep(ctx.config.ring_poll()).await;
     }

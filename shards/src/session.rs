@@ -1,7 +1,7 @@
 //! Who a connection is, shard-local: admission at the upgrade (Origin, address limits,
 //! token, user limits, in the documented order), the `auth` message and its refresh, the
-//! permission check of a subscribe, and the clock that sends `refresh`, and closes with 4003
-//! or 4004. Nothing here runs per published message. docs/security.md.
+//! permission check of a subscribe, and the clock (looked at by the readiness loop) that sends
+//! `refresh`, and closes with 4003 or 4004. Nothing here runs per published message. docs/security.md.
 //! Data path: upgrade -> **session** -> requests.
 
 use std::cell::RefCell;
@@ -25,10 +25,6 @@ use crate::topic::Selector;
 /// At most one `auth` message per connection per this long (a signature check runs on the
 /// shard's core).
 pub(crate) const AUTH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often the shard's auth clock looks for due refreshes and closes: the bound on how
-/// late a 4003 or 4004 comes.
-const CLOCK_TICK: Duration = Duration::from_millis(100);
 
 /// One connection's identity. Kept only while auth or a connection limit is on.
 #[derive(Default)]
@@ -488,53 +484,50 @@ fn end_forbidden(ctx: &ShardCtx, conn: &Rc<Conn>, permissions: &Permissions) {
     ctx.mark_dirty(conn);
 }
 
-/// The shard's auth clock: every [`CLOCK_TICK`], sends due `refresh` messages and closes
-/// connections whose `auth` is late (4003) or whose token expired (4004). Runs only while
-/// auth is on.
-pub(crate) async fn run_clock(ctx: Rc<ShardCtx>) {
+/// The shard's auth clock, run on every pass of the readiness loop (no timer of its own):
+/// sends due `refresh` messages and closes connections whose `auth` is late (4003) or whose
+/// token expired (4004); the loop then writes what it queued. A pass with nothing due costs a
+/// look at the earliest deadline. Passes come at least every `idle_nap_max_us` (1 ms by
+/// default), so a deadline is met within about that.
+pub(crate) fn tick(ctx: &ShardCtx, now: Instant) {
+    if ctx.auth.is_none() || ctx.shutting_down.get() {
+        return;
+    }
     loop {
-        glommio::timer::sleep(CLOCK_TICK).await;
-        if ctx.shutting_down.get() {
-            return;
-        }
-        let now = Instant::now();
-        loop {
-            let next = {
-                let mut clock = ctx.sessions.clock.borrow_mut();
-                match clock.peek() {
-                    Some(Reverse((at, ..))) if *at <= now => clock.pop().map(|Reverse(e)| e),
-                    _ => None,
-                }
-            };
-            let Some((_, conn_id, generation, due)) = next else {
-                break;
-            };
-            let Some(conn) = ctx.conn(conn_id) else {
-                continue;
-            };
-            // No entry: a connection that never sent a valid `auth`.
-            let (current, exp) = {
-                let by_conn = ctx.sessions.by_conn.borrow();
-                by_conn.get(&conn_id).map_or((0, None), |s| {
-                    (s.generation, s.grant.as_ref().map(|g| g.exp))
-                })
-            };
-            match (due, exp) {
-                (Due::AuthTimeout, None) => {
-                    ctx.metrics.borrow_mut().counters.auth_closes += 1;
-                    conn.request_close(ctx.as_ref(), CloseRequest::AuthRequired);
-                }
-                (Due::Refresh, Some(exp)) if current == generation => {
-                    conn.push_own(ctx.as_ref(), protocol::refresh(exp));
-                    ctx.mark_dirty(&conn);
-                }
-                (Due::Expire, Some(_)) if current == generation => {
-                    ctx.metrics.borrow_mut().counters.auth_closes += 1;
-                    conn.request_close(ctx.as_ref(), CloseRequest::TokenExpired);
-                }
-                _ => {}
+        let next = {
+            let mut clock = ctx.sessions.clock.borrow_mut();
+            match clock.peek() {
+                Some(Reverse((at, ..))) if *at <= now => clock.pop().map(|Reverse(e)| e),
+                _ => None,
             }
+        };
+        let Some((_, conn_id, generation, due)) = next else {
+            return;
+        };
+        let Some(conn) = ctx.conn(conn_id) else {
+            continue;
+        };
+        // No entry: a connection that never sent a valid `auth`.
+        let (current, exp) = {
+            let by_conn = ctx.sessions.by_conn.borrow();
+            by_conn.get(&conn_id).map_or((0, None), |s| {
+                (s.generation, s.grant.as_ref().map(|g| g.exp))
+            })
+        };
+        match (due, exp) {
+            (Due::AuthTimeout, None) => {
+                ctx.metrics.borrow_mut().counters.auth_closes += 1;
+                conn.request_close(ctx, CloseRequest::AuthRequired);
+            }
+            (Due::Refresh, Some(exp)) if current == generation => {
+                conn.push_own(ctx, protocol::refresh(exp));
+                ctx.mark_dirty(&conn);
+            }
+            (Due::Expire, Some(_)) if current == generation => {
+                ctx.metrics.borrow_mut().counters.auth_closes += 1;
+                conn.request_close(ctx, CloseRequest::TokenExpired);
+            }
+            _ => {}
         }
-        crate::write::write_dirty(&ctx);
     }
 }

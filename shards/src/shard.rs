@@ -158,9 +158,6 @@ async fn run(spec: ShardSpec) {
     glommio::spawn_local(crate::open::serve_open(ctx.clone())).detach();
     glommio::spawn_local(heartbeat(ctx.clone())).detach();
     glommio::spawn_local(snapshot_waiters(ctx.clone(), waits)).detach();
-    if ctx.auth.is_some() {
-        glommio::spawn_local(crate::session::run_clock(ctx.clone())).detach();
-    }
     let (nap, nap_max) = ctx.config.idle_naps();
     // A nap ends when the dispatcher pushes (the ring's doorbell), a client socket has news
     // (the epoll set, or the socket itself during its upgrade) or a client connects (the
