@@ -197,11 +197,15 @@ fn the_upgrade_checks_run_in_the_documented_order() {
         c.limits.connections_per_user = 1;
     });
     let alice = hs(claims("alice", 600, json!({})));
-    let bad = "Bearer a.b.c";
+    let bad = ("Authorization", "Bearer a.b.c");
     let origin = ("Origin", "https://evil.example.com");
-    let r = refused(upgrade(&server.url, &[origin, ("Authorization", bad)]));
+    let elsewhere = server.url.replace("/ws", "/other");
+    let r = refused(upgrade(&elsewhere, &[origin, bad]));
+    assert_eq!(r.status, 404, "the path before Origin");
+    let r = refused(upgrade(&server.url, &[origin, bad]));
     assert_eq!(r.status, 403, "Origin before the token");
-    let _a = with_bearer(&server.url, &alice).unwrap();
+    // (A refused socket holds its address's place until it is gone: retry the next opens.)
+    let _a = retrying(|| with_bearer(&server.url, &alice));
     let expired = hs(claims(
         "alice",
         600,
@@ -218,18 +222,87 @@ fn the_upgrade_checks_run_in_the_documented_order() {
         (r.status, r.body["error"].as_str()),
         (429, Some("connections_per_user"))
     );
-    let _b = upgrade(&server.url, &[]).unwrap();
-    let r = refused(upgrade(&server.url, &[("Authorization", bad)]));
+    let _b = retrying(|| upgrade(&server.url, &[]));
+    // A direct client over its per-address limit is answered at accept, before its request
+    // is read: the 404 path, the bad Origin and the bad token are not looked at.
+    let r = refused(upgrade(&elsewhere, &[origin, bad]));
     assert_eq!(
         (r.status, r.body["error"].as_str()),
-        (429, Some("connections_per_ip")),
-        "per-address before the token"
+        (429, Some("connections_per_ip"))
     );
-    let r = refused(upgrade(&server.url, &[origin]));
-    assert_eq!(r.status, 403, "Origin before per-address");
-    let elsewhere = server.url.replace("/ws", "/other");
-    let r = refused(upgrade(&elsewhere, &[origin, ("Authorization", bad)]));
-    assert_eq!(r.status, 404, "the path before Origin");
+}
+
+/// Opens with `f`, retrying refusals for up to 5 s.
+fn retrying(mut f: impl FnMut() -> Result<Client, Refused>) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match f() {
+            Ok(ws) => return ws,
+            Err(r) if Instant::now() > deadline => panic!("still refused: {r:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Sockets of an address over its limit never wait in the upgrade: one that sends nothing
+/// is answered 429 at once; a counted socket that never finishes its request gives its place
+/// back at the handshake timeout.
+#[test]
+fn handshake_sockets_count_and_are_bounded() {
+    use std::io::Read;
+    let server = start(|c| {
+        c.limits.connections_per_ip = 1;
+        c.shard.handshake_timeout_ms = 300;
+    });
+    let mut silent = std::net::TcpStream::connect(server.addr).unwrap(); // counted, says nothing
+    std::thread::sleep(Duration::from_millis(50));
+    let mut second = std::net::TcpStream::connect(server.addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = second.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Retry-After: 1\r\n") && text.contains("connections_per_ip"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "answered before the handshake timeout"
+    );
+    // The silent socket is dropped at its handshake timeout, and its place is free again.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest);
+    let _ws = retrying(|| upgrade(&server.url, &[]));
+}
+
+/// Thousands of sockets that never authenticate leave deadlines behind; the clock is
+/// compacted, and a connection opened after them still gets its 4003, and a token its
+/// `refresh` and 4004.
+#[test]
+fn the_auth_clock_keeps_its_deadlines_through_churn() {
+    let server = auth_server(|c| {
+        c.auth.anonymous_topics = None;
+        c.auth.timeout_ms = 3_000;
+        c.auth.leeway_s = 0;
+    });
+    for _ in 0..1500 {
+        drop(upgraded(&server)); // upgraded, then gone without a word
+    }
+    let mut late = connect(&server.url);
+    let mut token = with_bearer(&server.url, &hs(claims("alice", 3, json!({})))).unwrap();
+    assert_eq!(next_op(&mut token, "refresh")["op"], "refresh");
+    assert_eq!(expect_close(&mut token).0, 4004);
+    assert_eq!(expect_close(&mut late).0, 4003);
 }
 
 /// With `dispatcher.publisher_key` a publisher's first line is the key: a wrong one gets an

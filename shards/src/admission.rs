@@ -71,7 +71,13 @@ impl Block {
         };
         // An IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 block it maps.
         let (addr, bits) = match (addr, canonical(addr)) {
-            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) => (v4, bits.saturating_sub(96)),
+            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) if bits >= 96 => (v4, bits - 96),
+            (IpAddr::V6(_), IpAddr::V4(_)) => {
+                return Err(format!(
+                    "limits.trusted_proxies: {text:?} is an IPv4-mapped block shorter than /96; \
+                     write the IPv4 block itself"
+                ))
+            }
             _ => (addr, bits),
         };
         Ok(Block { addr, bits })
@@ -388,6 +394,11 @@ mod tests {
         );
         let mapped = admission(|c| c.trusted_proxies = vec!["::ffff:10.0.0.0/104".into()]);
         assert!(mapped.is_trusted(ip("10.9.9.9")) && !mapped.is_trusted(ip("11.0.0.1")));
+        assert!(Admission::new(&LimitsConfig {
+            trusted_proxies: vec!["::ffff:10.0.0.0/8".into()],
+            ..LimitsConfig::default()
+        })
+        .is_err());
         assert!(Admission::new(&LimitsConfig {
             trusted_proxies: vec!["10.0.0.0/33".into()],
             ..LimitsConfig::default()

@@ -295,6 +295,12 @@ impl Auth {
         if config.max_token_lifetime_s == 0 || config.timeout_ms == 0 {
             return Err("auth.max_token_lifetime_s and auth.timeout_ms must be above 0".into());
         }
+        if config.timeout_ms > 3_600_000 {
+            return Err(format!(
+                "auth.timeout_ms must be at most 3600000 (an hour), got {}",
+                config.timeout_ms
+            ));
+        }
         if config.max_token_lifetime_s > MAX_LIFETIME_S {
             return Err(format!(
                 "auth.max_token_lifetime_s must be at most {MAX_LIFETIME_S} (a year), got {}",
@@ -635,12 +641,17 @@ fn load_jwks(path: &PathBuf) -> Result<Vec<JwksKey>, String> {
             jwk.common.public_key_use,
             Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
         ) {
+            skipped.push(format!("{:?} (\"use\":\"enc\")", jwk.common.key_id));
             continue;
         }
         let alg = match jwk.common.key_algorithm {
             Some(a) => match a.to_string().parse::<Algorithm>() {
                 Ok(alg) => Some(alg),
-                Err(_) => continue, // an encryption algorithm (RSA-OAEP, ...)
+                Err(_) => {
+                    // An encryption algorithm (RSA-OAEP, ...).
+                    skipped.push(format!("{:?} (alg {a})", jwk.common.key_id));
+                    continue;
+                }
             },
             None => None,
         };
@@ -650,6 +661,7 @@ fn load_jwks(path: &PathBuf) -> Result<Vec<JwksKey>, String> {
             .as_ref()
             .is_some_and(|ops| !ops.contains(&jsonwebtoken::jwk::KeyOperations::Verify))
         {
+            skipped.push(format!("{:?} (key_ops without verify)", jwk.common.key_id));
             continue;
         }
         let Some(kid) = jwk.common.key_id.clone() else {

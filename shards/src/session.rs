@@ -80,6 +80,8 @@ type Entry = (Instant, u64, u32, Due);
 pub(crate) struct Sessions {
     by_conn: RefCell<HashMap<u64, Session>>,
     clock: RefCell<BinaryHeap<Reverse<Entry>>>,
+    /// The clock's length at which it is compacted next (0 until the first look).
+    compact_at: std::cell::Cell<usize>,
 }
 
 /// Time since the Unix epoch, to the nanosecond.
@@ -111,37 +113,36 @@ fn rejection(r: Refusal) -> Rejection {
 }
 
 /// A just-accepted socket's place in the per-address counts, taken before its upgrade
-/// request is read so that sockets in their upgrade count too (a client cannot hold more
-/// than its share open by never finishing its request). A refusal is kept, not sent: it is
-/// answered at its place in the documented order, after the request's own checks. A socket
-/// from a trusted proxy is counted later, under the address its `X-Forwarded-For` names.
+/// request is read so that sockets in their upgrade count too. A socket from a trusted proxy
+/// is counted later, under the address its `X-Forwarded-For` names.
 pub(crate) struct Early {
     counted: Counted,
     peer: Option<IpAddr>,
-    refused: Option<Refusal>,
 }
 
-/// Counts a just-accepted socket from `peer` (see [`Early`]).
-pub(crate) fn accepted(ctx: &ShardCtx, peer: Option<IpAddr>) -> Early {
+/// Counts a just-accepted socket from `peer` (see [`Early`]). An address over a limit is
+/// refused here, before its request is read (`Err`: the 429 to send at once), so that none of
+/// its sockets waits in the upgrade: a client cannot hold more than its share open by never
+/// finishing its request.
+pub(crate) fn accepted(ctx: &ShardCtx, peer: Option<IpAddr>) -> Result<Early, Rejection> {
     let mut counted = Counted::default();
     counted.admission = Some(ctx.admission.clone());
-    let mut refused = None;
     if let Some(p) = peer.filter(|p| !ctx.admission.is_trusted(*p)) {
         match ctx.admission.admit_ip(p, Instant::now()) {
             Ok(key) => counted.ip = key,
-            Err(r) => refused = Some(r),
+            Err(r) => {
+                ctx.metrics.borrow_mut().counters.limit_refused += 1;
+                return Err(rejection(r));
+            }
         }
     }
-    Early {
-        counted,
-        peer,
-        refused,
-    }
+    Ok(Early { counted, peer })
 }
 
-/// Admission of an upgrade request, in the documented order (after path, method and the
-/// upgrade headers, which the handshake checked): Origin (403), per-address limits (429),
-/// token (401), per-user limits (429). `Ok` carries the session to keep, if any.
+/// Admission of an upgrade request, in the documented order (after the per-address limits of
+/// a direct client, checked at accept, and the request's own rules, which the handshake
+/// checked): Origin (403), per-address limits of a client behind a trusted proxy (429), token
+/// (401), per-user limits (429). `Ok` carries the session to keep, if any.
 pub(crate) fn admit(
     ctx: &ShardCtx,
     early: Early,
@@ -157,11 +158,7 @@ pub(crate) fn admit(
     let Early {
         counted: mut place,
         peer,
-        refused,
     } = early;
-    if let Some(r) = refused {
-        return Err(counted(rejection(r)));
-    }
     if let Some(peer) = peer.filter(|p| ctx.admission.is_trusted(*p)) {
         let client = ctx.admission.client_ip(peer, head.forwarded_for.as_deref());
         place.ip = ctx
@@ -257,7 +254,6 @@ pub(crate) fn opened(ctx: &ShardCtx, conn: &Conn, session: Option<Session>) {
             0,
             Due::AuthTimeout,
         )));
-        compact(ctx);
     }
     if let Some(g) = &session.grant {
         schedule(ctx, conn.id(), g, session.generation);
@@ -285,18 +281,17 @@ fn schedule(ctx: &ShardCtx, conn: u64, grant: &Grant, generation: u32) {
     let mut clock = ctx.sessions.clock.borrow_mut();
     clock.push(Reverse((refresh_at, conn, generation, Due::Refresh)));
     clock.push(Reverse((expire_at, conn, generation, Due::Expire)));
-    drop(clock);
-    compact(ctx);
 }
 
 /// Drops the clock's entries that can no longer do anything (of connections gone, or of a
-/// grant since replaced) once they are more than twice the live ones: entries otherwise stay
-/// until due, up to a token's lifetime, and a client reconnecting or re-authenticating in a
-/// loop would grow the clock without bound. Amortised O(1) per entry pushed.
+/// grant since replaced) once the clock has doubled since it was last compacted: entries
+/// otherwise stay until due, up to a token's lifetime, and a client reconnecting or
+/// re-authenticating in a loop would grow it without bound. Amortised O(1) per entry pushed.
+/// Run from [`tick`] only, where every connection it looks at is registered (a connection
+/// being opened is not yet, and would lose its deadlines).
 fn compact(ctx: &ShardCtx) {
-    let live = ctx.conns.borrow().len();
     let mut clock = ctx.sessions.clock.borrow_mut();
-    if clock.len() <= 2 * live + 1024 {
+    if clock.len() < ctx.sessions.compact_at.get() {
         return;
     }
     let by_conn = ctx.sessions.by_conn.borrow();
@@ -310,6 +305,7 @@ fn compact(ctx: &ShardCtx) {
                 }
             }
     });
+    ctx.sessions.compact_at.set(2 * clock.len() + 1024);
 }
 
 /// The connection ended: its session is dropped and its counts released.
@@ -493,6 +489,7 @@ pub(crate) fn tick(ctx: &ShardCtx, now: Instant) {
     if ctx.auth.is_none() || ctx.shutting_down.get() {
         return;
     }
+    compact(ctx);
     loop {
         let next = {
             let mut clock = ctx.sessions.clock.borrow_mut();
@@ -518,6 +515,7 @@ pub(crate) fn tick(ctx: &ShardCtx, now: Instant) {
             (Due::AuthTimeout, None) => {
                 ctx.metrics.borrow_mut().counters.auth_closes += 1;
                 conn.request_close(ctx, CloseRequest::AuthRequired);
+                ctx.activity.bump(); // taken on the next pass, not after a nap
             }
             (Due::Refresh, Some(exp)) if current == generation => {
                 conn.push_own(ctx, protocol::refresh(exp));
@@ -526,6 +524,7 @@ pub(crate) fn tick(ctx: &ShardCtx, now: Instant) {
             (Due::Expire, Some(_)) if current == generation => {
                 ctx.metrics.borrow_mut().counters.auth_closes += 1;
                 conn.request_close(ctx, CloseRequest::TokenExpired);
+                ctx.activity.bump();
             }
             _ => {}
         }

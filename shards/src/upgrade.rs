@@ -38,7 +38,17 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     // The client's request (and its reads after a refusal) end the shard's nap.
     let waking = crate::executor::WakesNap::new(&ctx.handshaking, stream.as_raw_fd());
-    let early = crate::session::accepted(&ctx, peer);
+    let early = match crate::session::accepted(&ctx, peer) {
+        Ok(early) => early,
+        Err(refusal) => {
+            // Over a per-address limit: answered at once, the request unread (at most one
+            // linger, not a whole handshake timeout, per refused socket).
+            ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+            let _ = stream.write_all(&refusal.response()).await;
+            linger_refused(&mut stream).await;
+            return;
+        }
+    };
     let admit = |head: &handshake::Head| crate::session::admit(&ctx, early, head);
     let handshake = Box::pin(handshake(&mut stream, path, admit));
     let leftover = handshake
