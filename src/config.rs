@@ -36,6 +36,13 @@ pub struct ServerConfig {
     /// cost up to twice the bytes) and the kernel may stall a fault to compact memory.
     /// Default false: the process opts out (`PR_SET_THP_DISABLE`).
     pub huge_pages: bool,
+    /// Address of the admin HTTP endpoint (`/metrics`, `/health/live`, `/health/ready`,
+    /// `/stats`; docs/operations.md), served on a thread of its own; a failed bind is a start
+    /// error. Default unset (off); `corecast demo` turns it on at `127.0.0.1:9464`.
+    pub admin: Option<SocketAddr>,
+    /// Bearer key every admin path but `/health*` then needs (`Authorization: Bearer <key>`,
+    /// compared in constant time). Default unset (no key asked: keep `admin` on loopback).
+    pub admin_key: Option<corecast_shards::auth::Secret>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +56,8 @@ impl Default for ServerConfig {
             pin_cores: true,
             listen_backlog: 4096,
             huge_pages: false,
+            admin: None,
+            admin_key: None,
         }
     }
 }

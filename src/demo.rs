@@ -111,6 +111,10 @@ impl Drop for Feed {
     }
 }
 
+/// Where `corecast demo` serves its admin endpoint unless told otherwise (Prometheus'
+/// conventional exporter port range).
+pub const ADMIN: &str = "127.0.0.1:9464";
+
 /// The demo user's private topic: its orders and fills.
 pub const USER_TOPIC: &str = "user.demo.orders";
 

@@ -182,6 +182,28 @@ pub struct DispatcherStats {
     pub not_recovered: u64,
     /// Snapshots asked of publishers.
     pub snapshot_requests: u64,
+    /// Published topics tracked.
+    pub topics: u64,
+    /// Bytes of history held (frames and their overhead, as `recovery.history_max_bytes`
+    /// counts them), as of the latest report.
+    pub history_bytes: u64,
+    /// `backlog_dropped` by shard (index = shard).
+    pub backlog_dropped_by_shard: Vec<u64>,
+    /// Refused ingest lines and in-process events by error code, in the order of
+    /// [`crate::publisher::ERROR_CODES`].
+    pub ingest_errors: [u64; crate::publisher::ERROR_CODES.len()],
+}
+
+impl DispatcherStats {
+    /// Counts a refused line or event under its error code.
+    pub fn count_error(&mut self, code: &str) {
+        if let Some(i) = crate::publisher::ERROR_CODES
+            .iter()
+            .position(|c| *c == code)
+        {
+            self.ingest_errors[i] += 1;
+        }
+    }
 }
 
 /// Sequencing, framing and routing state. Dispatcher thread only.
@@ -225,6 +247,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Bytes of history held now (see [`DispatcherStats::history_bytes`]).
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
     /// A dispatcher over connected rings; returns the pump tasks' inputs to spawn.
     pub(crate) fn new(
         config: DispatcherConfig,
@@ -331,6 +358,7 @@ impl Dispatcher {
                 let id = TopicId(self.topics.len() as u32);
                 self.names.insert(name.clone());
                 self.by_id.push(name.clone());
+                self.stats.topics = self.by_id.len() as u64;
                 let rules = self.namespaces.rules(&name);
                 self.topics.entry(name.clone()).or_insert(TopicState {
                     name,
@@ -549,6 +577,11 @@ impl Dispatcher {
             if let Some(pos) = oldest_frame {
                 backlog.queue.remove(pos);
                 self.stats.backlog_dropped += 1;
+                let by_shard = &mut self.stats.backlog_dropped_by_shard;
+                if by_shard.len() <= shard {
+                    by_shard.resize(shard + 1, 0);
+                }
+                by_shard[shard] += 1;
             }
         }
         backlog.queue.push_back(msg);

@@ -112,7 +112,9 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
                     ControlMsg::Report(r) => {
                         let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                         s.update(*r);
-                        s.dispatcher = d.borrow().stats.clone();
+                        let d = d.borrow();
+                        s.dispatcher = d.stats.clone();
+                        s.dispatcher.history_bytes = d.history_bytes() as u64;
                     }
                     ControlMsg::Goodbye { .. } => break,
                     other => d.borrow_mut().on_control(other),
@@ -130,8 +132,9 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
                 {
                     let mut d = d.borrow_mut();
                     for event in batch.drain(..) {
-                        if d.publish(event).is_err() {
+                        if let Err(e) = d.publish(event) {
                             d.stats.rejected_events += 1;
+                            d.stats.count_error(e.code());
                         }
                     }
                 }

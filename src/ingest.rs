@@ -60,7 +60,10 @@ pub(crate) async fn serve_ingest(
         match checked {
             Ok(rest) => carry = rest,
             Err(why) => {
-                dispatcher.borrow_mut().stats.rejected_lines += 1;
+                let mut d = dispatcher.borrow_mut();
+                d.stats.rejected_lines += 1;
+                d.stats.count_error("unauthorized");
+                drop(d);
                 let line = format!(
                     "{{\"op\":\"error\",\"line\":0,\"code\":\"unauthorized\",\"message\":\"{why}\"}}\n"
                 );
@@ -103,7 +106,10 @@ pub(crate) async fn serve_ingest(
                 Line::TooLong => Err(PublishError::LineTooLong(max_line)),
             };
             if let Err(e) = result {
-                dispatcher.borrow_mut().stats.rejected_lines += 1;
+                let mut d = dispatcher.borrow_mut();
+                d.stats.rejected_lines += 1;
+                d.stats.count_error(e.code());
+                drop(d);
                 error_line(&mut replies, no, &e);
             }
         };
@@ -153,7 +159,10 @@ pub(crate) async fn serve_ingest(
                 Line::TooLong => Err(PublishError::LineTooLong(max_line)),
             };
             if let Err(e) = result {
-                dispatcher.borrow_mut().stats.rejected_lines += 1;
+                let mut d = dispatcher.borrow_mut();
+                d.stats.rejected_lines += 1;
+                d.stats.count_error(e.code());
+                drop(d);
                 error_line(&mut replies, no, &e);
             }
         };

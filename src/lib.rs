@@ -20,6 +20,7 @@
 //! connection limits are `corecast_shards::auth`, `::admission` and the shard's sessions
 //! (docs/security.md).
 
+pub mod admin;
 pub mod book;
 pub mod config;
 pub mod demo;

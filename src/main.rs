@@ -154,6 +154,10 @@ struct ServeArgs {
     /// Core of the dispatcher (overrides server.dispatcher_core).
     #[arg(long)]
     dispatcher_core: Option<usize>,
+    /// Admin HTTP address: /metrics, /health, /stats (overrides server.admin; the demo's
+    /// default is 127.0.0.1:9464).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -171,6 +175,9 @@ impl ServeArgs {
         }
         if let Some(core) = self.dispatcher_core {
             c.server.dispatcher_core = core;
+        }
+        if let Some(a) = self.admin {
+            c.server.admin = Some(a);
         }
         c.validate()?;
         Ok(c)
@@ -194,6 +201,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             let mut config = serve.config()?;
             corecast::demo::declare_namespaces(&mut config);
+            if config.server.admin.is_none() {
+                config.server.admin = Some(corecast::demo::ADMIN.parse().expect("a valid literal"));
+            }
             let user = corecast::demo::declare_auth(&mut config)?;
             let path = config.shard.path.clone();
             let server = start(config)?;
@@ -283,8 +293,11 @@ fn main() -> anyhow::Result<()> {
 
 fn start(config: Config) -> anyhow::Result<Server> {
     let server = Server::start(config).context("starting corecast")?;
+    let admin = server
+        .admin_addr()
+        .map_or(String::new(), |a| format!(", admin on http://{a}"));
     eprintln!(
-        "corecast: pid {}, {} shard(s); clients on ws://{}, publishers on tcp://{}",
+        "corecast: pid {}, {} shard(s); clients on ws://{}, publishers on tcp://{}{admin}",
         std::process::id(),
         server.shards(),
         server.client_addr(),

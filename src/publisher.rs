@@ -43,6 +43,25 @@ pub enum PublishError {
     Closed,
 }
 
+/// Every `code` an ingest error line may carry (docs/protocol.md, "Publisher ingest"), in
+/// the order the metrics list them; `unauthorized` is a wrong publisher key.
+pub const ERROR_CODES: [&str; 14] = [
+    "line_too_long",
+    "invalid_json",
+    "not_an_object",
+    "duplicate_field",
+    "missing_topic",
+    "bad_topic",
+    "missing_data",
+    "bad_ts",
+    "bad_snapshot",
+    "not_snapshot_topic",
+    "not_owner",
+    "topic_limit",
+    "closed",
+    "unauthorized",
+];
+
 impl PublishError {
     /// The `code` field of the error line.
     pub fn code(&self) -> &'static str {

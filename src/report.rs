@@ -2,17 +2,66 @@
 //! view. Written by the dispatcher thread, read by anyone (behind a mutex touched once per
 //! report, never on the fan-out path).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use corecast_shards::metrics::ShardReport;
+use hdrhistogram::Histogram;
 
 use crate::dispatcher::DispatcherStats;
+
+/// How far back the windowed latency figures look (`/metrics` summaries).
+pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// Latest reports of every shard plus the dispatcher's counters. Any thread.
 #[derive(Default)]
 pub struct Stats {
     pub shards: Vec<Option<ShardReport>>,
     pub dispatcher: DispatcherStats,
+    /// When each shard's latest report arrived.
+    pub reported_at: Vec<Option<Instant>>,
+    /// Set once the server began shutting down.
+    pub shutting_down: bool,
+    /// The merged histograms about once a second over the last [`WINDOW`] and a bit: the
+    /// windowed figures are the newest merge less the one a window ago.
+    history: VecDeque<(Instant, Histograms)>,
+}
+
+/// The merged histograms of every shard (cumulative since start, or over a window).
+#[derive(Clone)]
+pub struct Histograms {
+    /// Ingest to the write of the first subscriber, ns.
+    pub ingest_to_write_ns: Histogram<u64>,
+    /// Dispatcher push to shard receipt, ns.
+    pub ring_hop_ns: Histogram<u64>,
+    /// Frames per write system call.
+    pub batch_frames: Histogram<u64>,
+    /// Published frames queued on a connection when it is written.
+    pub queue_depth: Histogram<u64>,
+}
+
+impl Histograms {
+    fn of(t: &Totals) -> Histograms {
+        Histograms {
+            ingest_to_write_ns: t.ingest_to_write_ns.clone(),
+            ring_hop_ns: t.ring_hop_ns.clone(),
+            batch_frames: t.batch_frames.clone(),
+            queue_depth: t.queue_depth.clone(),
+        }
+    }
+
+    /// `self` less `earlier` (an earlier merge of the same shards): what was recorded between.
+    fn since(mut self, earlier: &Histograms) -> Histograms {
+        // Counts only grow, and the bounds are the same: subtraction cannot fail.
+        let _ = self
+            .ingest_to_write_ns
+            .subtract(&earlier.ingest_to_write_ns);
+        let _ = self.ring_hop_ns.subtract(&earlier.ring_hop_ns);
+        let _ = self.batch_frames.subtract(&earlier.batch_frames);
+        let _ = self.queue_depth.subtract(&earlier.queue_depth);
+        self
+    }
 }
 
 /// Shared handle to the live [`Stats`].
@@ -22,13 +71,83 @@ pub type SharedStats = Arc<Mutex<Stats>>;
 pub type Totals = ShardReport;
 
 impl Stats {
-    /// Stores a shard's report, replacing its previous one.
+    /// Stores a shard's report, replacing its previous one, and about once a second keeps the
+    /// merged histograms for the windowed figures.
     pub fn update(&mut self, report: ShardReport) {
+        self.update_at(report, Instant::now());
+    }
+
+    /// [`Stats::update`] at `now`.
+    pub fn update_at(&mut self, report: ShardReport, now: Instant) {
         let i = report.shard;
         if self.shards.len() <= i {
             self.shards.resize_with(i + 1, || None);
+            self.reported_at.resize(i + 1, None);
         }
         self.shards[i] = Some(report);
+        self.reported_at[i] = Some(now);
+        let due = self
+            .history
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1));
+        if due {
+            let merged = Histograms::of(&self.totals());
+            self.history.push_back((now, merged));
+            while self
+                .history
+                .get(1)
+                .is_some_and(|(at, _)| now.duration_since(*at) >= WINDOW)
+            {
+                self.history.pop_front();
+            }
+        }
+    }
+
+    /// The histograms of about the last [`WINDOW`] (everything since start while the
+    /// server is younger than that).
+    pub fn windowed(&self) -> Histograms {
+        self.windowed_at(Instant::now())
+    }
+
+    /// [`Stats::windowed`] at `now`.
+    pub fn windowed_at(&self, now: Instant) -> Histograms {
+        let current = Histograms::of(&self.totals());
+        match self.history.front() {
+            Some((at, oldest)) if now.saturating_duration_since(*at) >= WINDOW => {
+                current.since(oldest)
+            }
+            _ => current,
+        }
+    }
+
+    /// Why the server is not ready, empty when it is: a shard that has not reported within
+    /// three report intervals (or never), or shutdown under way. `interval` is
+    /// `shard.report_interval_ms` (`None`: reports are off, and not looked at).
+    pub fn not_ready(
+        &self,
+        shards: usize,
+        interval: Option<Duration>,
+        now: Instant,
+    ) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.shutting_down {
+            reasons.push("shutting down".to_string());
+        }
+        let Some(interval) = interval else {
+            return reasons;
+        };
+        let limit = interval * 3;
+        for shard in 0..shards {
+            match self.reported_at.get(shard).copied().flatten() {
+                None => reasons.push(format!("shard {shard} has not reported yet")),
+                Some(at) if now.saturating_duration_since(at) > limit => reasons.push(format!(
+                    "shard {shard} last reported {:.1} s ago (more than 3 report intervals)",
+                    now.saturating_duration_since(at).as_secs_f64()
+                )),
+                Some(_) => {}
+            }
+        }
+        reasons
     }
 
     /// Sums counters and merges histograms across shards.
@@ -67,4 +186,75 @@ pub fn summary_line(t: &Totals, d: &DispatcherStats, per_sec: Option<(f64, f64)>
             t.batch_frames.value_at_quantile(0.5),
             t.batch_frames.value_at_quantile(0.99),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(shard: usize, latencies: &[u64]) -> ShardReport {
+        let mut r = ShardReport::empty(shard);
+        for &l in latencies {
+            r.ingest_to_write_ns.record(l).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn the_window_is_the_last_minute_once_the_server_is_older() {
+        let t0 = Instant::now();
+        let mut s = Stats::default();
+        s.update_at(report(0, &[1_000; 10]), t0);
+        assert_eq!(
+            s.windowed_at(t0).ingest_to_write_ns.len(),
+            10,
+            "young: all of it"
+        );
+        for sec in 1..=70u64 {
+            // Cumulative: ten more samples every second, at 2,000 ns from 61 s on.
+            let mut r = report(0, &vec![1_000; 10 * (sec.min(60) as usize + 1)]);
+            for _ in 60..sec {
+                for _ in 0..10 {
+                    r.ingest_to_write_ns.record(2_000).unwrap();
+                }
+            }
+            s.update_at(r, t0 + Duration::from_secs(sec));
+        }
+        let w = s.windowed_at(t0 + Duration::from_secs(70));
+        // About the last 60 s: 10 per second.
+        assert!(
+            (590..=620).contains(&w.ingest_to_write_ns.len()),
+            "{}",
+            w.ingest_to_write_ns.len()
+        );
+        assert!(w.ingest_to_write_ns.max() >= 2_000);
+    }
+
+    #[test]
+    fn readiness_names_shards_not_reporting() {
+        let t0 = Instant::now();
+        let mut s = Stats::default();
+        let i = Some(Duration::from_secs(1));
+        assert_eq!(
+            s.not_ready(2, i, t0),
+            [
+                "shard 0 has not reported yet",
+                "shard 1 has not reported yet"
+            ]
+        );
+        s.update_at(report(0, &[]), t0);
+        s.update_at(report(1, &[]), t0);
+        assert!(s.not_ready(2, i, t0 + Duration::from_secs(3)).is_empty());
+        s.update_at(report(0, &[]), t0 + Duration::from_secs(3));
+        let r = s.not_ready(2, i, t0 + Duration::from_millis(3500));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].starts_with("shard 1 last reported 3.5 s ago"), "{r:?}");
+        assert!(
+            s.not_ready(2, None, t0 + Duration::from_secs(99))
+                .is_empty(),
+            "reports off"
+        );
+        s.shutting_down = true;
+        assert_eq!(s.not_ready(2, None, t0), ["shutting down"]);
+    }
 }

@@ -45,6 +45,7 @@ pub struct Server {
     stats: SharedStats,
     snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>>,
     auth: Option<Arc<corecast_shards::auth::Auth>>,
+    admin: Option<crate::admin::Admin>,
 }
 
 fn listener(
@@ -165,6 +166,24 @@ impl Server {
         })?;
 
         let stats: SharedStats = Arc::new(Mutex::new(Stats::default()));
+        let admin = match s.admin {
+            Some(addr) => Some(
+                crate::admin::Admin::start(
+                    addr,
+                    crate::admin::Context {
+                        stats: stats.clone(),
+                        shards: n,
+                        report_interval: (config.shard.report_interval_ms > 0)
+                            .then(|| Duration::from_millis(config.shard.report_interval_ms)),
+                        key: s.admin_key.as_ref().map(|k| k.0.clone()),
+                        history_max_bytes: config.recovery.history_max_bytes as u64,
+                        started: std::time::Instant::now(),
+                    },
+                )
+                .map_err(|error| StartError::Bind { addr, error })?,
+            ),
+            None => None,
+        };
         let namespaces = Arc::new(
             corecast_shards::namespace::Namespaces::new(&config.namespaces)
                 .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?,
@@ -261,7 +280,13 @@ impl Server {
             stats,
             snapshot_requests,
             auth,
+            admin,
         })
+    }
+
+    /// Where the admin endpoint listens, when `server.admin` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// Reads `auth.jwks_file` again (what SIGHUP does): `Ok(n)` keys now in force, `Ok(0)`
@@ -322,21 +347,31 @@ impl Server {
     /// Stops accepting, closes every client with 1001 "going away, reconnect", flushes, and
     /// waits for every thread, at most `limit`. Returns false if some thread did not finish.
     pub fn shutdown(self, limit: Duration) -> bool {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutting_down = true;
         let _ = self.shutdown_tx.try_push(());
         self.join(limit)
     }
 
-    /// Waits for the server to stop (after a [`ShutdownHandle::shutdown`]), at most `limit`.
+    /// Waits for the server to stop (after a [`ShutdownHandle::shutdown`]), at most `limit`;
+    /// the admin endpoint (which says "shutting down" meanwhile) stops last.
     pub fn join(self, limit: Duration) -> bool {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let threads = self.threads;
+        let admin = self.admin;
         std::thread::spawn(move || {
             for t in threads {
                 let _ = t.join();
             }
             let _ = done_tx.send(());
         });
-        done_rx.recv_timeout(limit).is_ok()
+        let done = done_rx.recv_timeout(limit).is_ok();
+        if let Some(a) = admin {
+            a.stop();
+        }
+        done
     }
 }
 

@@ -54,7 +54,9 @@ pub(crate) fn end_conn(ctx: &ShardCtx, conn: &Rc<Conn>, ending: Ending) {
     {
         let mut table = ctx.table.borrow_mut();
         table.abandon_requests(conn, &mut to_dispatcher);
-        for i in conn.take_subscriptions() {
+        let subs = conn.take_subscriptions();
+        ctx.metrics.borrow_mut().counters.subscriptions -= subs.len() as u64;
+        for i in subs {
             table.unsubscribe(conn, &i, &mut to_dispatcher);
         }
     }

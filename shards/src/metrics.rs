@@ -48,6 +48,12 @@ pub struct Counters {
     pub limit_refused: u64,
     /// Connections closed with 4003 (no `auth` in time) or 4004 (token expired).
     pub auth_closes: u64,
+    /// Subscriptions (topics and patterns) of the open connections, now (a gauge).
+    pub subscriptions: u64,
+    /// `gap` notices of reason `no_snapshot` (also counted in `gap_notices`).
+    pub no_snapshot_notices: u64,
+    /// `gap` notices of reason `shard_overflow` (not in `gap_notices`).
+    pub overflow_notices: u64,
 }
 
 impl Counters {
@@ -73,6 +79,9 @@ impl Counters {
         self.forbidden += o.forbidden;
         self.limit_refused += o.limit_refused;
         self.auth_closes += o.auth_closes;
+        self.subscriptions += o.subscriptions;
+        self.no_snapshot_notices += o.no_snapshot_notices;
+        self.overflow_notices += o.overflow_notices;
     }
 }
 

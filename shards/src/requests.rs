@@ -256,6 +256,7 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
                 return reject(ctx, conn, id, code::TOO_MANY_PATTERNS, &msg);
             }
             let added: Vec<&Interest> = items.iter().filter(|(_, n)| *n).map(|(i, _)| i).collect();
+            ctx.metrics.borrow_mut().counters.subscriptions += added.len() as u64;
             conn.add_subscriptions(added.into_iter());
             // Every interest of the request is to be joined when it completes (the table never
             // adds a subscriber twice), even one an earlier pending request also named.
@@ -287,6 +288,7 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             let mut sorted_gone = gone.clone();
             sorted_gone.sort_unstable();
             conn.remove_subscriptions(&sorted_gone);
+            ctx.metrics.borrow_mut().counters.subscriptions -= sorted_gone.len() as u64;
             let me = conn.clone();
             let mut to_dispatcher = Vec::new();
             let mut acked = Vec::with_capacity(gone.len());
@@ -491,7 +493,9 @@ pub(crate) fn deliver_resolved(ctx: &ShardCtx, r: Resolved<Conn>) {
     } = r;
     for (other, topic, from, to) in behind {
         other.push_notice(&topic, from, to, protocol::reason::SHARD_OVERFLOW);
-        ctx.metrics.borrow_mut().counters.shard_gaps += 1;
+        let mut m = ctx.metrics.borrow_mut();
+        m.counters.shard_gaps += 1;
+        m.counters.overflow_notices += 1;
         ctx.mark_dirty(&other);
     }
     if quiet {

@@ -461,6 +461,7 @@ fn end_forbidden(ctx: &ShardCtx, conn: &Rc<Conn>, permissions: &Permissions) {
     }
     gone.sort_unstable();
     conn.remove_subscriptions(&gone);
+    ctx.metrics.borrow_mut().counters.subscriptions -= gone.len() as u64;
     let mut to_dispatcher = Vec::new();
     {
         let mut table = ctx.table.borrow_mut();

@@ -370,6 +370,7 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
     // (`missed`: from the table's last sequence on, a hole before the skipped frames
     // included, skipped frames the table already passed left out); without a baseline
     // (nothing seen yet), the skipped run itself.
+    let mut overflow_notices = 0u64;
     table.route(&last, |conn, missed| {
         if !conn.first_in_pass(stamp) {
             return;
@@ -381,6 +382,7 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
             last.seq,
             crate::protocol::reason::SHARD_OVERFLOW,
         );
+        overflow_notices += 1;
         notified = true;
         if snapshots {
             to_hold.push(conn.clone());
@@ -390,7 +392,9 @@ fn announce_late(ctx: &ShardCtx, skipped: Late) {
     for conn in &to_hold {
         table.hold_until_snapshot(conn, name);
     }
-    ctx.metrics.borrow_mut().counters.shard_gaps += u64::from(notified);
+    let mut m = ctx.metrics.borrow_mut();
+    m.counters.shard_gaps += u64::from(notified);
+    m.counters.overflow_notices += overflow_notices;
 }
 
 /// Fans one frame out to the shard's subscribers. Cost: one `Rc` allocation, then an `Rc`
@@ -401,6 +405,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     let mut dropped = 0u64;
     let mut notices = 0u64;
     let mut delivered = 0u64;
+    let mut overflow_notices = 0u64;
     let mut shard_gap = false;
     // Read out of the frame once, and only if a subscriber has a hole to hear about.
     let mut name: Option<&str> = None;
@@ -418,6 +423,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         if let Some((from, to)) = missed {
             let topic = *name.get_or_insert_with(|| frame.name());
             conn.push_notice(topic, from, to, crate::protocol::reason::SHARD_OVERFLOW);
+            overflow_notices += 1;
             shard_gap = true;
             if hold_on_hole
                 && ctx.namespaces.rules(topic).snapshots
@@ -465,6 +471,7 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     m.counters.dropped += dropped;
     m.counters.gap_notices += notices;
     m.counters.shard_gaps += u64::from(shard_gap);
+    m.counters.overflow_notices += overflow_notices;
     match routed {
         Routed::Stale => m.counters.stale_frames += 1,
         Routed::Unrouted => m.counters.unrouted_frames += 1,
@@ -490,6 +497,7 @@ async fn snapshot_waiters(ctx: Rc<ShardCtx>, waits: crate::namespace::Waits) {
         }
         for (conn, topic, from, to) in found.overdue {
             conn.push_notice(&topic, from, to, crate::protocol::reason::NO_SNAPSHOT);
+            ctx.metrics.borrow_mut().counters.no_snapshot_notices += 1;
             ctx.metrics.borrow_mut().counters.gap_notices += 1;
             ctx.mark_dirty(&conn);
         }

@@ -377,3 +377,75 @@ pub fn expect_server_closes(ws: &mut WebSocket<TcpStream>) {
         Ok(m) => panic!("nothing more was expected, got {m:?}"),
     }
 }
+
+/// A plain HTTP/1.1 GET over a new connection (`Connection: close`), read to its end:
+/// `(status, head, body)`. An independent minimal client for the admin endpoint.
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("the admin endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).expect("a text answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (status, head.to_string(), body.to_string())
+}
+
+/// The value of the sample `series` (the name with its labels, as exposed) in a Prometheus
+/// text exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Runs `promtool check metrics` on `text`. Debian's `prometheus` package provides promtool
+/// (`.ci/run` installs it); without it the check is skipped with a note, except under CI,
+/// where it fails.
+pub fn promtool_check_metrics(text: &str) {
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not found ({e}): `promtool check metrics` skipped; apt-get install prometheus");
+            return;
+        }
+        Err(e) => panic!("promtool is required under CI (apt-get install prometheus): {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,271 @@
+//! The admin endpoint over real sockets (docs/operations.md): `/metrics` exposes every fixed
+//! family from startup with zero-valued series, passes `promtool check metrics`, and moves
+//! under load; the health endpoints answer 503 with the reason when a shard stops
+//! reporting; the admin key; a bind failure is a start error.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn admin_server(tweak: impl FnOnce(&mut corecast::Config)) -> (TestServer, std::net::SocketAddr) {
+    let server = start(|c| {
+        c.server.admin = Some("127.0.0.1:0".parse().unwrap());
+        c.shard.report_interval_ms = 200;
+        tweak(c);
+    });
+    let admin = server
+        .server()
+        .admin_addr()
+        .expect("the admin endpoint runs");
+    (server, admin)
+}
+
+/// Polls `/metrics` until `series` reaches `at_least` (shards report every 200 ms here).
+fn metric_reaches(admin: std::net::SocketAddr, series: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = http_get(admin, "/metrics", &[]);
+        assert_eq!(status, 200);
+        if sample(&body, series).is_some_and(|v| v >= at_least) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_family_is_there_from_startup_with_zeros() {
+    let (_server, admin) = admin_server(|c| c.server.shards = 2);
+    let (status, head, body) = http_get(admin, "/metrics", &[]);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    promtool_check_metrics(&body);
+    for shard in ["0", "1"] {
+        for series in [
+            format!("corecast_connections{{shard=\"{shard}\"}}"),
+            format!("corecast_subscriptions{{shard=\"{shard}\"}}"),
+            format!("corecast_messages_delivered_total{{shard=\"{shard}\"}}"),
+            format!(
+                "corecast_messages_dropped_total{{shard=\"{shard}\",reason=\"slow_consumer\"}}"
+            ),
+            format!(
+                "corecast_messages_dropped_total{{shard=\"{shard}\",reason=\"shard_overflow\"}}"
+            ),
+            format!("corecast_gap_notices_total{{shard=\"{shard}\",reason=\"slow_consumer\"}}"),
+            format!("corecast_gap_notices_total{{shard=\"{shard}\",reason=\"shard_overflow\"}}"),
+            format!("corecast_gap_notices_total{{shard=\"{shard}\",reason=\"no_snapshot\"}}"),
+        ] {
+            assert_eq!(sample(&body, &series), Some(0.0), "{series} in\n{body}");
+        }
+    }
+    for kind in corecast::admin::metrics::REFUSAL_KINDS {
+        let series = format!("corecast_refusals_total{{kind=\"{kind}\"}}");
+        assert_eq!(sample(&body, &series), Some(0.0), "{series}");
+    }
+    for code in corecast::publisher::ERROR_CODES {
+        let series = format!("corecast_ingest_errors_total{{code=\"{code}\"}}");
+        assert_eq!(sample(&body, &series), Some(0.0), "{series}");
+    }
+    for series in [
+        "corecast_topics",
+        "corecast_messages_published_total",
+        "corecast_history_bytes",
+        "corecast_ingest_to_write_seconds_count",
+        "corecast_ring_hop_seconds_count",
+        "corecast_frames_per_write_count",
+        "corecast_connection_queue_messages_count",
+    ] {
+        assert_eq!(sample(&body, series), Some(0.0), "{series}");
+    }
+    assert_eq!(
+        sample(&body, "corecast_build_info{version=\"0.1.0\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&body, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
+    for family in [
+        "corecast_ingest_to_write_seconds",
+        "corecast_ring_hop_seconds",
+        "corecast_frames_per_write",
+        "corecast_connection_queue_messages",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {family} summary")),
+            "{family}"
+        );
+        for q in ["0.5", "0.9", "0.99", "0.999"] {
+            assert!(
+                body.contains(&format!("{family}{{quantile=\"{q}\"}}")),
+                "{family} {q}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_figures_move_under_load() {
+    let (server, admin) = admin_server(|_| {});
+    let mut ws = connect(&server.url);
+    subscribe(&mut ws, 1, &["t.a", "t.b.*"]);
+    server.publish("t.a", 200);
+    expect_contiguous(&mut ws, "t.a", 1, 200);
+    let body = metric_reaches(
+        admin,
+        "corecast_messages_delivered_total{shard=\"0\"}",
+        200.0,
+    );
+    promtool_check_metrics(&body);
+    assert!(sample(&body, "corecast_messages_published_total").unwrap() >= 200.0);
+    assert_eq!(
+        sample(&body, "corecast_connections{shard=\"0\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&body, "corecast_subscriptions{shard=\"0\"}"),
+        Some(2.0)
+    );
+    assert_eq!(sample(&body, "corecast_topics"), Some(1.0));
+    assert!(sample(&body, "corecast_ingest_to_write_seconds_count").unwrap() >= 200.0);
+    assert!(sample(&body, "corecast_ring_hop_seconds{quantile=\"0.99\"}").unwrap() > 0.0);
+    // A refused subscribe and a bad publisher line are counted by kind and code.
+    send(&mut ws, r#"{"op":"subscribe","id":2,"topics":["a..b"]}"#);
+    assert_eq!(next_op(&mut ws, "error")["code"], "bad_topic");
+    let mut p = std::net::TcpStream::connect(server.ingest).unwrap();
+    std::io::Write::write_all(&mut p, b"{nope\n").unwrap();
+    metric_reaches(admin, "corecast_refusals_total{kind=\"bad_request\"}", 1.0);
+    metric_reaches(
+        admin,
+        "corecast_ingest_errors_total{code=\"invalid_json\"}",
+        1.0,
+    );
+    let (status, _, stats) = http_get(admin, "/stats", &[]);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(v["shards"][0]["delivered"].as_u64().unwrap() >= 200, "{v}");
+    assert!(
+        v["last_60s"]["ingest_to_write_seconds"]["count"]
+            .as_u64()
+            .unwrap()
+            >= 200
+    );
+    // Gone: the gauges come back down.
+    drop(ws);
+    let settled = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = http_get(admin, "/metrics", &[]).2;
+        let connections = sample(&body, "corecast_connections{shard=\"0\"}");
+        let subscriptions = sample(&body, "corecast_subscriptions{shard=\"0\"}");
+        if (connections, subscriptions) == (Some(0.0), Some(0.0)) {
+            break;
+        }
+        assert!(Instant::now() < settled, "the gauges stay up:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readiness_says_which_shard_stopped_reporting() {
+    let (server, admin) = admin_server(|c| {
+        c.server.shards = 2;
+        c.shard.report_interval_ms = 1000;
+    });
+    let (status, _, body) = http_get(admin, "/health/live", &[]);
+    assert_eq!((status, body.trim()), (200, r#"{"status":"ok"}"#));
+    // Ready once both shards have reported.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(admin, "/health/ready", &[]).0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Shard 1's last report 10 s old, as if it had stopped: degraded, naming it, on both
+    // readiness paths; liveness is unaffected.
+    let stats = server.server().stats();
+    stats.lock().unwrap().reported_at[1] = Some(Instant::now() - Duration::from_secs(10));
+    for path in ["/health/ready", "/health"] {
+        let (status, _, body) = http_get(admin, path, &[]);
+        assert_eq!(status, 503, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "degraded");
+        let reasons = v["reasons"].as_array().unwrap();
+        assert_eq!(reasons.len(), 1, "{v}");
+        assert!(
+            reasons[0]
+                .as_str()
+                .unwrap()
+                .starts_with("shard 1 last reported 10."),
+            "{v}"
+        );
+    }
+    assert_eq!(http_get(admin, "/health/live", &[]).0, 200);
+    let (_, _, metrics) = http_get(admin, "/metrics", &[]);
+    assert!(sample(&metrics, "corecast_shard_report_age_seconds{shard=\"1\"}").unwrap() >= 10.0);
+    // Its next report makes the server ready again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(admin, "/health/ready", &[]).0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_shard_that_never_reported_is_not_ready() {
+    let (_server, admin) = admin_server(|c| c.shard.report_interval_ms = 600_000);
+    let (status, _, body) = http_get(admin, "/health/ready", &[]);
+    // Reports come every 10 minutes here: the first is not in yet.
+    if status == 503 {
+        assert!(body.contains("shard 0 has not reported yet"), "{body}");
+    } else {
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[test]
+fn the_admin_key_guards_all_but_health() {
+    let (_server, admin) = admin_server(|c| {
+        c.server.admin_key = Some(corecast_shards::auth::Secret("admin-key-0123456789".into()));
+    });
+    for path in ["/metrics", "/stats"] {
+        assert_eq!(http_get(admin, path, &[]).0, 401, "{path}");
+        assert_eq!(
+            http_get(admin, path, &[("Authorization", "Bearer wrong")]).0,
+            401
+        );
+        let ok = http_get(
+            admin,
+            path,
+            &[("Authorization", "Bearer admin-key-0123456789")],
+        );
+        assert_eq!(ok.0, 200, "{path}");
+    }
+    assert_eq!(http_get(admin, "/health/live", &[]).0, 200);
+    assert_eq!(
+        http_get(
+            admin,
+            "/nowhere",
+            &[("Authorization", "Bearer admin-key-0123456789")]
+        )
+        .0,
+        404
+    );
+}
+
+#[test]
+fn an_admin_address_in_use_is_a_start_error() {
+    let (_server, admin) = admin_server(|_| {});
+    let e = corecast::Server::start({
+        let mut c = corecast::Config::default();
+        c.server.listen = "127.0.0.1:0".parse().unwrap();
+        c.server.ingest = "127.0.0.1:0".parse().unwrap();
+        c.server.shards = 1;
+        c.server.admin = Some(admin);
+        c
+    })
+    .err()
+    .expect("refused");
+    assert!(e.to_string().contains(&admin.to_string()), "{e}");
+}
