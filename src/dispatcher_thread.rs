@@ -180,7 +180,7 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
                     )
                 });
                 last = Some((now, s.dispatcher.published, totals.counters.deliveries));
-                eprintln!("corecast: {}", summary_line(&totals, &s.dispatcher, rates));
+                tracing::info!("{}", summary_line(&totals, &s.dispatcher, rates));
             }
         })
         .detach();

@@ -60,10 +60,11 @@ pub(crate) async fn serve_ingest(
         match checked {
             Ok(rest) => carry = rest,
             Err(why) => {
-                let mut d = dispatcher.borrow_mut();
-                d.stats.rejected_lines += 1;
-                d.stats.count_error("unauthorized");
-                drop(d);
+                {
+                    let mut d = dispatcher.borrow_mut();
+                    d.stats.rejected_lines += 1;
+                    d.stats.count_error("unauthorized");
+                }
                 let line = format!(
                     "{{\"op\":\"error\",\"line\":0,\"code\":\"unauthorized\",\"message\":\"{why}\"}}\n"
                 );

@@ -39,8 +39,34 @@ fn purge_freed_memory_at_once() {
     about = "WebSocket pub/sub broadcaster for market data"
 )]
 struct Cli {
+    /// Log lines on stderr: `text` (human-readable) or `json` (one object per line). Which
+    /// lines: `CORECAST_LOG` (a tracing filter such as `info` or `corecast_shards=debug`;
+    /// default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber: `tracing` events on stderr, filtered by `CORECAST_LOG`.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORECAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -187,6 +213,7 @@ impl ServeArgs {
 fn main() -> anyhow::Result<()> {
     purge_freed_memory_at_once();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.command {
         Command::Serve(args) => {
             let config = args.config()?;
@@ -217,7 +244,7 @@ fn main() -> anyhow::Result<()> {
             print_demo_help(&server, &path, symbols, user.as_deref());
             let result = run_until_signal(server, exit_after.map(Duration::from_secs));
             let published = feed.stop();
-            eprintln!("corecast demo: the feed published {published} events");
+            tracing::info!(published, "the demo feed stopped");
             result
         }
         Command::PrintConfig => {
@@ -296,7 +323,8 @@ fn start(config: Config) -> anyhow::Result<Server> {
     let admin = server
         .admin_addr()
         .map_or(String::new(), |a| format!(", admin on http://{a}"));
-    eprintln!(
+    // The addresses are in the message itself (tests and scripts read them from it).
+    tracing::info!(
         "corecast: pid {}, {} shard(s); clients on ws://{}, publishers on tcp://{}{admin}",
         std::process::id(),
         server.shards(),
@@ -352,14 +380,16 @@ fn run_until_signal(server: Server, limit: Option<Duration>) -> anyhow::Result<(
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
                 match reload() {
-                    Ok(n) => eprintln!("corecast: SIGHUP: {n} JWKS key(s) in force"),
-                    Err(e) => eprintln!("corecast: SIGHUP: {e}; the previous keys stay"),
+                    Ok(n) => tracing::info!(keys = n, "SIGHUP: JWKS keys in force"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: the JWKS did not load; the previous keys stay")
+                    }
                 }
                 continue;
             }
             seen += 1;
             if seen > 1 {
-                eprintln!("corecast: second signal, exiting now");
+                tracing::warn!("second signal, exiting now");
                 std::process::exit(130);
             }
             let _ = tx.send(sig);
@@ -373,14 +403,14 @@ fn run_until_signal(server: Server, limit: Option<Duration>) -> anyhow::Result<(
             let _ = rx.recv();
         }
     }
-    eprintln!("corecast: shutting down (closing clients with 1001 going away)");
+    tracing::info!("shutting down (closing clients with 1001 going away)");
     let stats = server.stats();
     if !server.shutdown(Duration::from_secs(15)) {
         anyhow::bail!("shutdown did not finish within 15 s");
     }
     let s = stats.lock().unwrap_or_else(|e| e.into_inner());
-    eprintln!(
-        "corecast: final: {}",
+    tracing::info!(
+        "final: {}",
         corecast::report::summary_line(&s.totals(), &s.dispatcher, None)
     );
     Ok(())

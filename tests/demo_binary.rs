@@ -22,6 +22,8 @@ fn demo_feed_reaches_a_client_in_order_and_sigterm_says_going_away() {
             "127.0.0.1:0",
             "--shards",
             "1",
+            "--admin",
+            "127.0.0.1:0",
         ])
         .args(["--exit-after", "60"])
         .stderr(Stdio::piped())
@@ -29,16 +31,27 @@ fn demo_feed_reaches_a_client_in_order_and_sigterm_says_going_away() {
         .spawn()
         .expect("the binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
+    let (url, admin) = loop {
         let line = lines
             .next()
             .expect("the binary prints its addresses")
             .unwrap();
         if let Some(rest) = line.split("clients on ws://").nth(1) {
             let addr = rest.split(',').next().unwrap().trim();
-            break format!("ws://{addr}/ws");
+            let admin: std::net::SocketAddr = line
+                .split("admin on http://")
+                .nth(1)
+                .expect("the demo serves its admin endpoint")
+                .trim()
+                .parse()
+                .unwrap();
+            break (format!("ws://{addr}/ws"), admin);
         }
     };
+    std::thread::spawn(move || for _ in lines {}); // keep stderr drained
+    let (status, _, before) = http_get(admin, "/metrics", &[]);
+    assert_eq!(status, 200);
+    promtool_check_metrics(&before);
     let mut ws = connect(&url);
     let ack = subscribe(&mut ws, 1, &["trades.BTCUSD", "book.BTCUSD", "ticker.*"]);
     let mut last: HashMap<String, u64> = HashMap::new();
@@ -70,6 +83,18 @@ fn demo_feed_reaches_a_client_in_order_and_sigterm_says_going_away() {
     }
     assert_eq!(seen, 60, "live messages within 20 s");
     assert!(snapshots >= 1, "the book started from a snapshot");
+    // The demo's /metrics passes promtool and its counters move under the feed.
+    std::thread::sleep(Duration::from_millis(1100)); // a shard report
+    let (_, _, after) = http_get(admin, "/metrics", &[]);
+    promtool_check_metrics(&after);
+    let published = |t: &str| sample(t, "corecast_messages_published_total").unwrap();
+    assert!(published(&after) > published(&before), "published moves");
+    assert!(sample(&after, "corecast_messages_delivered_total{shard=\"0\"}").unwrap() >= 60.0);
+    assert_eq!(
+        sample(&after, "corecast_connections{shard=\"0\"}"),
+        Some(1.0)
+    );
+    assert_eq!(http_get(admin, "/health/ready", &[]).0, 200);
     // SIGTERM: graceful shutdown.
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -86,6 +111,7 @@ fn the_demo_prints_a_token_for_its_private_stream() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
         .args(["demo", "--listen", "127.0.0.1:0", "--ingest", "127.0.0.1:0"])
         .args(["--shards", "1", "--exit-after", "60", "--symbols", "8"])
+        .args(["--admin", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -81,6 +81,8 @@ pub(crate) struct ShardCtx {
     /// Who each connection is (only while auth or a connection limit is on), and the clock
     /// of refreshes and auth deadlines.
     pub(crate) sessions: crate::session::Sessions,
+    /// How many log lines clients may cause, by kind.
+    pub(crate) logs: crate::log::Budgets,
 }
 
 impl ShardCtx {

@@ -48,6 +48,23 @@ pub(crate) fn end_conn(ctx: &ShardCtx, conn: &Rc<Conn>, ending: Ending) {
     if !conn.begin_ending() {
         return;
     }
+    match &ending {
+        Ending::Close(code, reason) if *code != crate::close::GOING_AWAY => {
+            if let Some(suppressed) = ctx.logs.closes.allow(Instant::now()) {
+                tracing::info!(shard = ctx.id, conn = conn.id(), code, reason = %reason, suppressed, "closing a connection");
+            }
+        }
+        Ending::Close(code, _) => tracing::debug!(
+            shard = ctx.id,
+            conn = conn.id(),
+            code,
+            "closing a connection"
+        ),
+        Ending::ClientClosed(code) => {
+            tracing::debug!(shard = ctx.id, conn = conn.id(), code, "the client closed")
+        }
+        Ending::Gone => tracing::debug!(shard = ctx.id, conn = conn.id(), "the client is gone"),
+    }
     conn.stop_reading();
     // Leave the table first: nothing may follow our close frame (RFC 6455 5.5.1).
     let mut to_dispatcher = Vec::new();

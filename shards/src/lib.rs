@@ -45,6 +45,7 @@ pub mod executor;
 pub mod frame;
 pub mod handshake;
 pub mod inbound;
+pub mod log;
 pub mod metrics;
 pub mod namespace;
 mod open;

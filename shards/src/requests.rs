@@ -185,6 +185,9 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             if let Err((code, msg)) = crate::session::check_subscribe(ctx, conn, &wanted) {
                 if code == code::FORBIDDEN {
                     ctx.metrics.borrow_mut().counters.forbidden += 1;
+                    if let Some(suppressed) = ctx.logs.refusals.allow(Instant::now()) {
+                        tracing::info!(shard = ctx.id, conn = conn.id(), message = %msg, suppressed, "subscribe forbidden");
+                    }
                 }
                 return reject(ctx, conn, id, code, &msg);
             }

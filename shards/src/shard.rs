@@ -125,6 +125,7 @@ async fn run(spec: ShardSpec) {
         auth,
         admission,
         sessions: Default::default(),
+        logs: Default::default(),
     });
 
     let to_dispatcher = control;
@@ -469,6 +470,17 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
     m.counters.frames_in += 1;
     m.counters.deliveries += delivered;
     m.counters.dropped += dropped;
+    if dropped > 0 {
+        if let Some(suppressed) = ctx.logs.drops.allow(received) {
+            tracing::warn!(
+                shard = ctx.id,
+                frames = dropped,
+                topic = frame.name(),
+                suppressed,
+                "slow consumers: oldest frames dropped (gap notices follow)"
+            );
+        }
+    }
     m.counters.gap_notices += notices;
     m.counters.shard_gaps += u64::from(shard_gap);
     m.counters.overflow_notices += overflow_notices;

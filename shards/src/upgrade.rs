@@ -44,12 +44,19 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
             // Over a per-address limit: answered at once, the request unread (at most one
             // linger, not a whole handshake timeout, per refused socket).
             ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+            log_refusal(&ctx, peer, &refusal);
             let _ = stream.write_all(&refusal.response()).await;
             linger_refused(&mut stream).await;
             return;
         }
     };
-    let admit = |head: &handshake::Head| crate::session::admit(&ctx, early, head);
+    let admit = |head: &handshake::Head| {
+        let admitted = crate::session::admit(&ctx, early, head);
+        if let Err(refusal) = &admitted {
+            log_refusal(&ctx, peer, refusal);
+        }
+        admitted
+    };
     let handshake = Box::pin(handshake(&mut stream, path, admit));
     let leftover = handshake
         .or(async {
@@ -97,6 +104,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         ctx.mark_dirty(&conn);
     }
 
+    tracing::debug!(shard = ctx.id, conn = conn.id(), peer = ?peer, "connection open");
     conn.feed(&leftover);
     drop(leftover);
     if let Some(end) = drain_events(&ctx, &conn) {
@@ -166,4 +174,21 @@ async fn linger_refused(stream: &mut TcpStream) {
         }
     };
     drain.or(glommio::timer::sleep(LINGER)).await;
+}
+
+/// Logs an admission refusal (403, 401, 429) within the shard's budget; the token is never in
+/// it (the refusal names the rule and the reason only).
+fn log_refusal(ctx: &ShardCtx, peer: Option<std::net::IpAddr>, r: &handshake::Rejection) {
+    if let Some(suppressed) = ctx.logs.refusals.allow(Instant::now()) {
+        let (error, reason) = r.json.unwrap_or(("", None));
+        tracing::info!(
+            shard = ctx.id,
+            peer = ?peer,
+            status = r.status,
+            error,
+            reason = reason.unwrap_or(""),
+            suppressed,
+            "upgrade refused"
+        );
+    }
 }
