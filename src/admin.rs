@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (`server.admin`): Prometheus metrics, health probes and the
-//! figures as JSON, served by tiny_http on a thread of its own, off the shard cores. It reads
-//! the shards' reports ([`crate::report::Stats`], behind a mutex taken once per request);
+//! figures as JSON, served by hyper's HTTP/1 server on a tokio current-thread runtime that
+//! lives on one thread of its own, off the shard cores (tokio runs nowhere else). It reads the
+//! shards' reports ([`crate::report::Stats`], behind a mutex held only to copy `Arc`s);
 //! nothing here touches the fan-out path. docs/operations.md.
 //!
 //! | path | answer |
@@ -10,17 +11,35 @@
 //! | `/health/ready`, `/health` | 200 `{"status":"ok"}`, or 503 `{"status":"degraded","reasons":[…]}` |
 //! | `/stats` | the figures of `/metrics` as one JSON object |
 //!
-//! With `server.admin_key` every path but `/health*` needs `Authorization: Bearer <key>`
-//! (401 otherwise): load balancers probe health without a key, and it tells nothing.
+//! With `server.admin_key`, `/metrics` and `/stats` need `Authorization: Bearer <key>` (401
+//! otherwise): load balancers probe health without a key, and it tells nothing.
+//!
+//! Every connection is a task with a deadline: its request head within [`HEAD_TIMEOUT`], the
+//! whole exchange within [`CONNECTION_TIMEOUT`], one request per connection; a request body is
+//! never read (the endpoint takes none), and at most [`MAX_CONNECTIONS`] are served at once
+//! (more are closed at once), so slow or hostile clients cannot hold the probes up.
 
 pub mod metrics;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+
 use crate::report::SharedStats;
+
+/// Time allowed for a request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Time allowed for a whole connection (one request and its answer).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once; more are closed when accepted.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// What the admin thread needs to answer.
 pub struct Context {
@@ -39,7 +58,7 @@ pub struct Context {
 
 /// The running admin endpoint.
 pub(crate) struct Admin {
-    server: Arc<tiny_http::Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     pub addr: SocketAddr,
 }
@@ -47,46 +66,99 @@ pub(crate) struct Admin {
 impl Admin {
     /// Binds `addr` (a failed bind is the caller's start error) and serves on a thread.
     pub fn start(addr: SocketAddr, ctx: Context) -> std::io::Result<Admin> {
-        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-        let bound = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("the admin endpoint is not on an IP address"))?;
-        let server = Arc::new(server);
-        let serving = server.clone();
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let bound = listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let thread = std::thread::Builder::new()
             .name("corecast-admin".into())
-            .spawn(move || {
-                let collector = metrics::Collector::new();
-                for request in serving.incoming_requests() {
-                    let response = answer(&ctx, &collector, &request);
-                    let _ = request.respond(response);
-                }
-            })?;
+            .spawn(move || runtime.block_on(serve(listener, Arc::new(ctx), stop_rx)))?;
         Ok(Admin {
-            server,
+            stop: Some(stop_tx),
             thread: Some(thread),
             addr: bound,
         })
     }
 
-    /// Stops serving and waits for the thread.
+    /// Stops serving; waits for the thread at most a second (connections still open are
+    /// dropped with the runtime).
     pub fn stop(mut self) {
-        self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
 
-type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+impl Drop for Admin {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Accepts until told to stop; each connection a task with its deadlines.
+async fn serve(
+    listener: std::net::TcpListener,
+    ctx: Arc<Context>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let collector = Arc::new(metrics::Collector::new());
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors or a reset before accept: try again shortly.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue; // over MAX_CONNECTIONS: dropped, closed
+        };
+        let (ctx, collector) = (ctx.clone(), collector.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = answer(&ctx, &collector, &req);
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+type Response = hyper::Response<Full<Bytes>>;
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response {
-    let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-        .expect("a valid header literal");
-    tiny_http::Response::from_data(body)
-        .with_status_code(status)
-        .with_header(header)
+    hyper::Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid status and header")
 }
 
 fn json(status: u16, value: &serde_json::Value) -> Response {
@@ -104,24 +176,28 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn answer(ctx: &Context, collector: &metrics::Collector, r: &tiny_http::Request) -> Response {
-    let path = r.url().split('?').next().unwrap_or("");
-    if *r.method() != tiny_http::Method::Get && *r.method() != tiny_http::Method::Head {
-        return json(405, &serde_json::json!({"error": "only GET"}));
+fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B>) -> Response {
+    let path = r.uri().path();
+    if r.method() != hyper::Method::GET && r.method() != hyper::Method::HEAD {
+        let mut response = json(405, &serde_json::json!({"error": "only GET and HEAD"}));
+        response.headers_mut().insert(
+            "Allow",
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return response;
     }
-    if !path.starts_with("/health") {
-        if let Some(key) = &ctx.key {
-            let given = r
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Authorization"))
-                .and_then(|h| h.value.as_str().strip_prefix("Bearer "));
-            if !given.is_some_and(|g| same(g.trim().as_bytes(), key.as_bytes())) {
-                return json(
-                    401,
-                    &serde_json::json!({"error": "send Authorization: Bearer <server.admin_key>"}),
-                );
-            }
+    let health = matches!(path, "/health" | "/health/live" | "/health/ready");
+    if let (Some(key), false) = (&ctx.key, health) {
+        let given = r
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), key.as_bytes())) {
+            return json(
+                401,
+                &serde_json::json!({"error": "send Authorization: Bearer <server.admin_key>"}),
+            );
         }
     }
     match path {
@@ -144,7 +220,7 @@ fn answer(ctx: &Context, collector: &metrics::Collector, r: &tiny_http::Request)
                 )
             }
         }
-        "/stats" => json(200, &metrics::stats_json(ctx)),
+        "/stats" => json(200, &metrics::stats_json(ctx, collector)),
         _ => json(
             404,
             &serde_json::json!({

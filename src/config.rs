@@ -175,6 +175,17 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         corecast_shards::auth::Auth::new(&self.auth).map_err(ConfigError::Invalid)?;
         corecast_shards::admission::Admission::new(&self.limits).map_err(ConfigError::Invalid)?;
+        if self.server.admin.is_some() && self.shard.report_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "server.admin needs shard reports: shard.report_interval_ms must be above 0".into(),
+            ));
+        }
+        if let Some(k) = self.server.admin_key.as_ref().filter(|k| k.0.len() < 16) {
+            return Err(ConfigError::Invalid(format!(
+                "server.admin_key must be at least 16 bytes, got {}",
+                k.0.len()
+            )));
+        }
         if let Some(k) = self
             .dispatcher
             .publisher_key

@@ -54,19 +54,31 @@ enum LogFormat {
     Json,
 }
 
-/// Installs the log subscriber: `tracing` events on stderr, filtered by `CORECAST_LOG`.
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORECAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Installs the log subscriber: `tracing` events on stderr, filtered by `CORECAST_LOG`,
+/// written by a thread of their own (lossy: a stalled stderr drops lines rather than
+/// stalling a shard). Keep the guard until exit: dropping it flushes what is buffered.
+fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let filter = match std::env::var("CORECAST_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("corecast: CORECAST_LOG={spec:?} is not a filter ({e}); logging at info");
+            tracing_subscriber::EnvFilter::new("info")
+        }),
+    };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("corecast-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 #[derive(Subcommand)]
@@ -213,7 +225,7 @@ impl ServeArgs {
 fn main() -> anyhow::Result<()> {
     purge_freed_memory_at_once();
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let _logs = init_logs(cli.log_format);
     match cli.command {
         Command::Serve(args) => {
             let config = args.config()?;

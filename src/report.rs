@@ -14,24 +14,29 @@ use crate::dispatcher::DispatcherStats;
 /// How far back the windowed latency figures look (`/metrics` summaries).
 pub const WINDOW: Duration = Duration::from_secs(60);
 
-/// Latest reports of every shard plus the dispatcher's counters. Any thread.
+/// Latest reports of every shard plus the dispatcher's counters. Any thread. The mutex around
+/// it is held by the dispatcher thread to store a report (a move) and by readers to copy the
+/// `Arc`s out; merging and windowing happen in the reader's thread.
 #[derive(Default)]
 pub struct Stats {
-    pub shards: Vec<Option<ShardReport>>,
+    pub shards: Vec<Option<Arc<ShardReport>>>,
     pub dispatcher: DispatcherStats,
     /// When each shard's latest report arrived.
     pub reported_at: Vec<Option<Instant>>,
     /// Set once the server began shutting down.
     pub shutting_down: bool,
-    /// The merged histograms about once a second over the last [`WINDOW`] and a bit: the
-    /// windowed figures are the newest merge less the one a window ago.
-    history: VecDeque<(Instant, Histograms)>,
 }
+
+/// Shared handle to the live [`Stats`].
+pub type SharedStats = Arc<Mutex<Stats>>;
+
+/// A merged view of every shard: a report whose `shard` field is meaningless.
+pub type Totals = ShardReport;
 
 /// The merged histograms of every shard (cumulative since start, or over a window).
 #[derive(Clone)]
 pub struct Histograms {
-    /// Ingest to the write of the first subscriber, ns.
+    /// Ingest to the end of the shard's write pass, ns.
     pub ingest_to_write_ns: Histogram<u64>,
     /// Dispatcher push to shard receipt, ns.
     pub ring_hop_ns: Histogram<u64>,
@@ -42,7 +47,8 @@ pub struct Histograms {
 }
 
 impl Histograms {
-    fn of(t: &Totals) -> Histograms {
+    /// The histograms of a merged report.
+    pub fn of(t: &Totals) -> Histograms {
         Histograms {
             ingest_to_write_ns: t.ingest_to_write_ns.clone(),
             ring_hop_ns: t.ring_hop_ns.clone(),
@@ -64,15 +70,48 @@ impl Histograms {
     }
 }
 
-/// Shared handle to the live [`Stats`].
-pub type SharedStats = Arc<Mutex<Stats>>;
+/// How often [`Window`] keeps a merge.
+const KEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// A merged view of every shard: a report whose `shard` field is meaningless.
-pub type Totals = ShardReport;
+/// The windowed figures, kept by the reader (the admin thread, at each scrape): merges of
+/// every [`KEEP_EVERY`] over the last [`WINDOW`] and a bit (about 13 of them), so the newest
+/// merge less the one a window ago is the window's.
+#[derive(Default)]
+pub struct Window {
+    kept: VecDeque<(Instant, Histograms)>,
+}
+
+impl Window {
+    /// Takes the cumulative merge at `now` and returns the last [`WINDOW`] of it (everything
+    /// since start while nothing a window old is kept: a young server, or a first scrape).
+    pub fn observe(&mut self, now: Instant, cumulative: &Histograms) -> Histograms {
+        let due = self
+            .kept
+            .back()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= KEEP_EVERY);
+        if due {
+            self.kept.push_back((now, cumulative.clone()));
+        }
+        // Keep the newest merge at least a window old, and everything after it.
+        while self
+            .kept
+            .get(1)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WINDOW)
+        {
+            self.kept.pop_front();
+        }
+        match self.kept.front() {
+            Some((at, base)) if now.saturating_duration_since(*at) >= WINDOW => {
+                cumulative.clone().since(base)
+            }
+            _ => cumulative.clone(),
+        }
+    }
+}
 
 impl Stats {
-    /// Stores a shard's report, replacing its previous one, and about once a second keeps the
-    /// merged histograms for the windowed figures.
+    /// Stores a shard's report, replacing its previous one (a move: the merging is the
+    /// reader's).
     pub fn update(&mut self, report: ShardReport) {
         self.update_at(report, Instant::now());
     }
@@ -84,44 +123,12 @@ impl Stats {
             self.shards.resize_with(i + 1, || None);
             self.reported_at.resize(i + 1, None);
         }
-        self.shards[i] = Some(report);
+        self.shards[i] = Some(Arc::new(report));
         self.reported_at[i] = Some(now);
-        let due = self
-            .history
-            .back()
-            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1));
-        if due {
-            let merged = Histograms::of(&self.totals());
-            self.history.push_back((now, merged));
-            while self
-                .history
-                .get(1)
-                .is_some_and(|(at, _)| now.duration_since(*at) >= WINDOW)
-            {
-                self.history.pop_front();
-            }
-        }
-    }
-
-    /// The histograms of about the last [`WINDOW`] (everything since start while the
-    /// server is younger than that).
-    pub fn windowed(&self) -> Histograms {
-        self.windowed_at(Instant::now())
-    }
-
-    /// [`Stats::windowed`] at `now`.
-    pub fn windowed_at(&self, now: Instant) -> Histograms {
-        let current = Histograms::of(&self.totals());
-        match self.history.front() {
-            Some((at, oldest)) if now.saturating_duration_since(*at) >= WINDOW => {
-                current.since(oldest)
-            }
-            _ => current,
-        }
     }
 
     /// Why the server is not ready, empty when it is: a shard that has not reported within
-    /// three report intervals (or never), or shutdown under way. `interval` is
+    /// three report intervals (at least 2 s), or never, or shutdown under way. `interval` is
     /// `shard.report_interval_ms` (`None`: reports are off, and not looked at).
     pub fn not_ready(
         &self,
@@ -136,7 +143,7 @@ impl Stats {
         let Some(interval) = interval else {
             return reasons;
         };
-        let limit = interval * 3;
+        let limit = (interval * 3).max(Duration::from_secs(2));
         for shard in 0..shards {
             match self.reported_at.get(shard).copied().flatten() {
                 None => reasons.push(format!("shard {shard} has not reported yet")),
@@ -152,12 +159,17 @@ impl Stats {
 
     /// Sums counters and merges histograms across shards.
     pub fn totals(&self) -> Totals {
-        let mut t = ShardReport::empty(usize::MAX);
-        for r in self.shards.iter().flatten() {
-            t.merge(r);
-        }
-        t
+        merge(&self.shards)
     }
+}
+
+/// Sums counters and merges histograms across shards' reports.
+pub fn merge(shards: &[Option<Arc<ShardReport>>]) -> Totals {
+    let mut t = ShardReport::empty(usize::MAX);
+    for r in shards.iter().flatten() {
+        t.merge(r);
+    }
+    t
 }
 
 fn us(ns: u64) -> String {
@@ -201,33 +213,27 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_the_last_minute_once_the_server_is_older() {
+    fn the_window_is_the_last_minute_once_it_has_one() {
         let t0 = Instant::now();
-        let mut s = Stats::default();
-        s.update_at(report(0, &[1_000; 10]), t0);
-        assert_eq!(
-            s.windowed_at(t0).ingest_to_write_ns.len(),
-            10,
-            "young: all of it"
-        );
+        let mut w = Window::default();
+        let mut cumulative = report(0, &[1_000; 10]);
+        let first = w.observe(t0, &Histograms::of(&cumulative));
+        assert_eq!(first.ingest_to_write_ns.len(), 10, "young: all of it");
+        // Ten more samples a second, at 2,000 ns from 61 s on; observed each second.
         for sec in 1..=70u64 {
-            // Cumulative: ten more samples every second, at 2,000 ns from 61 s on.
-            let mut r = report(0, &vec![1_000; 10 * (sec.min(60) as usize + 1)]);
-            for _ in 60..sec {
-                for _ in 0..10 {
-                    r.ingest_to_write_ns.record(2_000).unwrap();
-                }
+            let value = if sec > 60 { 2_000 } else { 1_000 };
+            for _ in 0..10 {
+                cumulative.ingest_to_write_ns.record(value).unwrap();
             }
-            s.update_at(r, t0 + Duration::from_secs(sec));
+            let got = w.observe(t0 + Duration::from_secs(sec), &Histograms::of(&cumulative));
+            if sec == 70 {
+                // About the last 60-65 s (merges are kept every 5 s): 10 per second.
+                let n = got.ingest_to_write_ns.len();
+                assert!((600..=650).contains(&n), "{n}");
+                assert!(got.ingest_to_write_ns.max() >= 2_000);
+            }
         }
-        let w = s.windowed_at(t0 + Duration::from_secs(70));
-        // About the last 60 s: 10 per second.
-        assert!(
-            (590..=620).contains(&w.ingest_to_write_ns.len()),
-            "{}",
-            w.ingest_to_write_ns.len()
-        );
-        assert!(w.ingest_to_write_ns.max() >= 2_000);
+        assert!(w.kept.len() <= 15, "{} merges kept", w.kept.len());
     }
 
     #[test]
@@ -249,6 +255,14 @@ mod tests {
         let r = s.not_ready(2, i, t0 + Duration::from_millis(3500));
         assert_eq!(r.len(), 1);
         assert!(r[0].starts_with("shard 1 last reported 3.5 s ago"), "{r:?}");
+        let short = Some(Duration::from_millis(100));
+        s.update_at(report(0, &[]), t0 + Duration::from_secs(10));
+        s.update_at(report(1, &[]), t0 + Duration::from_secs(10));
+        let soon = t0 + Duration::from_millis(11_500);
+        assert!(
+            s.not_ready(2, short, soon).is_empty(),
+            "at least 2 s, not 3 x 100 ms"
+        );
         assert!(
             s.not_ready(2, None, t0 + Duration::from_secs(99))
                 .is_empty(),

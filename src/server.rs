@@ -341,7 +341,7 @@ impl Server {
 
     /// A handle that starts a graceful shutdown from any thread (a signal handler's thread).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown_tx.clone())
+        ShutdownHandle(self.shutdown_tx.clone(), self.stats.clone())
     }
 
     /// Stops accepting, closes every client with 1001 "going away, reconnect", flushes, and
@@ -377,10 +377,15 @@ impl Server {
 
 /// Starts a graceful shutdown; any thread.
 #[derive(Clone)]
-pub struct ShutdownHandle(RingSender<()>);
+pub struct ShutdownHandle(RingSender<()>, SharedStats);
 
 impl ShutdownHandle {
+    /// Starts the shutdown: `/health/ready` says "shutting down" from now on.
     pub fn shutdown(&self) {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutting_down = true;
         let _ = self.0.try_push(());
     }
 }

@@ -215,13 +215,10 @@ fn readiness_says_which_shard_stopped_reporting() {
 #[test]
 fn a_shard_that_never_reported_is_not_ready() {
     let (_server, admin) = admin_server(|c| c.shard.report_interval_ms = 600_000);
-    let (status, _, body) = http_get(admin, "/health/ready", &[]);
     // Reports come every 10 minutes here: the first is not in yet.
-    if status == 503 {
-        assert!(body.contains("shard 0 has not reported yet"), "{body}");
-    } else {
-        assert_eq!(status, 200, "{body}");
-    }
+    let (status, _, body) = http_get(admin, "/health/ready", &[]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shard 0 has not reported yet"), "{body}");
 }
 
 #[test]
@@ -268,4 +265,47 @@ fn an_admin_address_in_use_is_a_start_error() {
     .err()
     .expect("refused");
     assert!(e.to_string().contains(&admin.to_string()), "{e}");
+}
+
+/// A hostile or slow client does not stop the endpoint: a huge `Content-Length` is not
+/// allocated or read, a client that never finishes its head is dropped at the head timeout,
+/// and probes are answered meanwhile; the answers carry no body but the endpoint's own.
+#[test]
+fn hostile_clients_do_not_stop_the_probes() {
+    use std::io::{Read, Write};
+    let (_server, admin) = admin_server(|_| {});
+    let mut huge = std::net::TcpStream::connect(admin).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        huge,
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000000\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    huge.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    // Slow clients: heads never finished.
+    let slow: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(admin).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(http_get(admin, "/health/live", &[]).0, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "probes wait for slow clients"
+    );
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest); // closed by the head timeout (2 s)
+    }
+    let (status, head, _) = http_get(admin, "/metrics", &[("Content-Length", "0")]);
+    assert_eq!(status, 200, "{head}");
 }

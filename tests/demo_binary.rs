@@ -120,7 +120,8 @@ fn the_demo_prints_a_token_for_its_private_stream() {
     let mut url = None;
     let mut token = None;
     let mut watch_command = None;
-    while token.is_none() || watch_command.is_none() {
+    // (The log line with the addresses and the help text may come in either order.)
+    while url.is_none() || token.is_none() || watch_command.is_none() {
         let line = lines.next().expect("the demo prints its token").unwrap();
         if let Some(rest) = line.split("clients on ws://").nth(1) {
             url = Some(format!(

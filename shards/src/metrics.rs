@@ -54,6 +54,8 @@ pub struct Counters {
     pub no_snapshot_notices: u64,
     /// `gap` notices of reason `shard_overflow` (not in `gap_notices`).
     pub overflow_notices: u64,
+    /// Subscriptions ended by a refreshed token with fewer permissions (`unsubscribed`).
+    pub revoked: u64,
 }
 
 impl Counters {
@@ -82,6 +84,7 @@ impl Counters {
         self.subscriptions += o.subscriptions;
         self.no_snapshot_notices += o.no_snapshot_notices;
         self.overflow_notices += o.overflow_notices;
+        self.revoked += o.revoked;
     }
 }
 

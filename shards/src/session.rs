@@ -473,7 +473,7 @@ fn end_forbidden(ctx: &ShardCtx, conn: &Rc<Conn>, permissions: &Permissions) {
     let placed = conn.retain_covered();
     let mut m = ctx.metrics.borrow_mut();
     m.counters.gap_notices += placed as u64;
-    m.counters.forbidden += gone.len() as u64;
+    m.counters.revoked += gone.len() as u64;
     drop(m);
     for i in &gone {
         conn.push_own(ctx, protocol::unsubscribed(&name(i), "forbidden"));

@@ -17,6 +17,14 @@ use crate::protocol;
 use crate::ratelimit::TokenBucket;
 use crate::requests::drain_events;
 
+/// Why a socket did not become a connection.
+enum Unopened {
+    /// The upgrade failed: a bad request (answered), a timeout, a reset.
+    Failed,
+    /// Admission refused it (answered 401, 403 or 429, and counted by kind).
+    Refused,
+}
+
 /// Takes one accepted socket through the handshake, then hands it to the readiness loop.
 /// Runs as its own short task on the shard; it ends once the connection is open.
 pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
@@ -43,7 +51,6 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         Err(refusal) => {
             // Over a per-address limit: answered at once, the request unread (at most one
             // linger, not a whole handshake timeout, per refused socket).
-            ctx.metrics.borrow_mut().counters.handshake_failed += 1;
             log_refusal(&ctx, peer, &refusal);
             let _ = stream.write_all(&refusal.response()).await;
             linger_refused(&mut stream).await;
@@ -61,14 +68,19 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
     let leftover = handshake
         .or(async {
             glommio::timer::sleep(timeout).await;
-            Err(())
+            Err(Unopened::Failed)
         })
         .await;
     drop(waking);
     drop(stream);
-    let Ok((leftover, session)) = leftover else {
-        ctx.metrics.borrow_mut().counters.handshake_failed += 1;
-        return;
+    let (leftover, session) = match leftover {
+        Ok(opened) => opened,
+        // Admission refusals are counted under their own kind (limit, auth).
+        Err(Unopened::Refused) => return,
+        Err(Unopened::Failed) => {
+            ctx.metrics.borrow_mut().counters.handshake_failed += 1;
+            return;
+        }
     };
     let now = Instant::now();
     let conn = Rc::new(Conn::new(
@@ -104,7 +116,12 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         ctx.mark_dirty(&conn);
     }
 
-    tracing::debug!(shard = ctx.id, conn = conn.id(), peer = ?peer, "connection open");
+    tracing::debug!(
+        shard = ctx.id,
+        conn = conn.id(),
+        peer = %peer.map_or_else(String::new, |p| p.to_string()),
+        "connection open"
+    );
     conn.feed(&leftover);
     drop(leftover);
     if let Some(end) = drain_events(&ctx, &conn) {
@@ -120,14 +137,17 @@ async fn handshake<S>(
     stream: &mut TcpStream,
     path: String,
     admit: impl FnOnce(&handshake::Head) -> Result<S, handshake::Rejection>,
-) -> Result<(Vec<u8>, S), ()> {
+) -> Result<(Vec<u8>, S), Unopened> {
     let mut admit = Some(admit);
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 2048];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| ())?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| Unopened::Failed)?;
         if n == 0 {
-            return Err(());
+            return Err(Unopened::Failed);
         }
         buf.extend_from_slice(&chunk[..n]);
         match handshake::parse(&buf, &path) {
@@ -141,7 +161,8 @@ async fn handshake<S>(
                 let r = match admit(&head) {
                     Ok(session) => {
                         if stream.write_all(&response).await.is_err() {
-                            return Err(()); // the session's counts are released as it drops
+                            // The session's counts are released as it drops.
+                            return Err(Unopened::Failed);
                         }
                         return Ok((buf.split_off(consumed), session));
                     }
@@ -149,12 +170,12 @@ async fn handshake<S>(
                 };
                 let _ = stream.write_all(&r.response()).await;
                 linger_refused(stream).await;
-                return Err(());
+                return Err(Unopened::Refused);
             }
             Parsed::Reject(r) => {
                 let _ = stream.write_all(&r.response()).await;
                 linger_refused(stream).await;
-                return Err(());
+                return Err(Unopened::Failed);
             }
         }
     }
@@ -183,7 +204,7 @@ fn log_refusal(ctx: &ShardCtx, peer: Option<std::net::IpAddr>, r: &handshake::Re
         let (error, reason) = r.json.unwrap_or(("", None));
         tracing::info!(
             shard = ctx.id,
-            peer = ?peer,
+            peer = %peer.map_or_else(String::new, |p| p.to_string()),
             status = r.status,
             error,
             reason = reason.unwrap_or(""),

@@ -18,7 +18,7 @@ use crate::report::Histograms;
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
 /// Refusal kinds of `corecast_refusals_total`.
-pub const REFUSAL_KINDS: [&str; 7] = [
+pub const REFUSAL_KINDS: [&str; 8] = [
     "rate_limit",
     "forbidden",
     "auth",
@@ -26,23 +26,27 @@ pub const REFUSAL_KINDS: [&str; 7] = [
     "bad_request",
     "handshake",
     "auth_close",
+    "revoked",
 ];
 
-/// Builds the exposition; holds the process collector (`process_*`).
+/// Builds the exposition; holds the process collector (`process_*`) and the window of the
+/// latency summaries (kept at each scrape, see [`crate::report::Window`]).
 pub struct Collector {
     process: prometheus::process_collector::ProcessCollector,
+    window: std::sync::Mutex<crate::report::Window>,
 }
 
 impl Collector {
     pub fn new() -> Collector {
         Collector {
             process: prometheus::process_collector::ProcessCollector::for_self(),
+            window: Default::default(),
         }
     }
 
     /// Every family, as text.
     pub fn render(&self, ctx: &Context) -> String {
-        let mut families = families(ctx);
+        let mut families = families(ctx, self);
         families.extend(self.process.collect());
         let mut out = String::new();
         // Encoding well-formed families into a String cannot fail.
@@ -85,11 +89,18 @@ fn gauge(pairs: &[(&str, &str)], v: f64) -> Metric {
     m
 }
 
-/// A summary of `h` scaled by `scale` (ns to seconds: 1e-9).
-fn summary(h: &hdrhistogram::Histogram<u64>, scale: f64) -> Metric {
+/// A summary, scaled by `scale` (ns to seconds: 1e-9): quantiles of `window` (NaN when it
+/// holds nothing, the convention for "no observation"), `_count` and `_sum` of `cumulative`
+/// (counters since start, so `rate()` of them is the rate of observations).
+fn summary(
+    window: &hdrhistogram::Histogram<u64>,
+    cumulative: &hdrhistogram::Histogram<u64>,
+    scale: f64,
+) -> Metric {
+    let h = window;
     let mut s = Summary::default();
-    s.set_sample_count(h.len());
-    s.set_sample_sum(h.mean() * h.len() as f64 * scale);
+    s.set_sample_count(cumulative.len());
+    s.set_sample_sum(cumulative.mean() * cumulative.len() as f64 * scale);
     s.set_quantile(
         QUANTILES
             .iter()
@@ -97,7 +108,7 @@ fn summary(h: &hdrhistogram::Histogram<u64>, scale: f64) -> Metric {
                 let mut x = Quantile::default();
                 x.set_quantile(q);
                 x.set_value(if h.is_empty() {
-                    0.0
+                    f64::NAN
                 } else {
                     h.value_at_quantile(q) as f64 * scale
                 });
@@ -119,21 +130,36 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     f
 }
 
-/// The figures behind `/metrics` and `/stats`, read once from the shared stats.
+/// The figures behind `/metrics` and `/stats`. The shared stats are locked only to copy the
+/// reports' `Arc`s out; merging and windowing happen here, on the admin thread.
 struct Figures {
     shards: Vec<corecast_shards::metrics::Counters>,
     report_age: Vec<Option<f64>>,
     d: crate::dispatcher::DispatcherStats,
     window: Histograms,
+    cumulative: Histograms,
 }
 
-fn figures(ctx: &Context) -> Figures {
-    let s = ctx.stats.lock().unwrap_or_else(|e| e.into_inner());
+fn figures(ctx: &Context, collector: &Collector) -> Figures {
     let now = std::time::Instant::now();
+    let (reports, reported_at, d) = {
+        let s = ctx.stats.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            s.shards.clone(),
+            s.reported_at.clone(),
+            s.dispatcher.clone(),
+        )
+    };
+    let cumulative = Histograms::of(&crate::report::merge(&reports));
+    let window = collector
+        .window
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .observe(now, &cumulative);
     Figures {
         shards: (0..ctx.shards)
             .map(|i| {
-                s.shards
+                reports
                     .get(i)
                     .and_then(Option::as_ref)
                     .map(|r| r.counters.clone())
@@ -142,15 +168,16 @@ fn figures(ctx: &Context) -> Figures {
             .collect(),
         report_age: (0..ctx.shards)
             .map(|i| {
-                s.reported_at
+                reported_at
                     .get(i)
                     .copied()
                     .flatten()
                     .map(|at| now.saturating_duration_since(at).as_secs_f64())
             })
             .collect(),
-        d: s.dispatcher.clone(),
-        window: s.windowed(),
+        d,
+        window,
+        cumulative,
     }
 }
 
@@ -167,14 +194,15 @@ fn refusals(shards: &[corecast_shards::metrics::Counters], kind: &str) -> u64 {
             "bad_request" => c.rejected_requests.saturating_sub(c.forbidden),
             "handshake" => c.handshake_failed,
             "auth_close" => c.auth_closes,
+            "revoked" => c.revoked,
             _ => 0,
         })
         .sum()
 }
 
-fn families(ctx: &Context) -> Vec<MetricFamily> {
+fn families(ctx: &Context, collector: &Collector) -> Vec<MetricFamily> {
     use MetricType::{COUNTER, GAUGE, SUMMARY};
-    let f = figures(ctx);
+    let f = figures(ctx, collector);
     let ids: Vec<String> = (0..f.shards.len()).map(|i| i.to_string()).collect();
     let per_shard = |get: &dyn Fn(usize, &corecast_shards::metrics::Counters) -> u64| {
         f.shards
@@ -210,7 +238,7 @@ fn families(ctx: &Context) -> Vec<MetricFamily> {
             c.no_snapshot_notices,
         ));
     }
-    let w = &f.window;
+    let (w, c) = (&f.window, &f.cumulative);
     let mut out = vec![
         family(
             "corecast_build_info",
@@ -276,7 +304,8 @@ fn families(ctx: &Context) -> Vec<MetricFamily> {
             "Refusals, by kind: rate_limit (inbound frames over the limit), forbidden \
              (subscribes not allowed), auth (tokens refused), limit (Origin and connection \
              limits), bad_request (other error replies), handshake (upgrades that failed or \
-             timed out), auth_close (closed with 4003 or 4004).",
+             timed out), auth_close (closed with 4003 or 4004), revoked (subscriptions ended \
+             by a refreshed token with fewer permissions).",
             COUNTER,
             REFUSAL_KINDS
                 .iter()
@@ -323,29 +352,32 @@ fn families(ctx: &Context) -> Vec<MetricFamily> {
         ),
         family(
             "corecast_ingest_to_write_seconds",
-            "From a message's ingest to the write that carried it to its first subscriber on \
-             a shard, over the last 60 s, all shards merged.",
+            "From a message's ingest to the end of the write pass of the shard's fan-out \
+             round that handled it, every shard that received it; quantiles over the last \
+             60 s, count and sum since start.",
             SUMMARY,
-            vec![summary(&w.ingest_to_write_ns, 1e-9)],
+            vec![summary(&w.ingest_to_write_ns, &c.ingest_to_write_ns, 1e-9)],
         ),
         family(
             "corecast_ring_hop_seconds",
-            "From the dispatcher's push to the shard's receipt, over the last 60 s.",
+            "From the dispatcher's push to the shard's receipt; quantiles over the last 60 s, \
+             count and sum since start.",
             SUMMARY,
-            vec![summary(&w.ring_hop_ns, 1e-9)],
+            vec![summary(&w.ring_hop_ns, &c.ring_hop_ns, 1e-9)],
         ),
         family(
             "corecast_frames_per_write",
-            "Frames carried by one write system call to a client, over the last 60 s.",
+            "Frames carried by one write system call to a client; quantiles over the last 60 s, \
+             count and sum since start.",
             SUMMARY,
-            vec![summary(&w.batch_frames, 1.0)],
+            vec![summary(&w.batch_frames, &c.batch_frames, 1.0)],
         ),
         family(
             "corecast_connection_queue_messages",
-            "Published frames waiting in a connection's queue when it is written, over the \
-             last 60 s.",
+            "Published frames waiting in a connection's queue when it is written; quantiles \
+             over the last 60 s, count and sum since start.",
             SUMMARY,
-            vec![summary(&w.queue_depth, 1.0)],
+            vec![summary(&w.queue_depth, &c.queue_depth, 1.0)],
         ),
     ];
     out.sort_by(|a, b| a.name().cmp(b.name()));
@@ -353,8 +385,8 @@ fn families(ctx: &Context) -> Vec<MetricFamily> {
 }
 
 /// `/stats`: the same figures as one JSON object.
-pub fn stats_json(ctx: &Context) -> serde_json::Value {
-    let f = figures(ctx);
+pub fn stats_json(ctx: &Context, collector: &Collector) -> serde_json::Value {
+    let f = figures(ctx, collector);
     let q = |h: &hdrhistogram::Histogram<u64>, scale: f64| {
         serde_json::json!({
             "count": h.len(),
