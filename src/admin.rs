@@ -16,13 +16,15 @@
 //!
 //! Every connection is a task with a deadline: its request head within [`HEAD_TIMEOUT`], the
 //! whole exchange within [`CONNECTION_TIMEOUT`], one request per connection; a request body is
-//! never read (the endpoint takes none), and at most [`MAX_CONNECTIONS`] are served at once
-//! (more are closed at once), so slow or hostile clients cannot hold the probes up.
+//! never read (the endpoint takes none), and at most [`MAX_CONNECTIONS`] are served at once,
+//! [`MAX_PER_ADDRESS`] from one address (more are closed at once), so one address's slow or
+//! hostile clients cannot hold up another's probes.
 
 pub mod metrics;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +42,46 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once; more are closed when accepted.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// Connections served at once from one address: one address's slow clients cannot take the
+/// places of another's probes.
+pub const MAX_PER_ADDRESS: usize = 8;
+
+/// A connection's place in its address's count, given back when dropped.
+struct PerAddress {
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+    ) -> Option<PerAddress> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(PerAddress {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// What the admin thread needs to answer.
 pub struct Context {
@@ -120,15 +162,19 @@ async fn serve(
     };
     let collector = Arc::new(metrics::Collector::new());
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
             a = listener.accept() => a,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             // Out of descriptors or a reset before accept: try again shortly.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
+        };
+        let Some(place) = PerAddress::take(&per_address, peer.ip()) else {
+            continue; // over MAX_PER_ADDRESS: dropped, closed
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue; // over MAX_CONNECTIONS: dropped, closed
@@ -146,7 +192,7 @@ async fn serve(
                 .max_buf_size(16 * 1024)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(permit);
+            drop((permit, place));
         });
     }
 }

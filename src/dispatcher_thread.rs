@@ -169,18 +169,22 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
             let mut last: Option<(Instant, u64, u64)> = None;
             loop {
                 glommio::timer::sleep(every).await;
-                let s = stats.lock().unwrap_or_else(|e| e.into_inner());
-                let totals = s.totals();
+                // Copy the reports' Arcs out; merge without the lock.
+                let (reports, dispatcher) = {
+                    let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                    (s.shards.clone(), s.dispatcher.clone())
+                };
+                let totals = crate::report::merge(&reports);
                 let now = Instant::now();
                 let rates = last.map(|(t, p, d)| {
                     let secs = now.duration_since(t).as_secs_f64().max(1e-9);
                     (
-                        (s.dispatcher.published - p) as f64 / secs,
+                        (dispatcher.published - p) as f64 / secs,
                         (totals.counters.deliveries - d) as f64 / secs,
                     )
                 });
-                last = Some((now, s.dispatcher.published, totals.counters.deliveries));
-                tracing::info!("{}", summary_line(&totals, &s.dispatcher, rates));
+                last = Some((now, dispatcher.published, totals.counters.deliveries));
+                tracing::info!("{}", summary_line(&totals, &dispatcher, rates));
             }
         })
         .detach();

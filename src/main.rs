@@ -242,6 +242,7 @@ fn main() -> anyhow::Result<()> {
             corecast::demo::declare_namespaces(&mut config);
             if config.server.admin.is_none() {
                 config.server.admin = Some(corecast::demo::ADMIN.parse().expect("a valid literal"));
+                config.validate()?;
             }
             let user = corecast::demo::declare_auth(&mut config)?;
             let path = config.shard.path.clone();
@@ -401,7 +402,8 @@ fn run_until_signal(server: Server, limit: Option<Duration>) -> anyhow::Result<(
             }
             seen += 1;
             if seen > 1 {
-                tracing::warn!("second signal, exiting now");
+                // Written directly: exit skips the log thread's flush.
+                eprintln!("corecast: second signal, exiting now");
                 std::process::exit(130);
             }
             let _ = tx.send(sig);

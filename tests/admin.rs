@@ -284,15 +284,43 @@ fn hostile_clients_do_not_stop_the_probes() {
     let mut answer = [0u8; 12];
     huge.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
-    // Slow clients: heads never finished.
-    let slow: Vec<std::net::TcpStream> = (0..8)
+    // Slow clients from another address (127.0.0.2): heads never finished, as many as one
+    // address may hold.
+    let from = |ip: &str| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(
+            &format!("{ip}:0")
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        s.connect(&admin.into()).unwrap();
+        std::net::TcpStream::from(s)
+    };
+    let slow: Vec<std::net::TcpStream> = (0..corecast::admin::MAX_PER_ADDRESS)
         .map(|_| {
-            let mut s = std::net::TcpStream::connect(admin).unwrap();
+            let mut s = from("127.0.0.2");
             s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
                 .unwrap();
             s
         })
         .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // One more from that address is closed at once.
+    let mut extra = from("127.0.0.2");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut nothing = Vec::new();
+    match extra.read_to_end(&mut nothing) {
+        Ok(_) => assert!(nothing.is_empty(), "closed without an answer"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "closed, not timed out"
+        ),
+    }
     let started = Instant::now();
     for _ in 0..5 {
         assert_eq!(http_get(admin, "/health/live", &[]).0, 200);

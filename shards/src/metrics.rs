@@ -91,7 +91,8 @@ impl Counters {
 /// Histograms and counters of one shard.
 pub struct ShardMetrics {
     pub counters: Counters,
-    /// Dispatcher receipt to the write that carried the frame to the first subscriber, ns.
+    /// Dispatcher receipt to the end of the write pass of the fan-out round that handled the
+    /// frame, ns.
     pub ingest_to_write_ns: Histogram<u64>,
     /// Dispatcher push to shard receipt, ns.
     pub ring_hop_ns: Histogram<u64>,

@@ -387,13 +387,15 @@ fn families(ctx: &Context, collector: &Collector) -> Vec<MetricFamily> {
 /// `/stats`: the same figures as one JSON object.
 pub fn stats_json(ctx: &Context, collector: &Collector) -> serde_json::Value {
     let f = figures(ctx, collector);
+    // `null` quantiles when the window holds nothing (`/metrics` says NaN).
     let q = |h: &hdrhistogram::Histogram<u64>, scale: f64| {
+        let at = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 * scale);
         serde_json::json!({
             "count": h.len(),
-            "p50": h.value_at_quantile(0.5) as f64 * scale,
-            "p90": h.value_at_quantile(0.9) as f64 * scale,
-            "p99": h.value_at_quantile(0.99) as f64 * scale,
-            "p999": h.value_at_quantile(0.999) as f64 * scale,
+            "p50": at(0.5),
+            "p90": at(0.9),
+            "p99": at(0.99),
+            "p999": at(0.999),
         })
     };
     let shards: Vec<serde_json::Value> = f
