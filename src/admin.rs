@@ -10,8 +10,9 @@
 //! | `/health/live` | 200 `{"status":"ok"}` while the process answers |
 //! | `/health/ready`, `/health` | 200 `{"status":"ok"}`, or 503 `{"status":"degraded","reasons":[…]}` |
 //! | `/stats` | the figures of `/metrics` as one JSON object |
+//! | `/topics` | every topic: epoch, seq, subscribers, msgs/s, history held; paginated ([`topics`]) |
 //!
-//! With `server.admin_key`, `/metrics` and `/stats` need `Authorization: Bearer <key>` (401
+//! With `server.admin_key`, `/metrics`, `/stats` and `/topics` need `Authorization: Bearer <key>` (401
 //! otherwise): load balancers probe health without a key, and it tells nothing.
 //!
 //! Every connection is a task with a deadline: its request head within [`HEAD_TIMEOUT`], the
@@ -21,6 +22,7 @@
 //! hostile clients cannot hold up another's probes.
 
 pub mod metrics;
+pub mod topics;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -94,6 +96,8 @@ pub struct Context {
     pub key: Option<String>,
     /// `recovery.history_max_bytes`.
     pub history_max_bytes: u64,
+    /// The node's epoch (docs/protocol.md, "Epoch").
+    pub epoch: String,
     /// When the server started.
     pub started: Instant,
 }
@@ -161,11 +165,17 @@ async fn serve(
         return;
     };
     let collector = Arc::new(metrics::Collector::new());
+    let asked: Arc<topics::Asked> = Arc::default();
+    let mut expiry = tokio::time::interval(Duration::from_secs(5));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
+            _ = expiry.tick() => {
+                topics::expire(&ctx, &asked);
+                continue;
+            }
             a = listener.accept() => a,
         };
         let Ok((stream, peer)) = accepted else {
@@ -179,11 +189,20 @@ async fn serve(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue; // over MAX_CONNECTIONS: dropped, closed
         };
-        let (ctx, collector) = (ctx.clone(), collector.clone());
+        let (ctx, collector, asked) = (ctx.clone(), collector.clone(), asked.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let answer = answer(&ctx, &collector, &req);
-                async move { Ok::<_, Infallible>(answer) }
+                let (ctx, collector, asked) = (ctx.clone(), collector.clone(), asked.clone());
+                async move {
+                    let topics = req.uri().path() == "/topics" && authorized(&ctx, &req);
+                    let answer = if topics && is_get(&req) {
+                        let (status, body) = topics::answer(&ctx, &asked, req.uri().query()).await;
+                        json(status, &body)
+                    } else {
+                        answer(&ctx, &collector, &req)
+                    };
+                    Ok::<_, Infallible>(answer)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -222,9 +241,25 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+fn is_get<B>(r: &hyper::Request<B>) -> bool {
+    r.method() == hyper::Method::GET || r.method() == hyper::Method::HEAD
+}
+
+/// True when `r` may see the path it asks for (the health paths, or the right key).
+fn authorized<B>(ctx: &Context, r: &hyper::Request<B>) -> bool {
+    let health = matches!(r.uri().path(), "/health" | "/health/live" | "/health/ready");
+    let Some(key) = &ctx.key else { return true };
+    health
+        || r.headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|g| same(g.as_bytes(), key.as_bytes()))
+}
+
 fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B>) -> Response {
     let path = r.uri().path();
-    if r.method() != hyper::Method::GET && r.method() != hyper::Method::HEAD {
+    if !is_get(r) {
         let mut response = json(405, &serde_json::json!({"error": "only GET and HEAD"}));
         response.headers_mut().insert(
             "Allow",
@@ -232,19 +267,11 @@ fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B
         );
         return response;
     }
-    let health = matches!(path, "/health" | "/health/live" | "/health/ready");
-    if let (Some(key), false) = (&ctx.key, health) {
-        let given = r
-            .headers()
-            .get("Authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), key.as_bytes())) {
-            return json(
-                401,
-                &serde_json::json!({"error": "send Authorization: Bearer <server.admin_key>"}),
-            );
-        }
+    if !authorized(ctx, r) {
+        return json(
+            401,
+            &serde_json::json!({"error": "send Authorization: Bearer <server.admin_key>"}),
+        );
     }
     match path {
         "/metrics" => {
@@ -271,7 +298,7 @@ fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B
             404,
             &serde_json::json!({
                 "error": "not found",
-                "paths": ["/metrics", "/health/live", "/health/ready", "/health", "/stats"],
+                "paths": ["/metrics", "/health/live", "/health/ready", "/health", "/stats", "/topics"],
             }),
         ),
     }

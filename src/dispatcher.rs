@@ -246,7 +246,32 @@ pub struct Dispatcher {
     pub activity: Rc<corecast_shards::executor::Activity>,
 }
 
+/// One published topic, for `/topics`.
+#[derive(Debug, Clone)]
+pub struct TopicRow {
+    pub name: Arc<str>,
+    /// Last sequence assigned.
+    pub seq: u64,
+    /// Messages of history held.
+    pub history_messages: usize,
+    /// Bytes of those messages' frames.
+    pub history_bytes: usize,
+}
+
 impl Dispatcher {
+    /// Every published topic's row (the admin endpoint asked: `/topics`).
+    pub fn topic_rows(&self) -> Vec<TopicRow> {
+        self.topics
+            .values()
+            .map(|t| TopicRow {
+                name: t.name.clone(),
+                seq: t.seq,
+                history_messages: t.history.len(),
+                history_bytes: t.history.iter().map(|h| h.bytes.len()).sum(),
+            })
+            .collect()
+    }
+
     /// Bytes of history held now (see [`DispatcherStats::history_bytes`]).
     pub fn history_bytes(&self) -> usize {
         self.history_bytes

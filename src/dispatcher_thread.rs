@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corecast_shards::executor::WakeOn;
@@ -110,8 +111,14 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
             while let Some(msg) = rx.recv(poll).await {
                 match msg {
                     ControlMsg::Report(r) => {
+                        let first = r.shard == 0;
                         let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                         s.update(*r);
+                        if first && s.topics_wanted.load(std::sync::atomic::Ordering::Relaxed) {
+                            let rows = d.borrow().topic_rows();
+                            let new = Some((Instant::now(), Arc::new(rows)));
+                            s.topic_rows_before = std::mem::replace(&mut s.topic_rows, new);
+                        }
                         let d = d.borrow();
                         s.dispatcher = d.stats.clone();
                         s.dispatcher.history_bytes = d.history_bytes() as u64;

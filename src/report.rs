@@ -25,6 +25,13 @@ pub struct Stats {
     pub reported_at: Vec<Option<Instant>>,
     /// Set once the server began shutting down.
     pub shutting_down: bool,
+    /// Set while the admin endpoint wants per-topic figures (`/topics`): the shards then
+    /// send subscriber counts with their reports, and the dispatcher its topic rows.
+    pub topics_wanted: Arc<std::sync::atomic::AtomicBool>,
+    /// The dispatcher's topic rows, and when they were taken (while `topics_wanted`).
+    pub topic_rows: Option<(Instant, Arc<Vec<crate::dispatcher::TopicRow>>)>,
+    /// The rows before those (for the rate).
+    pub topic_rows_before: Option<(Instant, Arc<Vec<crate::dispatcher::TopicRow>>)>,
 }
 
 /// Shared handle to the live [`Stats`].

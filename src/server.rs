@@ -166,24 +166,11 @@ impl Server {
         })?;
 
         let stats: SharedStats = Arc::new(Mutex::new(Stats::default()));
-        let admin = match s.admin {
-            Some(addr) => Some(
-                crate::admin::Admin::start(
-                    addr,
-                    crate::admin::Context {
-                        stats: stats.clone(),
-                        shards: n,
-                        report_interval: (config.shard.report_interval_ms > 0)
-                            .then(|| Duration::from_millis(config.shard.report_interval_ms)),
-                        key: s.admin_key.as_ref().map(|k| k.0.clone()),
-                        history_max_bytes: config.recovery.history_max_bytes as u64,
-                        started: std::time::Instant::now(),
-                    },
-                )
-                .map_err(|error| StartError::Bind { addr, error })?,
-            ),
-            None => None,
-        };
+        let topics_wanted = stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .topics_wanted
+            .clone();
         let namespaces = Arc::new(
             corecast_shards::namespace::Namespaces::new(&config.namespaces)
                 .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e)))?,
@@ -195,6 +182,25 @@ impl Server {
             .map(Arc::new);
         let admission =
             Arc::new(corecast_shards::admission::Admission::new(&config.limits).map_err(invalid)?);
+        let admin = match s.admin {
+            Some(addr) => Some(
+                crate::admin::Admin::start(
+                    addr,
+                    crate::admin::Context {
+                        stats: stats.clone(),
+                        shards: n,
+                        report_interval: (config.shard.report_interval_ms > 0)
+                            .then(|| Duration::from_millis(config.shard.report_interval_ms)),
+                        key: s.admin_key.as_ref().map(|k| k.0.clone()),
+                        history_max_bytes: config.recovery.history_max_bytes as u64,
+                        epoch: epoch.to_string(),
+                        started: std::time::Instant::now(),
+                    },
+                )
+                .map_err(|error| StartError::Bind { addr, error })?,
+            ),
+            None => None,
+        };
         let snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>> =
             Arc::default();
         let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
@@ -226,6 +232,7 @@ impl Server {
                 },
                 auth: auth.clone(),
                 admission: admission.clone(),
+                topics_wanted: topics_wanted.clone(),
             });
         }
 

@@ -337,3 +337,58 @@ fn hostile_clients_do_not_stop_the_probes() {
     let (status, head, _) = http_get(admin, "/metrics", &[("Content-Length", "0")]);
     assert_eq!(status, 200, "{head}");
 }
+
+/// `/topics`: every published topic with its epoch, seq, subscribers (over every shard, those
+/// of patterns listed apart), messages per second and history, paginated and sorted.
+#[test]
+fn topics_lists_every_topic_with_its_figures() {
+    let (server, admin) = admin_server(|c| c.server.shards = 2);
+    let mut clients: Vec<Client> = (0..4).map(|_| connect(&server.url)).collect();
+    for ws in &mut clients[..3] {
+        subscribe(ws, 1, &["t.busy"]);
+    }
+    subscribe(&mut clients[3], 1, &["t.quiet", "t.*"]);
+    server.publish("t.busy", 50);
+    expect_contiguous(&mut clients[0], "t.busy", 1, 50); // history is history
+    server.publish("t.quiet", 2);
+    expect_contiguous(&mut clients[3], "t.busy", 1, 50); // through its pattern
+    expect_contiguous(&mut clients[3], "t.quiet", 1, 2);
+    let (status, _, body) = http_get(admin, "/topics?sort=subscribers", &[]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let epoch = v["epoch"].as_str().unwrap();
+    assert_eq!(epoch.len(), 16);
+    assert_eq!(v["total"], 2);
+    let busy = &v["topics"][0];
+    assert_eq!(busy["topic"], "t.busy", "{v}");
+    assert_eq!(
+        (busy["seq"].as_u64(), busy["epoch"].as_str()),
+        (Some(50), Some(epoch))
+    );
+    // Three clients, whichever shards they landed on.
+    assert_eq!(busy["subscribers"], 3, "{v}");
+    assert_eq!(busy["history_messages"], 50);
+    assert!(busy["history_bytes"].as_u64().unwrap() > 50 * 30);
+    assert!(busy["msgs_per_sec"].as_f64().is_some());
+    assert_eq!(v["topics"][1]["topic"], "t.quiet");
+    assert_eq!(v["topics"][1]["subscribers"], 1);
+    assert_eq!(v["patterns"][0]["pattern"], "t.*");
+    assert_eq!(v["patterns"][0]["subscribers"], 1);
+    // Pages, and a prefix.
+    let page: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/topics?limit=1&offset=1", &[]).2).unwrap();
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["topics"].as_array().unwrap().len()
+        ),
+        (Some(2), 1)
+    );
+    assert_eq!(page["topics"][0]["topic"], "t.quiet", "sorted by name");
+    let none: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/topics?prefix=x.", &[]).2).unwrap();
+    assert_eq!(none["total"], 0);
+    let (status, _, body) = http_get(admin, "/topics?sort=size", &[]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sort"), "{body}");
+}

@@ -56,6 +56,7 @@ fn main() {
         waits: Default::default(),
         auth: None,
         admission: Default::default(),
+        topics_wanted: Default::default(),
     })
     .expect("start the shard");
     eprintln!("echo: ws://{addr}/ (any path)");

@@ -122,6 +122,9 @@ impl Default for ShardMetrics {
 #[derive(Clone)]
 pub struct ShardReport {
     pub shard: usize,
+    /// Subscribers by topic and pattern (`prefix.*`), when the admin endpoint asked for them
+    /// (`/topics`); `None` otherwise.
+    pub topic_subscribers: Option<Vec<(std::sync::Arc<str>, u32)>>,
     pub counters: Counters,
     pub ingest_to_write_ns: Histogram<u64>,
     pub ring_hop_ns: Histogram<u64>,
@@ -160,6 +163,7 @@ impl ShardMetrics {
     pub fn report(&self, shard: usize) -> ShardReport {
         ShardReport {
             shard,
+            topic_subscribers: None,
             counters: self.counters.clone(),
             ingest_to_write_ns: self.ingest_to_write_ns.clone(),
             ring_hop_ns: self.ring_hop_ns.clone(),

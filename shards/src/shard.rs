@@ -53,6 +53,9 @@ pub struct ShardSpec {
     pub auth: Option<std::sync::Arc<crate::auth::Auth>>,
     /// The Origin allow-list and connection limits, counted across every shard.
     pub admission: std::sync::Arc<crate::admission::Admission>,
+    /// Set while the admin endpoint wants per-topic subscriber counts in the reports
+    /// (`/topics`); read once per report, never on the fan-out path.
+    pub topics_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Work run on a shard's executor beside the shard: called once on the shard's thread, before
@@ -96,6 +99,7 @@ async fn run(spec: ShardSpec) {
         waits,
         auth,
         admission,
+        topics_wanted,
         ..
     } = spec;
     let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
@@ -178,7 +182,7 @@ async fn run(spec: ShardSpec) {
     });
     glommio::spawn_local(crate::executor::nap_when_idle(nap, nap_max, wake)).detach();
     if ctx.config.report_interval_ms > 0 {
-        glommio::spawn_local(reporter(ctx.clone())).detach();
+        glommio::spawn_local(reporter(ctx.clone(), topics_wanted)).detach();
     }
 
     let drain = glommio::spawn_local(drain_ring(ctx.clone(), ring, window_ends));
@@ -563,11 +567,14 @@ async fn heartbeat(ctx: Rc<ShardCtx>) {
 }
 
 /// Sends a copy of the shard's metrics to the dispatcher's reporter every interval.
-async fn reporter(ctx: Rc<ShardCtx>) {
+async fn reporter(ctx: Rc<ShardCtx>, topics_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let every = Duration::from_millis(ctx.config.report_interval_ms);
     loop {
         glommio::timer::sleep(every).await;
-        let report = ctx.metrics.borrow().report(ctx.id);
+        let mut report = ctx.metrics.borrow().report(ctx.id);
+        if topics_wanted.load(std::sync::atomic::Ordering::Relaxed) {
+            report.topic_subscribers = Some(ctx.table.borrow().subscriber_counts());
+        }
         ctx.tell_control_report(report);
     }
 }

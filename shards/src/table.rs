@@ -731,6 +731,21 @@ impl<T> Table<T> {
     }
 
     /// Topics and patterns with at least one subscriber or waiting request.
+    /// Subscribers of each topic (exactly, those waiting for a snapshot included) and of each
+    /// pattern (named `prefix.*`) with any; the `/topics` figures.
+    pub fn subscriber_counts(&self) -> Vec<(Arc<str>, u32)> {
+        let topics = self.slots.iter().flatten().filter_map(|e| {
+            let n = e.exact.subscribers.len() + e.exact.held.len();
+            (n > 0).then(|| (e.name.clone(), n as u32))
+        });
+        let patterns = self.prefixes.iter().filter_map(|(p, e)| {
+            let n = e.subscribers.len();
+            (n > 0).then(|| (Arc::from(format!("{p}.*")), n as u32))
+        });
+        topics.chain(patterns).collect()
+    }
+
+    /// Topics and patterns this shard tracks.
     pub fn interest_count(&self) -> usize {
         self.slots
             .iter()
