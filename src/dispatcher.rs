@@ -227,6 +227,8 @@ pub struct Dispatcher {
     epoch: Arc<str>,
     /// Bytes of every topic's history.
     history_bytes: usize,
+    /// How many backlog-overflow log lines may be written (10 a second).
+    drop_log: corecast_shards::log::Budget,
     /// Every held frame's topic and sequence in publish order, for trimming the oldest
     /// history first when `history_max_bytes` is reached; entries whose frame a topic's own
     /// bounds already trimmed are skipped (and compacted away).
@@ -309,6 +311,7 @@ impl Dispatcher {
             namespaces,
             epoch,
             history_bytes: 0,
+            drop_log: Default::default(),
             history_order: VecDeque::new(),
             history_len: 0,
             by_id: Vec::new(),
@@ -607,6 +610,14 @@ impl Dispatcher {
                     by_shard.resize(shard + 1, 0);
                 }
                 by_shard[shard] += 1;
+                if let Some(suppressed) = self.drop_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        shard,
+                        backlog = backlog.queue.len(),
+                        suppressed,
+                        "a shard's ring and backlog are full: its oldest frame dropped (shard_overflow gap follows)"
+                    );
+                }
             }
         }
         backlog.queue.push_back(msg);

@@ -45,6 +45,10 @@ pub(crate) async fn serve_ingest(
     budget: PassBudget,
 ) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    tracing::info!(peer = %peer, "publisher connected");
     let max_line = dispatcher.borrow().config().max_line_bytes;
     let key = dispatcher.borrow().config().publisher_key.clone();
     let mut carry = Vec::new();
@@ -60,6 +64,7 @@ pub(crate) async fn serve_ingest(
         match checked {
             Ok(rest) => carry = rest,
             Err(why) => {
+                tracing::warn!(peer = %peer, reason = why, "publisher refused: publisher key");
                 {
                     let mut d = dispatcher.borrow_mut();
                     d.stats.rejected_lines += 1;
@@ -199,6 +204,7 @@ pub(crate) async fn serve_ingest(
         budget.set(0);
     }
     dispatcher.borrow_mut().unregister_ingest(source);
+    tracing::info!(peer = %peer, lines = lines.count(), "publisher disconnected");
 }
 
 /// How long a publisher has to send its key line.

@@ -325,6 +325,11 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Lines begun so far (the current, unterminated one included once it has a byte).
+    pub fn count(&self) -> u64 {
+        self.line_no - u64::from(self.buf.is_empty() && !self.skipping)
+    }
+
     /// A splitter for lines of at most `max_line_bytes`.
     pub fn new(max_line_bytes: usize) -> Self {
         Lines {

@@ -48,7 +48,7 @@ impl Budget {
 pub(crate) struct Budgets {
     /// Upgrades refused (HTTP 401, 403, 429) and requests refused as `forbidden`.
     pub(crate) refusals: Budget,
-    /// Frames dropped for slow consumers, and connections closed for it.
+    /// Frames dropped for slow consumers, and frames the shard skipped (`shard_overflow`).
     pub(crate) drops: Budget,
     /// Connections closed by the server (heartbeat, auth, rate limit, protocol errors).
     pub(crate) closes: Budget,

@@ -362,6 +362,16 @@ fn skip_late(ctx: &ShardCtx, late: &mut HashMap<TopicId, Late>, frame: crate::ri
 fn announce_late(ctx: &ShardCtx, skipped: Late) {
     let stamp = ctx.next_stamp();
     let Late { from, mut last } = skipped;
+    if let Some(suppressed) = ctx.logs.drops.allow(Instant::now()) {
+        tracing::warn!(
+            shard = ctx.id,
+            topic = last.name(),
+            from,
+            to = last.seq,
+            suppressed,
+            "the shard fell behind: frames older than queue_max_age_ms skipped (shard_overflow gap notices follow)"
+        );
+    }
     // The skipped frame is not delivered: a skipped snapshot must not release the
     // subscribers waiting for one.
     last.snapshot = false;
