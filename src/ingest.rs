@@ -98,26 +98,15 @@ pub(crate) async fn serve_ingest(
     if !carry.is_empty() {
         // What came after the key line in the same read.
         let mut each = |no: u64, line: Line<'_>| {
-            let result = match line {
-                Line::Text(text) => parser.parse(text).and_then(|p| {
-                    dispatcher.borrow_mut().publish_parts(
-                        p.topic,
-                        p.data,
-                        p.ts,
-                        Instant::now(),
-                        p.snapshot,
-                        source,
-                    )
-                }),
-                Line::TooLong => Err(PublishError::LineTooLong(max_line)),
-            };
-            if let Err(e) = result {
-                let mut d = dispatcher.borrow_mut();
-                d.stats.rejected_lines += 1;
-                d.stats.count_error(e.code());
-                drop(d);
-                error_line(&mut replies, no, &e);
-            }
+            take_line(
+                &dispatcher,
+                &mut parser,
+                &mut replies,
+                (no, line),
+                Instant::now(),
+                source,
+                max_line,
+            )
         };
         lines.feed(&carry, &mut each);
         drop(carry);
@@ -155,22 +144,15 @@ pub(crate) async fn serve_ingest(
         };
         let ingest_at = Instant::now();
         let mut each = |no: u64, line: Line<'_>| {
-            let result = match line {
-                Line::Text(text) => parser.parse(text).and_then(|p| {
-                    dispatcher
-                        .borrow_mut()
-                        .publish_parts(p.topic, p.data, p.ts, ingest_at, p.snapshot, source)
-                        .map(|_| ())
-                }),
-                Line::TooLong => Err(PublishError::LineTooLong(max_line)),
-            };
-            if let Err(e) = result {
-                let mut d = dispatcher.borrow_mut();
-                d.stats.rejected_lines += 1;
-                d.stats.count_error(e.code());
-                drop(d);
-                error_line(&mut replies, no, &e);
-            }
+            take_line(
+                &dispatcher,
+                &mut parser,
+                &mut replies,
+                (no, line),
+                ingest_at,
+                source,
+                max_line,
+            )
         };
         if n == 0 {
             lines.finish(&mut each);
@@ -205,6 +187,35 @@ pub(crate) async fn serve_ingest(
     }
     dispatcher.borrow_mut().unregister_ingest(source);
     tracing::info!(peer = %peer, lines = lines.count(), "publisher disconnected");
+}
+
+/// One line of a publisher (`(number, line)`): published, or refused with its error line added
+/// to `replies` and counted by code.
+fn take_line(
+    dispatcher: &RefCell<Dispatcher>,
+    parser: &mut LineParser,
+    replies: &mut Vec<u8>,
+    (no, line): (u64, Line<'_>),
+    ingest_at: Instant,
+    source: crate::dispatcher::Source,
+    max_line: usize,
+) {
+    let result = match line {
+        Line::Text(text) => parser.parse(text).and_then(|p| {
+            dispatcher
+                .borrow_mut()
+                .publish_parts(p.topic, p.data, p.ts, ingest_at, p.snapshot, source)
+                .map(|_| ())
+        }),
+        Line::TooLong => Err(PublishError::LineTooLong(max_line)),
+    };
+    if let Err(e) = result {
+        let mut d = dispatcher.borrow_mut();
+        d.stats.rejected_lines += 1;
+        d.stats.count_error(e.code());
+        drop(d);
+        error_line(replies, no, &e);
+    }
 }
 
 /// How long a publisher has to send its key line.

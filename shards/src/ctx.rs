@@ -80,7 +80,7 @@ pub(crate) struct ShardCtx {
     pub(crate) admission: std::sync::Arc<crate::admission::Admission>,
     /// Who each connection is (only while auth or a connection limit is on), and the clock
     /// of refreshes and auth deadlines.
-    pub(crate) sessions: crate::session::Sessions,
+    pub(crate) sessions: crate::identity::Sessions,
     /// How many log lines clients may cause, by kind.
     pub(crate) logs: crate::log::Budgets,
 }
@@ -115,7 +115,7 @@ impl ShardCtx {
 
     pub(crate) fn unregister(&self, conn: &Rc<Conn>) {
         self.conns.borrow_mut().remove(&conn.id());
-        crate::session::closed(self, conn.id());
+        self.sessions.closed(conn.id());
         self.metrics.borrow_mut().counters.open -= 1;
     }
 

@@ -44,6 +44,7 @@ mod ending;
 pub mod executor;
 pub mod frame;
 pub mod handshake;
+mod identity;
 pub mod inbound;
 pub mod log;
 pub mod metrics;

@@ -4,20 +4,18 @@
 //! `refresh`, and closes with 4003 or 4004. Nothing here runs per published message. docs/security.md.
 //! Data path: upgrade -> **session** -> requests.
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::admission::{IpKey, Refusal};
+use crate::admission::Refusal;
 use crate::auth::perms::Permissions;
 use crate::auth::Grant;
 use crate::connection::{CloseRequest, Conn};
 use crate::ctx::ShardCtx;
 use crate::handshake::{Head, Rejection};
+use crate::identity::{Counted, Due, Session};
 use crate::protocol::{self, code};
 use crate::ring::Interest;
 use crate::topic::Selector;
@@ -25,64 +23,6 @@ use crate::topic::Selector;
 /// At most one `auth` message per connection per this long (a signature check runs on the
 /// shard's core).
 pub(crate) const AUTH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// One connection's identity. Kept only while auth or a connection limit is on.
-#[derive(Default)]
-pub(crate) struct Session {
-    /// The verified token in force; `None` for an anonymous connection or one that has not
-    /// sent `auth` yet.
-    grant: Option<Rc<Grant>>,
-    /// When the last `auth` message was taken.
-    last_auth: Option<Instant>,
-    /// Bumped by every new grant: clock entries of an older one are ignored.
-    generation: u32,
-    /// What this connection is counted under, released when the session drops.
-    counted: Counted,
-}
-
-/// A connection's place in the process-wide counts ([`crate::admission`]): released when
-/// dropped, whatever ends the connection (a failed 101 write, a handshake timeout, a close).
-#[derive(Default)]
-struct Counted {
-    admission: Option<Arc<crate::admission::Admission>>,
-    ip: Option<IpKey>,
-    user: Option<Arc<str>>,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let Some(a) = &self.admission else { return };
-        if let Some(k) = self.ip {
-            a.release_ip(k);
-        }
-        if let Some(u) = &self.user {
-            a.release_user(u);
-        }
-    }
-}
-
-/// What a clock entry does when due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Due {
-    /// Close with 4003 if the connection still has no token.
-    AuthTimeout,
-    /// Send `refresh`.
-    Refresh,
-    /// Close with 4004 (the grant of this generation expired).
-    Expire,
-}
-
-/// A clock entry: when, the connection, the session generation it was made for, and what.
-type Entry = (Instant, u64, u32, Due);
-
-/// The shard's sessions and their clock.
-#[derive(Default)]
-pub(crate) struct Sessions {
-    by_conn: RefCell<HashMap<u64, Session>>,
-    clock: RefCell<BinaryHeap<Reverse<Entry>>>,
-    /// The clock's length at which it is compacted next (0 until the first look).
-    compact_at: std::cell::Cell<usize>,
-}
 
 /// Time since the Unix epoch, to the nanosecond.
 fn unix_time() -> Duration {
@@ -306,12 +246,6 @@ fn compact(ctx: &ShardCtx) {
             }
     });
     ctx.sessions.compact_at.set(2 * clock.len() + 1024);
-}
-
-/// The connection ended: its session is dropped and its counts released.
-pub(crate) fn closed(ctx: &ShardCtx, conn_id: u64) {
-    let gone = ctx.sessions.by_conn.borrow_mut().remove(&conn_id);
-    drop(gone);
 }
 
 /// The grant in force on `conn`, if any.

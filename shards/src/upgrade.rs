@@ -93,7 +93,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut stream: TcpStream) {
         // The epoll set refused it (out of memory): the socket closes with `conn`.
         ctx.metrics.borrow_mut().counters.handshake_failed += 1;
         crate::session::opened(&ctx, &conn, session);
-        crate::session::closed(&ctx, conn.id());
+        ctx.sessions.closed(conn.id());
         return;
     }
     let who = crate::session::welcome(&ctx, session.as_ref());
