@@ -19,7 +19,11 @@
 //! - [`shard`]: the executor, acceptor, ring drain (fan-out round), heartbeat, reporter; its
 //!   shared state is `ctx` (configuration, table, open connections, dirty list, metrics).
 //! - [`table`]: the shard-local subscription table and frame routing.
-//! - `upgrade`: an accepted socket's HTTP upgrade, as a short task.
+//! - `upgrade`: an accepted socket's HTTP upgrade, as a short task; before its `101`, admission
+//!   (`session`: Origin, the per-address and per-user counts of [`admission`], the token of
+//!   [`auth`]).
+//! - `session`: who a connection is (the `auth` message, refresh, permission checks at
+//!   subscribe time, the clock of 4003 and 4004); its data is `identity`.
 //! - `open`: the readiness loop serving every open connection from one epoll set
 //!   (`readiness`): reads, blocked writes, close requests.
 //! - `requests`: what a client's frames and requests do (rate limit, subscribe, ack order).
@@ -32,6 +36,7 @@
 //! Protocol pieces, pure and testable alone: [`topic`] (names and patterns), [`handshake`]
 //! (HTTP upgrade), [`frame`] (RFC 6455 framing), [`inbound`] (reassembly), [`protocol`]
 //! (client JSON messages, error codes), [`close`] (close codes), [`ratelimit`] (token bucket).
+//! Logs: [`log`] (what clients may cause to be logged, per shard and kind).
 //! Configuration: [`config`] and [`namespace`] (per-prefix rules: snapshots, history, gap policy); probes: [`metrics`]; executor policy (never park, polling, naps, fairness): [`executor`].
 
 pub mod admission;
