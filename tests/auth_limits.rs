@@ -75,10 +75,7 @@ fn connections_per_user_are_counted_across_the_server() {
     }
     // In the first message too: the connection stays, without the user.
     let mut a3 = connect(&server.url);
-    send(
-        &mut a3,
-        &format!(r#"{{"op":"auth","id":1,"token":"{alice}"}}"#),
-    );
+    send_auth(&mut a3, 1, &alice);
     let e = next_op(&mut a3, "error");
     assert_eq!(
         (e["id"].as_u64(), e["code"].as_str()),
@@ -384,10 +381,7 @@ fn closed_connections_give_their_places_back() {
     // An `auth` over the user limit counts nothing: the connection still ends with 4003 and
     // alice keeps exactly one place.
     let mut over = upgrade(&server.url, &[]).unwrap();
-    send(
-        &mut over,
-        &format!(r#"{{"op":"auth","id":1,"token":"{alice}"}}"#),
-    );
+    send_auth(&mut over, 1, &alice);
     assert_eq!(next_op(&mut over, "error")["code"], "too_many_connections");
     assert_eq!(expect_close(&mut over).0, 4003);
     close(over);

@@ -28,13 +28,6 @@ fn server() -> TestServer {
     })
 }
 
-fn auth(ws: &mut Client, id: u64, token: &str) {
-    send(
-        ws,
-        &format!(r#"{{"op":"auth","id":{id},"token":"{token}"}}"#),
-    );
-}
-
 /// A 6 s token: `refresh` comes 2 s (a third of its life, less than 30 s) before `exp`, less
 /// up to a quarter of that as jitter; a new token then keeps the stream going past the old
 /// expiry, nothing lost.
@@ -53,7 +46,7 @@ fn a_refresh_in_time_keeps_the_stream() {
         (exp - 3..=exp - 1).contains(&at),
         "refresh at {at}, exp {exp}"
     );
-    auth(&mut ws, 2, &hs(claims("alice", 600, json!({}))));
+    send_auth(&mut ws, 2, &hs(claims("alice", 600, json!({}))));
     let ack = next_op(&mut ws, "ack");
     assert_eq!(
         (ack["id"].as_u64(), ack["sub"].as_str()),
@@ -82,7 +75,7 @@ fn too_late_or_for_another_user_the_connection_closes_with_4004() {
         subscribe(&mut ws, 1, &["user.alice.orders"]);
         next_op(&mut ws, "refresh");
         if other_user {
-            auth(&mut ws, 2, &hs(claims("bob", 600, json!({}))));
+            send_auth(&mut ws, 2, &hs(claims("bob", 600, json!({}))));
             let e = next_op(&mut ws, "error");
             assert_eq!(
                 (e["id"].as_u64(), e["code"].as_str()),
@@ -135,7 +128,7 @@ fn a_narrower_token_ends_what_it_no_longer_allows() {
     server.publish("trades.BTC", 2);
     expect_contiguous(&mut ws, "trades.BTC", 1, 2);
     std::thread::sleep(Duration::from_millis(1000)); // one auth per second
-    auth(&mut ws, 3, &narrow);
+    send_auth(&mut ws, 3, &narrow);
     assert_eq!(next_op(&mut ws, "ack")["id"], 3);
     let mut ended = Vec::new();
     for _ in 0..3 {
@@ -206,7 +199,7 @@ fn a_narrower_token_purges_what_is_queued() {
     server.publish("trades.BTC", 5);
     server.publish("ticker.BTC", 2);
     std::thread::sleep(Duration::from_millis(100));
-    auth(&mut ws, 2, &narrow);
+    send_auth(&mut ws, 2, &narrow);
     let mut seen = Vec::new();
     loop {
         let m = next_json(&mut ws);

@@ -320,10 +320,7 @@ fn a_token_comes_from_the_query_the_header_or_the_first_message() {
     let mut by_query = upgrade(&format!("{}?token={alice}", server.url), &[]).unwrap();
     let mut by_header = with_bearer(&server.url, &alice).unwrap();
     let mut by_message = upgrade(&server.url, &[]).unwrap();
-    send(
-        &mut by_message,
-        &format!(r#"{{"op":"auth","id":1,"token":"{alice}"}}"#),
-    );
+    send_auth(&mut by_message, 1, &alice);
     let ack = next_op(&mut by_message, "ack");
     assert_eq!(
         (ack["id"].as_u64(), ack["sub"].as_str()),
@@ -419,13 +416,7 @@ fn anonymous_access_is_the_configured_patterns_or_nothing() {
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     // One that authenticates in time stays.
     let mut ok = connect(&closed.url);
-    send(
-        &mut ok,
-        &format!(
-            r#"{{"op":"auth","id":1,"token":"{}"}}"#,
-            hs(claims("carol", 600, json!({})))
-        ),
-    );
+    send_auth(&mut ok, 1, &hs(claims("carol", 600, json!({}))));
     assert_eq!(next_op(&mut ok, "ack")["sub"], "carol");
     std::thread::sleep(std::time::Duration::from_millis(700));
     send(
@@ -484,26 +475,14 @@ fn auth_messages_are_checked_and_rate_limited() {
         (e["id"].as_u64(), e["code"].as_str(), e["reason"].as_str()),
         (Some(1), Some("unauthorized"), Some("malformed"))
     );
-    send(
-        &mut ws,
-        &format!(
-            r#"{{"op":"auth","id":2,"token":"{}"}}"#,
-            hs(claims("a", 600, json!({})))
-        ),
-    );
+    send_auth(&mut ws, 2, &hs(claims("a", 600, json!({}))));
     let e = next_op(&mut ws, "error");
     assert_eq!(
         (e["id"].as_u64(), e["code"].as_str()),
         (Some(2), Some("rate_limited"))
     );
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    send(
-        &mut ws,
-        &format!(
-            r#"{{"op":"auth","id":3,"token":"{}"}}"#,
-            hs(claims("a", 600, json!({})))
-        ),
-    );
+    send_auth(&mut ws, 3, &hs(claims("a", 600, json!({}))));
     assert_eq!(next_op(&mut ws, "ack")["id"], 3);
     send(&mut ws, r#"{"op":"auth","id":4}"#);
     assert_eq!(next_op(&mut ws, "error")["code"], "bad_request");

@@ -116,6 +116,14 @@ pub fn upgrade(url: &str, headers: &[(&str, &str)]) -> Result<Client, Refused> {
     }
 }
 
+/// Sends `{"op":"auth","id":id,"token":token}`.
+pub fn send_auth(ws: &mut Client, id: u64, token: &str) {
+    super::send(
+        ws,
+        &format!(r#"{{"op":"auth","id":{id},"token":"{token}"}}"#),
+    );
+}
+
 /// Upgrades with `Authorization: Bearer <token>`.
 pub fn with_bearer(url: &str, token: &str) -> Result<Client, Refused> {
     upgrade(url, &[("Authorization", &format!("Bearer {token}"))])
