@@ -11,9 +11,15 @@
 //! | `/health/ready`, `/health` | 200 `{"status":"ok"}`, or 503 `{"status":"degraded","reasons":[…]}` |
 //! | `/stats` | the figures of `/metrics` as one JSON object |
 //! | `/topics` | every topic: epoch, seq, subscribers, msgs/s, history held; paginated ([`topics`]) |
+//! | `/`, `/dashboard.js`, `/dashboard.css`, `/vendor/uplot.*` | the live dashboard ([`assets`]) |
+//! | `/corecast.js`, `/corecast-status.js`, `/corecast.d.ts` | the JavaScript client, its status element and their TypeScript declarations |
+//! | `/dashboard.json` | where the dashboard's WebSocket goes: `{"ws_port","ws_path","admin_key_required"}` |
 //!
 //! With `server.admin_key`, `/metrics`, `/stats` and `/topics` need `Authorization: Bearer <key>` (401
-//! otherwise): load balancers probe health without a key, and it tells nothing.
+//! otherwise): load balancers probe health without a key, and it tells nothing. The dashboard's
+//! files are open: they hold no figures, which flow over the WebSocket, where the page sends
+//! the key. The thread also publishes the reserved topic `_sys.stats` once a second while
+//! someone reads it ([`sampler`]).
 //!
 //! Every connection is a task with a deadline: its request head within [`HEAD_TIMEOUT`], the
 //! whole exchange within [`CONNECTION_TIMEOUT`], one request per connection; a request body is
@@ -21,7 +27,9 @@
 //! [`MAX_PER_ADDRESS`] from one address (more are closed at once), so one address's slow or
 //! hostile clients cannot hold up another's probes.
 
+pub mod assets;
 pub mod metrics;
+pub mod sampler;
 pub mod topics;
 
 use std::collections::HashMap;
@@ -100,6 +108,12 @@ pub struct Context {
     pub epoch: String,
     /// When the server started.
     pub started: Instant,
+    /// Publishes `_sys.stats` ([`sampler`]).
+    pub publisher: crate::publisher::Publisher,
+    /// Where clients connect (`server.listen` as bound), for the dashboard's WebSocket.
+    pub clients: SocketAddr,
+    /// `shard.path`.
+    pub client_path: String,
 }
 
 /// The running admin endpoint.
@@ -166,6 +180,7 @@ async fn serve(
     };
     let collector = Arc::new(metrics::Collector::new());
     let asked: Arc<topics::Asked> = Arc::default();
+    tokio::spawn(sampler::run(ctx.clone(), asked.clone()));
     let mut expiry = tokio::time::interval(Duration::from_secs(5));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
@@ -232,29 +247,23 @@ fn json(status: u16, value: &serde_json::Value) -> Response {
     respond(status, "application/json", body)
 }
 
-/// Constant-time equality (the time taken does not depend on where the inputs differ).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
-}
-
 fn is_get<B>(r: &hyper::Request<B>) -> bool {
     r.method() == hyper::Method::GET || r.method() == hyper::Method::HEAD
 }
 
 /// True when `r` may see the path it asks for (the health paths, or the right key).
 fn authorized<B>(ctx: &Context, r: &hyper::Request<B>) -> bool {
-    let health = matches!(r.uri().path(), "/health" | "/health/live" | "/health/ready");
+    let open = matches!(
+        r.uri().path(),
+        "/health" | "/health/live" | "/health/ready" | "/dashboard.json"
+    ) || assets::find(r.uri().path()).is_some();
     let Some(key) = &ctx.key else { return true };
-    health
-        || r.headers()
-            .get("Authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|g| same(g.as_bytes(), key.as_bytes()))
+    open || r
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|g| corecast_shards::auth::same_secret(g.as_bytes(), key.as_bytes()))
 }
 
 fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B>) -> Response {
@@ -294,12 +303,47 @@ fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B
             }
         }
         "/stats" => json(200, &metrics::stats_json(ctx, collector)),
+        "/dashboard.json" => json(
+            200,
+            &serde_json::json!({
+                "ws_port": ctx.clients.port(),
+                "ws_path": ctx.client_path,
+                "admin_key_required": ctx.key.is_some(),
+            }),
+        ),
+        _ if assets::find(path).is_some() => asset(path),
         _ => json(
             404,
             &serde_json::json!({
                 "error": "not found",
-                "paths": ["/metrics", "/health/live", "/health/ready", "/health", "/stats", "/topics"],
+                "paths": ["/", "/metrics", "/health/live", "/health/ready", "/health", "/stats", "/topics", "/corecast.js", "/dashboard.json"],
             }),
         ),
     }
+}
+
+/// A built-in file ([`assets`]), with headers that keep browsers from guessing its type or
+/// framing the page, and from keeping a copy older than the running server's; the client
+/// library may be imported by pages of any origin (CORS: a module script is fetched with it).
+fn asset(path: &str) -> Response {
+    let Some(a) = assets::find(path) else {
+        return json(404, &serde_json::json!({"error": "not found"}));
+    };
+    let mut r = respond(200, a.content_type, a.body.to_vec());
+    let h = r.headers_mut();
+    use hyper::header::HeaderValue;
+    h.insert("Cache-Control", HeaderValue::from_static("no-cache"));
+    h.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "Content-Security-Policy",
+        HeaderValue::from_static(assets::CONTENT_SECURITY_POLICY),
+    );
+    h.insert("X-Frame-Options", HeaderValue::from_static("DENY"));
+    if a.shared {
+        h.insert("Access-Control-Allow-Origin", HeaderValue::from_static("*"));
+    }
+    r
 }

@@ -137,6 +137,9 @@ pub enum Source {
     #[default]
     InProcess,
     Ingest(u64),
+    /// The server itself (the admin thread's `_sys.stats`): the only source of reserved
+    /// `_sys.` topics, and kept out of the figures it publishes.
+    System,
 }
 
 /// Called on the dispatcher's thread with a topic's name when a subscriber waits for a
@@ -164,7 +167,7 @@ struct Backlog {
 /// Counters of the dispatcher, reported in the summary.
 #[derive(Debug, Clone, Default)]
 pub struct DispatcherStats {
-    /// Events accepted and sequenced.
+    /// Events accepted and sequenced (the server's own `_sys.` figures left out).
     pub published: u64,
     /// Ingest lines refused.
     pub rejected_lines: u64,
@@ -182,8 +185,10 @@ pub struct DispatcherStats {
     pub not_recovered: u64,
     /// Snapshots asked of publishers.
     pub snapshot_requests: u64,
-    /// Published topics tracked.
+    /// Published topics tracked (the reserved `_sys.` topics left out).
     pub topics: u64,
+    /// Some shard has a subscriber of a reserved `_sys.` topic (the dashboard is open).
+    pub system_subscribed: bool,
     /// Bytes of history held (frames and their overhead, as `recovery.history_max_bytes`
     /// counts them), as of the latest report.
     pub history_bytes: u64,
@@ -237,6 +242,8 @@ pub struct Dispatcher {
     history_len: usize,
     /// Topic names by id, for `history_order`.
     by_id: Vec<Arc<str>>,
+    /// The reserved `_sys.` topics published (by [`Source::System`] only).
+    system: Vec<Arc<str>>,
     /// Each TCP publisher's outbox and the signal that wakes its task to write it, by its
     /// number.
     ingest_out: HashMap<u64, IngestOut>,
@@ -265,6 +272,7 @@ impl Dispatcher {
     pub fn topic_rows(&self) -> Vec<TopicRow> {
         self.topics
             .values()
+            .filter(|t| !corecast_shards::topic::is_system(&t.name))
             .map(|t| TopicRow {
                 name: t.name.clone(),
                 seq: t.seq,
@@ -272,6 +280,20 @@ impl Dispatcher {
                 history_bytes: t.history.iter().map(|h| h.bytes.len()).sum(),
             })
             .collect()
+    }
+
+    /// True while some shard routes a reserved `_sys.` topic (someone reads the server's
+    /// figures).
+    pub fn system_subscribed(&self) -> bool {
+        use corecast_shards::topic::is_system;
+        if self.system.is_empty() {
+            // Not published yet: the subscriptions wait among the unpublished names.
+            return self.unpublished.keys().any(|n| is_system(n))
+                || self.prefixes.keys().any(|p| is_system(p));
+        }
+        self.system
+            .iter()
+            .any(|n| self.topics.get(n).is_some_and(|t| t.routes != 0))
     }
 
     /// Bytes of history held now (see [`DispatcherStats::history_bytes`]).
@@ -315,6 +337,7 @@ impl Dispatcher {
             history_order: VecDeque::new(),
             history_len: 0,
             by_id: Vec::new(),
+            system: Vec::new(),
             ingest_out: HashMap::new(),
             next_ingest: 1,
             on_snapshot_request: Arc::default(),
@@ -331,13 +354,18 @@ impl Dispatcher {
     /// Sequences one event, encodes its frame once, and pushes it to every routed shard.
     /// Returns its sequence. See [`Dispatcher::publish_parts`].
     pub fn publish(&mut self, event: Event) -> Result<u64, PublishError> {
+        let from = if event.system {
+            Source::System
+        } else {
+            Source::InProcess
+        };
         self.publish_parts(
             &event.topic,
             &event.data,
             event.ts,
             event.ingest_at,
             event.snapshot,
-            Source::InProcess,
+            from,
         )
     }
 
@@ -348,7 +376,9 @@ impl Dispatcher {
     /// (`topic_limit`) and a snapshot on a topic outside every snapshot namespace
     /// (`not_snapshot_topic`), and, on a snapshot topic whose newest snapshot (in this epoch)
     /// another source sent, a delta from `from` (`not_owner`: another publisher's deltas would
-    /// not apply to that snapshot) until `from` sends a snapshot. Cost: a hash lookup, one
+    /// not apply to that snapshot) until `from` sends a snapshot. A reserved `_sys.` topic is
+    /// refused (`reserved_topic`) but from [`Source::System`], whose messages keep no history,
+    /// take no topic slot and are left out of the counters. Cost: a hash lookup, one
     /// frame allocation (one copy of `data`) unless the topic keeps no history and no shard is
     /// routed, and a ring push per routed shard.
     pub fn publish_parts(
@@ -361,6 +391,10 @@ impl Dispatcher {
         from: Source,
     ) -> Result<u64, PublishError> {
         self.activity.bump();
+        let system = from == Source::System;
+        if corecast_shards::topic::is_system(topic) != system {
+            return Err(PublishError::ReservedTopic);
+        }
         let max = self.config.max_topics;
         if snapshot
             && !self
@@ -374,7 +408,7 @@ impl Dispatcher {
         let state = match self.topics.get_mut(topic) {
             Some(s) => s,
             None => {
-                if self.topics.len() >= max {
+                if self.topics.len() - self.system.len() >= max && !system {
                     return Err(PublishError::TopicLimit(max));
                 }
                 let (name, exact) = match self.unpublished.remove_entry(topic) {
@@ -386,7 +420,10 @@ impl Dispatcher {
                 let id = TopicId(self.topics.len() as u32);
                 self.names.insert(name.clone());
                 self.by_id.push(name.clone());
-                self.stats.topics = self.by_id.len() as u64;
+                if system {
+                    self.system.push(name.clone());
+                }
+                self.stats.topics = (self.by_id.len() - self.system.len()) as u64;
                 let rules = self.namespaces.rules(&name);
                 self.topics.entry(name.clone()).or_insert(TopicState {
                     name,
@@ -418,9 +455,12 @@ impl Dispatcher {
             state.snapshot_from = from;
             state.requested_at = None;
         }
-        self.stats.published += 1;
+        if !system {
+            self.stats.published += 1;
+        }
         let routes = state.routes;
-        let keep = state.rules.history_max_messages > 0 && self.recovery.history_max_bytes > 0;
+        let keep =
+            !system && state.rules.history_max_messages > 0 && self.recovery.history_max_bytes > 0;
         if routes == 0 && !keep {
             return Ok(seq);
         }
@@ -455,6 +495,7 @@ impl Dispatcher {
                 bytes: bytes.clone(),
                 ingest_at,
                 snapshot,
+                system,
             };
             self.push(
                 shard,

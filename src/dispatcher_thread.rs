@@ -122,6 +122,7 @@ pub(crate) fn start(spec: DispatcherSpec) -> (impl std::future::Future<Output = 
                         let d = d.borrow();
                         s.dispatcher = d.stats.clone();
                         s.dispatcher.history_bytes = d.history_bytes() as u64;
+                        s.dispatcher.system_subscribed = d.system_subscribed();
                     }
                     ControlMsg::Goodbye { .. } => break,
                     other => d.borrow_mut().on_control(other),

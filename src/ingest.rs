@@ -242,20 +242,10 @@ async fn read_key(stream: &mut TcpStream, key: &[u8]) -> Result<Vec<u8>, &'stati
         }
     };
     let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-    if !same_bytes(line, key) {
+    if !corecast_shards::auth::same_secret(line, key) {
         return Err("wrong publisher key");
     }
     Ok(buf.split_off(end + 1))
-}
-
-/// Constant-time equality: every byte of the longer input is looked at whatever differs.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len().max(b.len());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..n {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
 }
 
 /// What ended an ingest task's wait.
@@ -281,11 +271,11 @@ mod tests {
 
     #[test]
     fn keys_compare_whole() {
-        assert!(same_bytes(b"secret", b"secret"));
-        assert!(!same_bytes(b"secret", b"secreT"));
-        assert!(!same_bytes(b"secret", b"secret2"));
-        assert!(!same_bytes(b"", b"x"));
-        assert!(same_bytes(b"", b""));
+        assert!(corecast_shards::auth::same_secret(b"secret", b"secret"));
+        assert!(!corecast_shards::auth::same_secret(b"secret", b"secreT"));
+        assert!(!corecast_shards::auth::same_secret(b"secret", b"secret2"));
+        assert!(!corecast_shards::auth::same_secret(b"", b"x"));
+        assert!(corecast_shards::auth::same_secret(b"", b""));
     }
 
     #[test]

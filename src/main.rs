@@ -359,11 +359,14 @@ fn print_demo_help(server: &Server, path: &str, symbols: usize, user_token: Opti
          websocat ws://{addr}{path}\n  \
          {{\"op\":\"subscribe\",\"id\":1,\"topics\":[\"trades.BTCUSD\",\"book.ETHUSD\",\"ticker.*\"]}}\n\
          Publish your own events: echo '{{\"topic\":\"news.demo\",\"data\":{{\"hello\":1}}}}' | nc {} {}\n\
-         Ctrl-C stops the server gracefully.\n",
+         Ctrl-C stops the server gracefully.\n{}",
         names.len(),
         names.iter().take(4).cloned().collect::<Vec<_>>().join(", "),
         server.ingest_addr().ip(),
         server.ingest_addr().port(),
+        server.admin_addr().map_or(String::new(), |a| format!(
+            "Live dashboard in a browser: http://{a}/ (the browser client: http://{a}/corecast.js)\n"
+        )),
     );
     if let Some(token) = user_token {
         eprintln!(

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use simd_json::prelude::*;
 
-use corecast_shards::topic::{validate_topic, TopicError};
+use corecast_shards::topic::{is_system, validate_topic, TopicError, SYSTEM_PREFIX};
 
 /// Why an event was refused. Each variant names a stable `code` for the error line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +23,8 @@ pub enum PublishError {
     MissingTopic,
     #[error("bad topic: {0}")]
     BadTopic(TopicError),
+    #[error("topics under \"{SYSTEM_PREFIX}.\" are reserved for the server's own figures")]
+    ReservedTopic,
     #[error("\"data\" is missing")]
     MissingData,
     #[error("\"ts\" must be an unsigned integer (microseconds since the Unix epoch)")]
@@ -45,13 +47,14 @@ pub enum PublishError {
 
 /// Every `code` an ingest error line may carry (docs/protocol.md, "Publisher ingest"), in
 /// the order the metrics list them; `unauthorized` is a wrong publisher key.
-pub const ERROR_CODES: [&str; 14] = [
+pub const ERROR_CODES: [&str; 15] = [
     "line_too_long",
     "invalid_json",
     "not_an_object",
     "duplicate_field",
     "missing_topic",
     "bad_topic",
+    "reserved_topic",
     "missing_data",
     "bad_ts",
     "bad_snapshot",
@@ -70,6 +73,7 @@ impl PublishError {
             PublishError::NotAnObject => "not_an_object",
             PublishError::MissingTopic => "missing_topic",
             PublishError::BadTopic(_) => "bad_topic",
+            PublishError::ReservedTopic => "reserved_topic",
             PublishError::MissingData => "missing_data",
             PublishError::BadTimestamp => "bad_ts",
             PublishError::DuplicateField(_) => "duplicate_field",
@@ -95,6 +99,8 @@ pub struct Event {
     pub ingest_at: Instant,
     /// Full state of a snapshot topic (`"snapshot": true`), delivered as a `snapshot` frame.
     pub snapshot: bool,
+    /// The server's own figures, on a reserved `_sys.` topic ([`Publisher::publish_system`]).
+    pub(crate) system: bool,
 }
 
 /// One valid ingest line, borrowed from the line (`data`) and from the parser (`topic`).
@@ -120,6 +126,7 @@ impl Parsed<'_> {
             ts: self.ts,
             ingest_at,
             snapshot: self.snapshot,
+            system: false,
         }
     }
 }
@@ -130,8 +137,8 @@ impl Parsed<'_> {
 ///
 /// A line is checked in this order, each failure a [`PublishError`] with its `code`:
 /// valid JSON (RFC 8259, by simd-json: `invalid_json`), an object (`not_an_object`), no key of
-/// `topic`, `data` or `ts` twice (`duplicate_field`), `topic` a string (`missing_topic`) and a
-/// valid name (`bad_topic`), `data` present (`missing_data`), `ts` absent or an unsigned
+/// `topic`, `data` or `ts` twice (`duplicate_field`), `topic` a string (`missing_topic`), a
+/// valid name (`bad_topic`) and not a reserved one (`_sys.`: `reserved_topic`), `data` present (`missing_data`), `ts` absent or an unsigned
 /// integer (`bad_ts`), `snapshot` absent or a boolean (`bad_snapshot`; whether the topic may
 /// take snapshots is the dispatcher's check, `not_snapshot_topic`). Other members are ignored. Cost: one copy of the line, simd-json's tape
 /// (no value tree), and one structural scan to find `data`'s bytes; `data` is never parsed
@@ -217,6 +224,9 @@ fn fields(
     let topic_value = topic_value.ok_or(PublishError::MissingTopic)?;
     let name = topic_value.as_str().ok_or(PublishError::MissingTopic)?;
     validate_topic(name).map_err(PublishError::BadTopic)?;
+    if is_system(name) {
+        return Err(PublishError::ReservedTopic);
+    }
     topic.clear();
     topic.push_str(name);
     let data = data.ok_or(PublishError::MissingData)?;
@@ -278,6 +288,9 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let ingest_at = Instant::now();
         validate_topic(topic).map_err(PublishError::BadTopic)?;
+        if is_system(topic) {
+            return Err(PublishError::ReservedTopic);
+        }
         let mut scratch = data.as_ref().to_vec();
         simd_json::to_borrowed_value(&mut scratch)
             .map_err(|e| PublishError::InvalidJson(e.to_string()))?;
@@ -287,10 +300,27 @@ impl Publisher {
             ts,
             ingest_at,
             snapshot,
+            system: false,
         };
         self.tx
             .push_blocking(event)
             .map_err(|_| PublishError::Closed)
+    }
+
+    /// Publishes the server's own figures on a reserved `_sys.` topic (the admin thread's
+    /// `_sys.stats`). Never blocks: `false` when the dispatcher's input queue is full or
+    /// closed (the sample is skipped; the next one follows a second later).
+    pub(crate) fn publish_system(&self, topic: &str, data: Vec<u8>) -> bool {
+        debug_assert!(is_system(topic));
+        let event = Event {
+            topic: topic.to_owned(),
+            data,
+            ts: None,
+            ingest_at: Instant::now(),
+            snapshot: false,
+            system: true,
+        };
+        self.tx.try_push(event).is_ok()
     }
 }
 

@@ -182,6 +182,10 @@ impl Server {
             .map(Arc::new);
         let admission =
             Arc::new(corecast_shards::admission::Admission::new(&config.limits).map_err(invalid)?);
+        let snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>> =
+            Arc::default();
+        let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
+        let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1);
         let admin = match s.admin {
             Some(addr) => Some(
                 crate::admin::Admin::start(
@@ -195,16 +199,18 @@ impl Server {
                         history_max_bytes: config.recovery.history_max_bytes as u64,
                         epoch: epoch.to_string(),
                         started: std::time::Instant::now(),
+                        publisher: crate::publisher::Publisher {
+                            tx: event_tx.clone(),
+                        },
+                        clients: client_addr,
+                        client_path: config.shard.path.clone(),
                     },
                 )
                 .map_err(|error| StartError::Bind { addr, error })?,
             ),
             None => None,
         };
-        let snapshot_requests: Arc<Mutex<Option<crate::dispatcher::SnapshotRequestFn>>> =
-            Arc::default();
-        let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
-        let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1);
+        let admin_key: Option<Arc<str>> = s.admin_key.as_ref().map(|k| Arc::from(k.0.as_str()));
         let mut ring_txs = Vec::with_capacity(n);
         let mut control_rxs = Vec::with_capacity(n);
         let mut specs = Vec::with_capacity(n);
@@ -233,6 +239,7 @@ impl Server {
                 auth: auth.clone(),
                 admission: admission.clone(),
                 topics_wanted: topics_wanted.clone(),
+                admin_key: admin_key.clone(),
             });
         }
 

@@ -35,6 +35,7 @@ pub fn trade_frame(seq: u64) -> Frame {
         bytes: protocol::msg(TOPIC, seq, 1, br#"{"p":"43210.5","q":"0.01"}"#),
         ingest_at: Instant::now(),
         snapshot: false,
+        system: false,
     }
 }
 

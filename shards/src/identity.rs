@@ -24,6 +24,8 @@ pub(crate) struct Session {
     pub(crate) generation: u32,
     /// What this connection is counted under, released when the session drops.
     pub(crate) counted: Counted,
+    /// It sent the right admin key: it may subscribe to the reserved `_sys.` topics.
+    pub(crate) operator: bool,
 }
 
 /// A connection's place in the process-wide counts ([`crate::admission`]): released when

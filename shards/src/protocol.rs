@@ -84,6 +84,12 @@ pub enum Request {
         id: Option<u64>,
         token: String,
     },
+    /// `{"op":"auth","admin_key":…}`: the operator, for the reserved `_sys.` topics;
+    /// docs/protocol.md, "Reserved topics".
+    AdminAuth {
+        id: Option<u64>,
+        key: String,
+    },
 }
 
 /// A request that could not be understood: the `error` message to send back.
@@ -102,6 +108,7 @@ struct RawRequest {
     topic: Option<String>,
     fresh: Option<bool>,
     token: Option<String>,
+    admin_key: Option<String>,
 }
 
 /// `id` is echoed back; anything but an unsigned integer is a `bad_request`.
@@ -184,12 +191,18 @@ pub fn parse_request(text: &mut [u8], max_topics: usize) -> Result<Request, Reje
                 .ok_or_else(|| reject(code::BAD_REQUEST, "\"resync\" needs \"topic\"".into()))?,
             fresh: raw.fresh.unwrap_or(false),
         }),
-        "auth" => Ok(Request::Auth {
-            id,
-            token: raw
-                .token
-                .ok_or_else(|| reject(code::BAD_REQUEST, "\"auth\" needs \"token\"".into()))?,
-        }),
+        "auth" => match (raw.token, raw.admin_key) {
+            (Some(token), None) => Ok(Request::Auth { id, token }),
+            (None, Some(key)) => Ok(Request::AdminAuth { id, key }),
+            (Some(_), Some(_)) => Err(reject(
+                code::BAD_REQUEST,
+                "\"auth\" takes \"token\" or \"admin_key\", not both".into(),
+            )),
+            (None, None) => Err(reject(
+                code::BAD_REQUEST,
+                "\"auth\" needs \"token\" (or \"admin_key\")".into(),
+            )),
+        },
         other => Err(reject(
             code::UNKNOWN_OP,
             format!("unknown op {other:?}; expected subscribe, unsubscribe, resync, auth or ping"),
@@ -225,6 +238,11 @@ enum Out<'a> {
         max_message_bytes: usize,
         #[serde(flatten)]
         auth: WelcomeAuth<'a>,
+    },
+    #[serde(rename = "ack")]
+    AdminAck {
+        id: Option<u64>,
+        admin: bool,
     },
     #[serde(rename = "ack")]
     AuthAck {
@@ -373,6 +391,11 @@ pub fn auth_ack(id: Option<u64>, sub: &str, expires_at: u64) -> Vec<u8> {
     })
 }
 
+/// `ack` of an `auth` with the right admin key: `{"op":"ack","id":N,"admin":true}`.
+pub fn admin_ack(id: Option<u64>) -> Vec<u8> {
+    text_frame(&Out::AdminAck { id, admin: true })
+}
+
 /// `refresh`: the token ends at `expires_at` (Unix seconds); send a new `auth` before then.
 pub fn refresh(expires_at: u64) -> Vec<u8> {
     text_frame(&Out::Refresh { expires_at })
@@ -438,6 +461,34 @@ pub mod reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_takes_a_token_or_an_admin_key_never_both() {
+        let parse = |t: &str| parse_request(&mut t.as_bytes().to_vec(), 100);
+        assert_eq!(
+            parse(r#"{"op":"auth","id":1,"admin_key":"k"}"#),
+            Ok(Request::AdminAuth {
+                id: Some(1),
+                key: "k".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":"auth","token":"t"}"#),
+            Ok(Request::Auth {
+                id: None,
+                token: "t".into()
+            })
+        );
+        for bad in [
+            r#"{"op":"auth","id":2,"admin_key":"k","token":"t"}"#,
+            r#"{"op":"auth","id":2}"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!((e.id, e.code), (Some(2), code::BAD_REQUEST), "{bad}");
+        }
+        let ack = admin_ack(Some(5));
+        assert_eq!(&ack[2..], br#"{"op":"ack","id":5,"admin":true}"#);
+    }
 
     #[test]
     fn msg_frame_is_a_text_frame_of_the_documented_json() {

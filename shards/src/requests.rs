@@ -164,7 +164,7 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
             Request::Subscribe { id, .. }
             | Request::Unsubscribe { id, .. }
             | Request::Resync { id, .. } => Some(*id),
-            Request::Ping { .. } | Request::Auth { .. } => None,
+            Request::Ping { .. } | Request::Auth { .. } | Request::AdminAuth { .. } => None,
         };
         if let Some(id) = id {
             let msg =
@@ -175,6 +175,7 @@ fn handle_request(ctx: &ShardCtx, conn: &Rc<Conn>, req: Request) {
     match req {
         Request::Ping { id } => conn.push_own(ctx, protocol::pong(id)),
         Request::Auth { id, token } => crate::session::on_auth(ctx, conn, id, &token),
+        Request::AdminAuth { id, key } => crate::operator::on_admin_auth(ctx, conn, id, &key),
         Request::Resync { id, topic, fresh } => resync(ctx, conn, id, &topic, fresh),
         Request::Subscribe { id, topics } => {
             let names: Vec<String> = topics.iter().map(|e| e.name.clone()).collect();

@@ -54,6 +54,9 @@ pub struct Frame {
     pub ingest_at: Instant,
     /// A `snapshot` frame (full state of a snapshot topic), not a `msg`.
     pub snapshot: bool,
+    /// A frame of a reserved topic ([`crate::topic::is_system`]): delivered like any other,
+    /// but kept out of the delivery counters and latency histograms it reports on.
+    pub system: bool,
 }
 
 impl Frame {
@@ -480,6 +483,7 @@ pub(crate) mod testing {
             bytes,
             ingest_at: at,
             snapshot: false,
+            system: false,
         }
     }
 
@@ -491,6 +495,7 @@ pub(crate) mod testing {
             bytes: msg(name, seq, 0),
             ingest_at: Instant::now(),
             snapshot: false,
+            system: false,
         }
     }
 }

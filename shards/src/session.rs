@@ -255,16 +255,22 @@ fn grant_of(ctx: &ShardCtx, conn: &Conn) -> Option<Rc<Grant>> {
 }
 
 /// Checks every interest of a subscribe against the connection's permissions (its token's,
-/// or anonymous access): `Err((code, message))` for the first refused one. Always `Ok` with
-/// auth off.
+/// or anonymous access; the reserved `_sys.` topics against [`crate::operator`]):
+/// `Err((code, message))` for the first refused one. With auth off, only reserved topics can
+/// be refused.
 pub(crate) fn check_subscribe(
     ctx: &ShardCtx,
     conn: &Conn,
     wanted: &[Interest],
 ) -> Result<(), (&'static str, String)> {
+    crate::operator::check(ctx, conn, wanted)?;
     let Some(auth) = &ctx.auth else {
         return Ok(());
     };
+    // The operator's topics answer to the admin key alone.
+    if wanted.iter().all(crate::operator::is_system) {
+        return Ok(());
+    }
     let grant = grant_of(ctx, conn);
     let permissions = match (&grant, auth.anonymous()) {
         (Some(g), _) => &g.permissions,
@@ -277,7 +283,7 @@ pub(crate) fn check_subscribe(
             ))
         }
     };
-    for i in wanted {
+    for i in wanted.iter().filter(|i| !crate::operator::is_system(i)) {
         if !permissions.allows(auth.private(), selector(i)) {
             return Err((
                 code::FORBIDDEN,
@@ -303,11 +309,15 @@ fn name(i: &Interest) -> String {
 }
 
 /// True when a request other than `auth` and `ping` must wait for `auth` (it is refused
-/// with `auth_required`): auth is on, anonymous access is off, and no token is in force.
+/// with `auth_required`): auth is on, anonymous access is off, no token is in force, and the
+/// connection did not send the admin key (the operator's requests go on to
+/// [`check_subscribe`], which refuses all but the reserved topics).
 pub(crate) fn pending(ctx: &ShardCtx, conn: &Conn) -> bool {
-    ctx.auth
-        .as_ref()
-        .is_some_and(|a| a.anonymous().is_none() && grant_of(ctx, conn).is_none())
+    ctx.auth.as_ref().is_some_and(|a| {
+        a.anonymous().is_none()
+            && grant_of(ctx, conn).is_none()
+            && !crate::operator::sent_key(ctx, conn)
+    })
 }
 
 /// The `auth` message: checks the token (at most once per [`AUTH_INTERVAL`]), keeps it in
@@ -388,7 +398,7 @@ fn end_forbidden(ctx: &ShardCtx, conn: &Rc<Conn>, permissions: &Permissions) {
     let mut gone: Vec<Interest> = conn
         .subscriptions()
         .into_iter()
-        .filter(|i| !permissions.allows(private, selector(i)))
+        .filter(|i| !crate::operator::is_system(i) && !permissions.allows(private, selector(i)))
         .collect();
     if gone.is_empty() {
         return;
@@ -440,13 +450,15 @@ pub(crate) fn tick(ctx: &ShardCtx, now: Instant) {
             continue;
         };
         // No entry: a connection that never sent a valid `auth`.
-        let (current, exp) = {
+        let (current, exp, operator) = {
             let by_conn = ctx.sessions.by_conn.borrow();
-            by_conn.get(&conn_id).map_or((0, None), |s| {
-                (s.generation, s.grant.as_ref().map(|g| g.exp))
+            by_conn.get(&conn_id).map_or((0, None, false), |s| {
+                (s.generation, s.grant.as_ref().map(|g| g.exp), s.operator)
             })
         };
         match (due, exp) {
+            // The operator's connection (the admin key) reads the reserved topics only.
+            (Due::AuthTimeout, None) if operator => {}
             (Due::AuthTimeout, None) => {
                 ctx.metrics.borrow_mut().counters.auth_closes += 1;
                 conn.request_close(ctx, CloseRequest::AuthRequired);

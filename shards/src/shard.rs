@@ -56,6 +56,10 @@ pub struct ShardSpec {
     /// Set while the admin endpoint wants per-topic subscriber counts in the reports
     /// (`/topics`); read once per report, never on the fan-out path.
     pub topics_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `server.admin_key`: a connection that sends it in an `auth` message may subscribe to
+    /// the reserved `_sys.` topics; `None`: loopback clients may (docs/protocol.md,
+    /// "Reserved topics").
+    pub admin_key: Option<std::sync::Arc<str>>,
 }
 
 /// Work run on a shard's executor beside the shard: called once on the shard's thread, before
@@ -100,6 +104,7 @@ async fn run(spec: ShardSpec) {
         auth,
         admission,
         topics_wanted,
+        admin_key,
         ..
     } = spec;
     let (control_tx, control_rx) = local_channel::new_unbounded::<ControlMsg>();
@@ -128,6 +133,7 @@ async fn run(spec: ShardSpec) {
         shutting_down: Cell::new(false),
         auth,
         admission,
+        admin_key,
         sessions: Default::default(),
         logs: Default::default(),
     });
@@ -267,7 +273,9 @@ async fn drain_ring(
                     if let Some(skipped) = late.remove(&frame.topic) {
                         announce_late(&ctx, skipped);
                     }
-                    ingest_times.push(frame.ingest_at);
+                    if !frame.system {
+                        ingest_times.push(frame.ingest_at);
+                    }
                     route_frame(&ctx, frame, sent_at, received);
                 }
                 ShardMsg::Subscribed {
@@ -479,10 +487,13 @@ fn route_frame(ctx: &ShardCtx, frame: crate::ring::Frame, sent_at: Instant, rece
         }
     }
     let mut m = ctx.metrics.borrow_mut();
-    let hop = received.saturating_duration_since(sent_at).as_nanos() as u64;
-    m.ring_hop_ns.saturating_record(hop.max(1));
-    m.counters.frames_in += 1;
-    m.counters.deliveries += delivered;
+    // The server's own figures (`_sys.` topics) stay out of what they report.
+    if !frame.system {
+        let hop = received.saturating_duration_since(sent_at).as_nanos() as u64;
+        m.ring_hop_ns.saturating_record(hop.max(1));
+        m.counters.frames_in += 1;
+        m.counters.deliveries += delivered;
+    }
     m.counters.dropped += dropped;
     if dropped > 0 {
         if let Some(suppressed) = ctx.logs.drops.allow(received) {

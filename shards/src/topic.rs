@@ -8,6 +8,19 @@
 /// Longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
 
+/// The reserved namespace of the server's own topics (`_sys.stats`, the figures the admin
+/// dashboard draws, published once a second). Publishers may not publish under it (ingest error
+/// `reserved_topic`), and only the operator may subscribe to it (docs/protocol.md, "Reserved
+/// topics").
+pub const SYSTEM_PREFIX: &str = "_sys";
+
+/// True for `_sys` and every name under it (`_sys.stats`); for a pattern, pass its prefix
+/// (`_sys.*` is the prefix `_sys`). Linear in the length of [`SYSTEM_PREFIX`].
+#[inline]
+pub fn is_system(name: &str) -> bool {
+    name == SYSTEM_PREFIX || prefix_matches(SYSTEM_PREFIX, name)
+}
+
 /// What a client asked for: one topic, or every topic under a prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selector<'a> {

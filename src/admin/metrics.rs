@@ -182,7 +182,7 @@ fn figures(ctx: &Context, collector: &Collector) -> Figures {
 }
 
 /// Refusals of one kind over every shard (the kind's definition is in docs/operations.md).
-fn refusals(shards: &[corecast_shards::metrics::Counters], kind: &str) -> u64 {
+pub(crate) fn refusals(shards: &[corecast_shards::metrics::Counters], kind: &str) -> u64 {
     shards
         .iter()
         .map(|c| match kind {

@@ -76,6 +76,46 @@ pub(crate) fn expire(ctx: &Context, asked: &Asked) {
     }
 }
 
+/// The `n` busiest topics by messages per second over the latest two row sets (kept wanted by
+/// whoever calls this: see [`super::sampler`]), as `{"topic","msgs_per_s","subscribers"}`;
+/// empty until two row sets newer than three report intervals are in.
+pub(crate) fn busiest(ctx: &Context, n: usize) -> Vec<serde_json::Value> {
+    let interval = ctx.report_interval.unwrap_or(Duration::from_secs(1));
+    let since = Instant::now()
+        .checked_sub(interval * 3)
+        .unwrap_or_else(Instant::now);
+    let Some(f) = fresh(ctx, since) else {
+        return Vec::new();
+    };
+    let seconds = f.at.saturating_duration_since(f.before.0).as_secs_f64();
+    if seconds <= 0.0 {
+        return Vec::new();
+    }
+    let before: HashMap<&str, u64> = f.before.1.iter().map(|r| (&*r.name, r.seq)).collect();
+    let mut rows: Vec<(f64, &crate::dispatcher::TopicRow)> = f
+        .rows
+        .iter()
+        .map(|r| {
+            let moved = r
+                .seq
+                .saturating_sub(before.get(&*r.name).copied().unwrap_or(0));
+            (moved as f64 / seconds, r)
+        })
+        .filter(|(rate, _)| *rate > 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    rows.into_iter()
+        .take(n)
+        .map(|(rate, r)| {
+            serde_json::json!({
+                "topic": &*r.name,
+                "msgs_per_s": rate,
+                "subscribers": f.subscribers.get(&r.name).copied().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
 /// The figures, once fresh: two row sets and every shard's counts newer than `since`.
 fn fresh(ctx: &Context, since: Instant) -> Option<Figures> {
     let s = ctx.stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -188,7 +228,11 @@ pub(crate) async fn answer(
     let mut patterns: Vec<(&Arc<str>, &u64)> = f
         .subscribers
         .iter()
-        .filter(|(n, _)| n.ends_with(".*") && n.starts_with(&p.prefix))
+        .filter(|(n, _)| {
+            n.ends_with(".*")
+                && n.starts_with(&p.prefix)
+                && !corecast_shards::topic::is_system(n.trim_end_matches(".*"))
+        })
         .collect();
     patterns.sort();
     let patterns: Vec<_> = patterns

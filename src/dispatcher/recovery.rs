@@ -172,7 +172,7 @@ impl Dispatcher {
         self.stats.snapshot_requests += 1;
         let outbox = |src: Source| match src {
             Source::Ingest(n) => self.ingest_out.get(&n),
-            Source::InProcess => None,
+            Source::InProcess | Source::System => None,
         };
         let to = outbox(s.snapshot_from).or_else(|| outbox(s.last_from));
         match to {
