@@ -68,7 +68,12 @@ pub fn request(data: &[u8]) {
         Ok(Request::Unsubscribe { topics, .. }) => {
             assert!((1..=100).contains(&topics.len()));
         }
-        Ok(Request::Ping { .. } | Request::Resync { .. } | Request::Auth { .. }) => {}
+        Ok(
+            Request::Ping { .. }
+            | Request::Resync { .. }
+            | Request::Auth { .. }
+            | Request::AdminAuth { .. },
+        ) => {}
         Err(r) => assert!(!r.code.is_empty() && !r.message.is_empty()),
     }
 }

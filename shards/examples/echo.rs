@@ -57,6 +57,7 @@ fn main() {
         auth: None,
         admission: Default::default(),
         topics_wanted: Default::default(),
+        admin_key: None,
     })
     .expect("start the shard");
     eprintln!("echo: ws://{addr}/ (any path)");
