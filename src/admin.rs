@@ -13,7 +13,7 @@
 //! | `/topics` | every topic: epoch, seq, subscribers, msgs/s, history held; paginated ([`topics`]) |
 //! | `/`, `/dashboard.js`, `/dashboard.css`, `/vendor/uplot.*` | the live dashboard ([`assets`]) |
 //! | `/corecast.js`, `/corecast-status.js`, `/corecast.d.ts` | the JavaScript client, its status element and their TypeScript declarations |
-//! | `/dashboard.json` | where the dashboard's WebSocket goes: `{"ws_port","ws_path","admin_key_required"}` |
+//! | `/dashboard.json` | where the dashboard's WebSocket goes: `{"ws_port","ws_path","admin_key_required","admin_key"}` (the key made at start when none is configured; `null` otherwise) |
 //!
 //! With `server.admin_key`, `/metrics`, `/stats` and `/topics` need `Authorization: Bearer <key>` (401
 //! otherwise): load balancers probe health without a key, and it tells nothing. The dashboard's
@@ -114,6 +114,10 @@ pub struct Context {
     pub clients: SocketAddr,
     /// `shard.path`.
     pub client_path: String,
+    /// The key made at start for the reserved `_sys.` topics when `server.admin_key` is unset:
+    /// `/dashboard.json` gives it to the dashboard (whoever reaches the endpoint may read its
+    /// figures then, `/stats` included).
+    pub dashboard_key: Option<String>,
 }
 
 /// The running admin endpoint.
@@ -309,6 +313,7 @@ fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B
                 "ws_port": ctx.clients.port(),
                 "ws_path": ctx.client_path,
                 "admin_key_required": ctx.key.is_some(),
+                "admin_key": ctx.dashboard_key,
             }),
         ),
         _ if assets::find(path).is_some() => asset(path),

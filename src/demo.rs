@@ -130,13 +130,8 @@ pub fn declare_auth(config: &mut crate::config::Config) -> anyhow::Result<Option
     if config.auth.enabled() {
         return Ok(None);
     }
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
-        &mut bytes,
-    )
-    .context("reading /dev/urandom for the demo's secret")?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret =
+        crate::token::random_hex(32).context("reading /dev/urandom for the demo's secret")?;
     config.auth.hmac_secret = Some(corecast_shards::auth::Secret(secret.clone()));
     if config.auth.anonymous_topics.is_none() {
         config.auth.anonymous_topics = Some(vec!["*".into()]);

@@ -32,6 +32,8 @@ pub enum StartError {
     NoSuchCore { core: usize, cores: Vec<usize> },
     #[error("cannot start the {what} executor: {error}")]
     Executor { what: String, error: std::io::Error },
+    #[error("cannot read /dev/urandom for the dashboard's key: {0}")]
+    Random(std::io::Error),
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -186,6 +188,20 @@ impl Server {
             Arc::default();
         let (event_tx, event_rx) = ring::ring::<Event>(config.dispatcher.publisher_queue);
         let (shutdown_tx, shutdown_rx) = ring::ring::<()>(1);
+        // The key that lets a connection read the reserved `_sys.` topics: `server.admin_key`,
+        // or with the admin endpoint on and no key set, one made now, which `/dashboard.json`
+        // hands to whoever may read the endpoint's figures anyway (docs/protocol.md,
+        // "Reserved topics").
+        let made_key = match (&s.admin, &s.admin_key) {
+            (Some(_), None) => Some(crate::token::random_hex(16).map_err(StartError::Random)?),
+            _ => None,
+        };
+        let admin_key: Option<Arc<str>> = s
+            .admin_key
+            .as_ref()
+            .map(|k| k.0.as_str())
+            .or(made_key.as_deref())
+            .map(Arc::from);
         let admin = match s.admin {
             Some(addr) => Some(
                 crate::admin::Admin::start(
@@ -204,13 +220,13 @@ impl Server {
                         },
                         clients: client_addr,
                         client_path: config.shard.path.clone(),
+                        dashboard_key: made_key.clone(),
                     },
                 )
                 .map_err(|error| StartError::Bind { addr, error })?,
             ),
             None => None,
         };
-        let admin_key: Option<Arc<str>> = s.admin_key.as_ref().map(|k| Arc::from(k.0.as_str()));
         let mut ring_txs = Vec::with_capacity(n);
         let mut control_rxs = Vec::with_capacity(n);
         let mut specs = Vec::with_capacity(n);

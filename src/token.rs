@@ -126,6 +126,15 @@ pub fn mint(spec: &TokenSpec, key: &SigningKey) -> anyhow::Result<String> {
     jsonwebtoken::encode(&header, &claims, &key).context("signing the token")
 }
 
+/// `n` random bytes from the kernel (`/dev/urandom`) as 2`n` lowercase hex digits: a secret
+/// made at start (the demo's HS256 secret, the dashboard's key when `server.admin_key` is unset).
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! The dashboard's feed over real sockets (docs/protocol.md, "Reserved topics";
 //! docs/operations.md, "The dashboard"): `_sys.` is refused at ingest; `_sys.stats` comes once
-//! a second to loopback clients without a key, and only after `{"op":"auth","admin_key":…}`
-//! with one; its traffic stays out of the figures it reports; the admin port serves the
-//! dashboard's files and the JavaScript client.
+//! a second to connections that sent the admin key (`server.admin_key`, or the one made at
+//! start and handed out by `/dashboard.json`), and to nobody else, loopback included; its
+//! traffic stays out of the figures it reports; the admin port serves the dashboard's files
+//! and the JavaScript client.
 
 mod common;
 
@@ -25,6 +26,27 @@ fn admin_server(tweak: impl FnOnce(&mut corecast::Config)) -> (TestServer, std::
         .admin_addr()
         .expect("the admin endpoint runs");
     (server, admin)
+}
+
+/// The key `/dashboard.json` hands out (made at start when `server.admin_key` is unset).
+fn made_key(admin: std::net::SocketAddr) -> String {
+    let (status, _, body) = http_get(admin, "/dashboard.json", &[]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["admin_key_required"], false, "{body}");
+    let key = v["admin_key"].as_str().expect("a key is made").to_string();
+    assert_eq!(key.len(), 32, "128 random bits in hex: {key}");
+    key
+}
+
+/// Sends the admin key and expects its ack.
+fn operator(ws: &mut Client, key: &str) {
+    send(
+        ws,
+        &format!(r#"{{"op":"auth","id":900,"admin_key":"{key}"}}"#),
+    );
+    let ack = next_op(ws, "ack");
+    assert_eq!(ack["admin"].as_bool(), Some(true), "{ack:?}");
 }
 
 fn with_key(c: &mut corecast::Config) {
@@ -95,9 +117,10 @@ fn reserved_topics_are_refused_at_ingest_tcp_and_in_process() {
 }
 
 #[test]
-fn loopback_clients_read_the_figures_and_they_leave_themselves_out() {
+fn the_made_key_reads_the_figures_and_they_leave_themselves_out() {
     let (server, admin) = admin_server(|c| c.server.shards = 2);
     let mut reader = connect(&server.url);
+    operator(&mut reader, &made_key(admin));
     let ack = subscribe(&mut reader, 1, &["_sys.stats"]);
     assert_eq!(ack["op"].as_str(), Some("ack"), "{ack:?}");
     let mut watcher = connect(&server.url);
@@ -131,13 +154,20 @@ fn loopback_clients_read_the_figures_and_they_leave_themselves_out() {
             std::thread::sleep(Duration::from_millis(5));
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs(15);
     let mut seen: Option<simd_json::OwnedValue> = None;
     while Instant::now() < deadline {
         let s = next_sample(&mut reader);
         let busiest = s["busiest"].as_array().cloned().unwrap_or_default();
-        if s["msgs_in_per_s"].as_f64().unwrap_or(0.0) > 20.0
-            && s["msgs_out_per_s"].as_f64().unwrap_or(0.0) > 20.0
+        // The feeder's own rate so far; a sample's rate is over the last report interval.
+        let rate = published.load(std::sync::atomic::Ordering::Relaxed) as f64
+            / began.elapsed().as_secs_f64();
+        let near = |v: Option<f64>| v.is_some_and(|v| v > rate * 0.5 && v < rate * 1.5);
+        if began.elapsed() > Duration::from_secs(2)
+            && near(s["msgs_in_per_s"].as_f64())
+            && near(s["msgs_out_per_s"].as_f64())
+            && near(busiest.first().and_then(|b| b["msgs_per_s"].as_f64()))
             && s["latency_us"]["count"].as_u64().unwrap_or(0) > 0
             && busiest.first().and_then(|b| b["topic"].as_str()) == Some("prices.a")
         {
@@ -147,7 +177,9 @@ fn loopback_clients_read_the_figures_and_they_leave_themselves_out() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     feeder.join().unwrap();
-    let s = seen.expect("a sample showed the stream: rates, latency and the busiest topic");
+    let s = seen.expect(
+        "a sample showed the stream: rates within half of the feeder's, latency, the busiest topic",
+    );
     assert_eq!(s["connections"].as_u64(), Some(2), "{s:?}");
     assert_eq!(
         s["topics"].as_u64(),
@@ -193,7 +225,7 @@ fn loopback_clients_read_the_figures_and_they_leave_themselves_out() {
 
 #[test]
 fn the_admin_key_guards_the_reserved_topics() {
-    let (server, _admin) = admin_server(with_key);
+    let (server, admin) = admin_server(with_key);
     let mut ws = connect(&server.url);
     for (id, name) in [(1, "_sys.stats"), (2, "_sys.*")] {
         send(
@@ -240,35 +272,78 @@ fn the_admin_key_guards_the_reserved_topics() {
     assert_eq!(ack["id"].as_u64(), Some(6), "{ack:?}");
     let s = next_sample(&mut ws);
     assert_eq!(s["connections"].as_u64(), Some(1), "{s:?}");
-    // Both fields at once is a bad request; so is a key on a server that has none.
+    // Both fields at once is a bad request.
     send(
         &mut ws,
         &format!(r#"{{"op":"auth","id":7,"admin_key":"{KEY}","token":"x"}}"#),
     );
     let e = next_op(&mut ws, "error");
     assert_eq!(error_code(&e), ("bad_request", None), "{e:?}");
-    let keyless = start(|_| {});
-    let mut ws = connect(&keyless.url);
-    send(
-        &mut ws,
-        &format!(r#"{{"op":"auth","id":1,"admin_key":"{KEY}"}}"#),
-    );
-    let e = next_op(&mut ws, "error");
-    assert_eq!(error_code(&e), ("bad_request", None), "{e:?}");
+    // With a configured key, /dashboard.json hands out none.
+    let (status, _, body) = http_get(admin, "/dashboard.json", &[]);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["admin_key_required"], true, "{body}");
+    assert_eq!(v["admin_key"], serde_json::Value::Null, "{body}");
 }
 
 #[test]
-fn behind_a_trusted_proxy_loopback_is_not_enough() {
-    let (server, _admin) = admin_server(|c| c.limits.trusted_proxies = vec!["127.0.0.1".into()]);
-    let mut ws =
-        tokens::upgrade(&server.url, &[("X-Forwarded-For", "127.0.0.1")]).expect("upgrades");
+fn without_the_key_nobody_reads_the_figures_loopback_included() {
+    let (server, admin) = admin_server(|_| {});
+    let mut ws = connect(&server.url);
     send(
         &mut ws,
         r#"{"op":"subscribe","id":1,"topics":["_sys.stats"]}"#,
     );
     let e = next_op(&mut ws, "error");
+    assert_eq!(
+        error_code(&e),
+        ("forbidden", None),
+        "a loopback client without the key: {e:?}"
+    );
+    send(
+        &mut ws,
+        r#"{"op":"auth","id":2,"admin_key":"0123456789abcdef0123456789abcdef"}"#,
+    );
+    let e = next_op(&mut ws, "error");
+    assert_eq!(
+        error_code(&e),
+        ("unauthorized", Some("bad_admin_key")),
+        "{e:?}"
+    );
+    // A second start makes another key: one server's key is no other's.
+    let (other, other_admin) = admin_server(|_| {});
+    assert_ne!(made_key(admin), made_key(other_admin));
+    let mut ws = connect(&other.url);
+    send(
+        &mut ws,
+        &format!(
+            r#"{{"op":"auth","id":1,"admin_key":"{}"}}"#,
+            made_key(admin)
+        ),
+    );
+    let e = next_op(&mut ws, "error");
+    assert_eq!(
+        error_code(&e),
+        ("unauthorized", Some("bad_admin_key")),
+        "{e:?}"
+    );
+    // No admin endpoint: no key, and the figures are nobody's.
+    let plain = start(|_| {});
+    let mut ws = connect(&plain.url);
+    send(&mut ws, r#"{"op":"subscribe","id":1,"topics":["_sys.*"]}"#);
+    let e = next_op(&mut ws, "error");
     assert_eq!(error_code(&e), ("forbidden", None), "{e:?}");
-    assert!(e["message"].as_str().unwrap().contains("loopback"), "{e:?}");
+    assert!(
+        e["message"].as_str().unwrap().contains("no admin endpoint"),
+        "{e:?}"
+    );
+    send(
+        &mut ws,
+        r#"{"op":"auth","id":2,"admin_key":"0123456789abcdef"}"#,
+    );
+    let e = next_op(&mut ws, "error");
+    assert_eq!(error_code(&e), ("bad_request", None), "{e:?}");
 }
 
 #[test]
@@ -305,6 +380,16 @@ fn the_operator_needs_no_token_where_anonymous_access_is_off() {
     // A connection that sent neither is closed at its deadline, as before.
     let mut idle = connect(&server.url);
     assert_eq!(expect_close(&mut idle).0, 4003);
+    // A token and the key sent back to back: neither waits for the other's rate limit.
+    let mut both = connect(&server.url);
+    let token = tokens::hs(tokens::claims("alice", 600, serde_json::json!({})));
+    tokens::send_auth(&mut both, 1, &token);
+    send(
+        &mut both,
+        &format!(r#"{{"op":"auth","id":2,"admin_key":"{KEY}"}}"#),
+    );
+    assert_eq!(next_op(&mut both, "ack")["sub"].as_str(), Some("alice"));
+    assert_eq!(next_op(&mut both, "ack")["admin"].as_bool(), Some(true));
 }
 
 #[test]

@@ -512,6 +512,8 @@ function onSample(s) {
 
 let client = null;
 let keyRequired = false;
+/** The key the server made at start when it has no `server.admin_key` (from /dashboard.json). */
+let madeKey = '';
 
 function storedKey() {
   try {
@@ -535,11 +537,13 @@ let pendingKey = '';
 /** Starts (or restarts) the client with the stored admin key, if any. */
 function connect() {
   client?.close();
-  const adminKey = storedKey() || pendingKey;
+  // Without a configured key the server makes one at each start: read it again at each
+  // connect, so a restarted server's new key is the one sent.
+  const adminKey = keyRequired ? storedKey() || pendingKey : madeKey && fetchMadeKey;
   const c = new Corecast(conn.url, adminKey ? { adminKey } : {});
   client = c;
   $('#status').client = c;
-  $('#key-change').hidden = !(adminKey || keyRequired);
+  $('#key-change').hidden = !keyRequired;
   conn.state = c.state;
   conn.subscribed = false;
   conn.fatal = null;
@@ -583,7 +587,7 @@ function refused(code, detail) {
     ? 'The server refused this admin key'
     : keyRequired
       ? `The server needs its admin key to stream ${STATS_TOPIC}`
-      : `The server refused ${STATS_TOPIC} (forbidden): without its admin key it is sent to loopback clients only`;
+      : `The server refused ${STATS_TOPIC} (forbidden): reload the page to take the key of the running server`;
   conn.fatal = `${why}${detail ? ` (${detail})` : ''}.`;
   renderNotice();
   askKey(`${why}.`, 'error');
@@ -609,14 +613,31 @@ function onKeySubmit(e) {
   connect();
 }
 
-/** ws://<page host>:<ws_port><ws_path>, or ?ws=<url>. */
+/**
+ * ws://<page host>:<ws_port><ws_path>, or ?ws=<url> on the page's own host (another port or
+ * path): the admin key goes over this socket, so it never goes to another host.
+ */
 function wsUrlFor(cfg, params) {
   const override = params.get('ws');
-  if (override) return override;
+  if (override) {
+    let u = null;
+    try { u = new URL(override); } catch { /* not a URL */ }
+    if (u && (u.protocol === 'ws:' || u.protocol === 'wss:') && u.hostname === location.hostname) return u.href;
+    return null;
+  }
   if (!cfg || !isNum(cfg.ws_port)) return null;
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const path = typeof cfg.ws_path === 'string' && cfg.ws_path.startsWith('/') ? cfg.ws_path : '/ws';
   return `${scheme}//${location.hostname}:${cfg.ws_port}${path}`;
+}
+
+/** The key the running server made at start, from /dashboard.json (same origin only). */
+async function fetchMadeKey() {
+  const r = await fetch('/dashboard.json', { cache: 'no-store' });
+  if (!r.ok) throw new Error(`/dashboard.json: HTTP ${r.status}`);
+  const cfg = await r.json();
+  if (typeof cfg.admin_key !== 'string') throw new Error('/dashboard.json has no admin_key');
+  return cfg.admin_key;
 }
 
 async function start() {
@@ -636,13 +657,16 @@ async function start() {
   }
   const url = wsUrlFor(cfg, params);
   if (!url) {
-    conn.fatal = `Could not read /dashboard.json (${cfgError || 'no ws_port'}): open this page from the admin port, or give the WebSocket with ?ws=ws://host:port/ws.`;
+    conn.fatal = params.get('ws')
+      ? `?ws= must be a ws:// or wss:// URL on this page's host (${location.hostname}): the admin key is never sent to another host.`
+      : `Could not read /dashboard.json (${cfgError || 'no ws_port'}): open this page from the admin port, or give the WebSocket with ?ws=ws://${location.hostname}:PORT/ws.`;
     renderNotice();
     return;
   }
   conn.url = url;
   $('#source').textContent = `${STATS_TOPIC} from ${url}`;
   keyRequired = Boolean(cfg?.admin_key_required);
+  madeKey = typeof cfg?.admin_key === 'string' ? cfg.admin_key : '';
   if (keyRequired && !storedKey()) {
     conn.state = 'disconnected';
     renderNotice();

@@ -27,8 +27,9 @@ export interface Options {
    *  each connect and at every server `refresh`. Default: none. */
   token?: string | (() => string | Promise<string>);
   /** Operator key sent as `{"op":"auth","admin_key":..}` right after `welcome` (after the
-   *  token's auth, if both are set). Default: none. */
-  adminKey?: string;
+   *  token's auth, if both are set). A function is called at each connect (a key the server
+   *  makes at each start). Default: none. */
+  adminKey?: string | (() => string | Promise<string>);
   /** The constructor connects (in a microtask). Default true. */
   autoConnect?: boolean;
   /** Reconnect with backoff when the connection is lost. Default true. */

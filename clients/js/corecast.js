@@ -383,7 +383,7 @@ class Session {
   async authenticate(ws) {
     const steps = [];
     if (this.token != null) steps.push(() => this.sendToken(ws));
-    if (this.adminKey != null) steps.push(() => this.auth({ op: 'auth', admin_key: String(this.adminKey) }, ws));
+    if (this.adminKey != null) steps.push(() => this.sendAdminKey(ws));
     for (const step of steps) {
       try {
         await step();
@@ -402,6 +402,24 @@ class Session {
       if (this.ws !== ws) return;
     }
     this.onReady(ws);
+  }
+
+  /**
+   * Gets the admin key (calling the function, if it is one: a key that changes, such as the
+   * one a server makes at each start) and sends it; resolves with the ack.
+   */
+  async sendAdminKey(ws) {
+    let key;
+    try {
+      key = typeof this.adminKey === 'function' ? await this.adminKey() : this.adminKey;
+    } catch (err) {
+      throw new CorecastError('token_failed', `the admin key function failed: ${err && err.message}`);
+    }
+    if (typeof key !== 'string' || key === '') {
+      throw new CorecastError('token_failed', 'the admin key function returned no key');
+    }
+    if (this.ws !== ws) return null;
+    return this.auth({ op: 'auth', admin_key: key }, ws);
   }
 
   /** Gets a token (calling the token function) and sends it; resolves with the ack. */
@@ -826,7 +844,8 @@ class Session {
 
   position(topic) {
     const pos = this.positions.get(topic);
-    if (pos === undefined || pos.epoch === null || pos.seq === null) return null;
+    // A snapshot topic waiting for its snapshot holds nothing a resume could continue.
+    if (pos === undefined || pos.epoch === null || pos.seq === null || pos.awaiting) return null;
     return { epoch: pos.epoch, seq: pos.seq };
   }
 
@@ -1042,9 +1061,9 @@ export class Corecast extends EventTarget {
 
   /**
    * The last position held for an exact topic: `{epoch, seq}` of the last msg or snapshot
-   * (or the ack, or a gap's `to`), or null when none is known (nothing yet, or waiting for a
-   * snapshot after a plain subscribe, or the epoch is unknown for a topic only a pattern
-   * delivers).
+   * (or the ack, or a gap's `to`), or null when none is known (nothing yet, a snapshot topic
+   * waiting for its snapshot after a subscribe or a gap, or the epoch is unknown for a topic
+   * only a pattern delivers).
    * @param {string} topic
    * @returns {{epoch: string, seq: number} | null}
    */

@@ -78,7 +78,7 @@ pub(crate) struct ShardCtx {
     pub(crate) auth: Option<std::sync::Arc<crate::auth::Auth>>,
     /// The Origin allow-list and the process-wide connection counts.
     pub(crate) admission: std::sync::Arc<crate::admission::Admission>,
-    /// `server.admin_key`, for the reserved `_sys.` topics ([`crate::operator`]).
+    /// The admin key, for the reserved `_sys.` topics ([`crate::operator`]).
     pub(crate) admin_key: Option<std::sync::Arc<str>>,
     /// Who each connection is (only while auth or a connection limit is on), and the clock
     /// of refreshes and auth deadlines.

@@ -26,6 +26,8 @@ pub(crate) struct Session {
     pub(crate) counted: Counted,
     /// It sent the right admin key: it may subscribe to the reserved `_sys.` topics.
     pub(crate) operator: bool,
+    /// When the last admin-key `auth` was taken (limited apart from token `auth`s).
+    pub(crate) last_admin_auth: Option<Instant>,
 }
 
 /// A connection's place in the process-wide counts ([`crate::admission`]): released when

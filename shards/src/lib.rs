@@ -24,7 +24,7 @@
 //!   [`auth`]).
 //! - `session`: who a connection is (the `auth` message, refresh, permission checks at
 //!   subscribe time, the clock of 4003 and 4004); its data is `identity`.
-//! - `operator`: who may read the reserved `_sys.` topics (the admin key, or loopback).
+//! - `operator`: who may read the reserved `_sys.` topics (the admin key).
 //! - `open`: the readiness loop serving every open connection from one epoll set
 //!   (`readiness`): reads, blocked writes, close requests.
 //! - `requests`: what a client's frames and requests do (rate limit, subscribe, ack order).

@@ -1,12 +1,13 @@
 //! The operator's access to the reserved `_sys.` topics (the server's own figures, which the
-//! admin dashboard draws): with `server.admin_key` set, a connection that sent
-//! `{"op":"auth","admin_key":…}` with that key; without one, a client whose socket comes from a
-//! loopback address that is not a trusted proxy (a proxy on the same host would make every
-//! client behind it look local: set a key there). Checked at subscribe time only, never per
-//! message. docs/protocol.md, "Reserved topics".
+//! admin dashboard draws): a connection that sent `{"op":"auth","admin_key":…}` with the
+//! server's admin key. That is `server.admin_key`, or, with the admin endpoint on and no key
+//! set, a key made at start that the endpoint's `/dashboard.json` hands out (so the figures
+//! are exactly as open as the endpoint's `/stats`, and a web page of another origin, which
+//! cannot read `/dashboard.json`, cannot read them through a browser on the host). Without an
+//! admin endpoint there is no key and nobody reads them. Checked at subscribe time only, never
+//! per message. docs/protocol.md, "Reserved topics".
 //! Data path: requests -> **operator** -> table.
 
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -26,28 +27,28 @@ pub(crate) fn is_system(i: &Interest) -> bool {
     }
 }
 
-/// The `auth` message with an admin key: compared in constant time (at most one `auth` of
-/// either kind per connection per second, as for tokens); the right key makes the connection
-/// the operator's (`{"op":"ack","id":N,"admin":true}`), a wrong one is `unauthorized` with
-/// reason `bad_admin_key` and changes nothing. On a server without a key: `bad_request`.
+/// The `auth` message with an admin key: compared in constant time, at most one per
+/// connection per second (apart from the limit on token `auth`s, so a client sending both
+/// at connect waits for neither); the right key makes the connection the operator's
+/// (`{"op":"ack","id":N,"admin":true}`), a wrong one is `unauthorized` with reason
+/// `bad_admin_key` and changes nothing. On a server without a key: `bad_request`.
 pub(crate) fn on_admin_auth(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, key: &str) {
     let Some(expected) = &ctx.admin_key else {
-        let msg =
-            "this server has no server.admin_key: its reserved topics are open to loopback clients";
+        let msg = "this server has no admin endpoint (server.admin), so no admin key";
         return conn.push_own(ctx, protocol::error(id, code::BAD_REQUEST, msg));
     };
     let now = Instant::now();
     let mut by_conn = ctx.sessions.by_conn.borrow_mut();
     let session = by_conn.entry(conn.id()).or_default();
     if session
-        .last_auth
+        .last_admin_auth
         .is_some_and(|t| now.duration_since(t) < crate::session::AUTH_INTERVAL)
     {
         drop(by_conn);
-        let msg = "at most one auth per second per connection";
+        let msg = "at most one admin-key auth per second per connection";
         return conn.push_own(ctx, protocol::error(id, code::RATE_LIMITED, msg));
     }
-    session.last_auth = Some(now);
+    session.last_admin_auth = Some(now);
     if !crate::auth::same_secret(key.as_bytes(), expected.as_bytes()) {
         drop(by_conn);
         ctx.metrics.borrow_mut().counters.auth_refused += 1;
@@ -55,21 +56,13 @@ pub(crate) fn on_admin_auth(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, ke
             id,
             code::UNAUTHORIZED,
             BAD_ADMIN_KEY,
-            "wrong admin key (server.admin_key)",
+            "wrong admin key (server.admin_key, or the dashboard's key in /dashboard.json)",
         );
         return conn.push_own(ctx, frame);
     }
     session.operator = true;
     drop(by_conn);
     conn.push_own(ctx, protocol::admin_ack(id));
-}
-
-/// True when `conn` may read the reserved topics (see the module's rule).
-pub(crate) fn is_operator(ctx: &ShardCtx, conn: &Conn) -> bool {
-    if ctx.admin_key.is_some() {
-        return sent_key(ctx, conn);
-    }
-    peer(conn).is_some_and(|p| p.is_loopback() && !ctx.admission.is_trusted(p))
 }
 
 /// True when `conn` sent the right admin key.
@@ -81,18 +74,8 @@ pub(crate) fn sent_key(ctx: &ShardCtx, conn: &Conn) -> bool {
         .is_some_and(|s| s.operator)
 }
 
-/// The socket's peer address, asked of the kernel (a subscribe to a reserved topic is rare:
-/// connections do not keep their address for it). IPv4-mapped IPv6 addresses are folded.
-fn peer(conn: &Conn) -> Option<IpAddr> {
-    use std::os::fd::BorrowedFd;
-    // SAFETY: the descriptor is the open connection's socket, which outlives this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(conn.fd()) };
-    let addr = socket2::SockRef::from(&fd).peer_addr().ok()?;
-    Some(addr.as_socket()?.ip().to_canonical())
-}
-
 /// Checks a subscribe's reserved interests: `Err((forbidden, message))` naming the first
-/// when `conn` is not the operator's; `Ok` when it names none.
+/// when `conn` did not send the admin key; `Ok` when it names none.
 pub(crate) fn check(
     ctx: &ShardCtx,
     conn: &Conn,
@@ -101,13 +84,13 @@ pub(crate) fn check(
     let Some(first) = wanted.iter().find(|i| is_system(i)) else {
         return Ok(());
     };
-    if is_operator(ctx, conn) {
+    if sent_key(ctx, conn) {
         return Ok(());
     }
     let how = if ctx.admin_key.is_some() {
         "send {\"op\":\"auth\",\"admin_key\":…} first"
     } else {
-        "only loopback clients may (or set server.admin_key)"
+        "this server has no admin endpoint"
     };
     let name = match first {
         Interest::Topic(t) => t.to_string(),

@@ -56,9 +56,9 @@ pub struct ShardSpec {
     /// Set while the admin endpoint wants per-topic subscriber counts in the reports
     /// (`/topics`); read once per report, never on the fan-out path.
     pub topics_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// `server.admin_key`: a connection that sends it in an `auth` message may subscribe to
-    /// the reserved `_sys.` topics; `None`: loopback clients may (docs/protocol.md,
-    /// "Reserved topics").
+    /// The admin key (`server.admin_key`, or the one made at start for the dashboard): a
+    /// connection that sends it in an `auth` message may subscribe to the reserved `_sys.`
+    /// topics; `None` (no admin endpoint): nobody may (docs/protocol.md, "Reserved topics").
     pub admin_key: Option<std::sync::Arc<str>>,
 }
 

@@ -109,6 +109,17 @@ impl Sampler {
             seen.at = Some(*at);
             seen.counters = r.counters.clone();
         }
+        // A shard silent for three report intervals is moving nothing anyone can see: its
+        // rates fall to 0 (its `report_age_s` tells why) rather than repeat its last ones.
+        let silent = ctx.report_interval.unwrap_or(EVERY) * 3;
+        for seen in &mut self.shards {
+            if seen
+                .at
+                .is_some_and(|at| now.saturating_duration_since(at) > silent)
+            {
+                (seen.out_per_s, seen.writes_per_s, seen.drops_per_s) = (0.0, 0.0, 0.0);
+            }
+        }
         // The dispatcher's counters are copied at every shard's report: the newest report
         // is when they were taken.
         if let Some(latest) = reported_at.iter().flatten().max().copied() {

@@ -59,6 +59,7 @@ async function freePort() {
 // ---------------------------------------------------------------------------------------------
 // The server, on fixed ports so a restart comes back where the proxy and publisher look.
 
+const SECRET = 'browser-tests-secret-0123456789abcdef';
 const dir = mkdtempSync(path.join(os.tmpdir(), 'corecast-browser-'));
 const ports = { client: await freePort(), ingest: await freePort(), admin: await freePort() };
 const config = path.join(dir, 'corecast.toml');
@@ -77,7 +78,7 @@ summary_interval_ms = 0
 report_interval_ms = 500
 
 [auth]
-hmac_secret = "browser-tests-secret-0123456789abcdef"
+hmac_secret = "${SECRET}"
 anonymous_topics = ["*"]
 
 [[namespaces]]
@@ -130,6 +131,18 @@ const proxyServer = net.createServer((down) => {
 });
 await new Promise((r) => proxyServer.listen(0, '127.0.0.1', r));
 const proxyPort = proxyServer.address().port;
+/**
+ * Stops forwarding on every open connection without closing it (a dead network path: no FIN,
+ * no RST); new connections pass.
+ */
+function freezeAll() {
+  for (const p of proxy.pairs) {
+    p.down.unpipe(p.up); p.up?.unpipe(p.down);
+    p.down.pause(); p.up?.pause();
+  }
+  proxy.pairs.clear();
+}
+
 /** Closes every connection through the proxy at once, and refuses new ones while `mode` says. */
 function cutAll(mode) {
   proxy.mode = mode;
@@ -276,6 +289,8 @@ async function clientRecovers(page) {
   const before = await tally();
   cutAll('cut');
   await until('reconnecting', async () => (await stateOf(page)) === 'reconnecting');
+  // A request made while offline waits in the client's queue and is answered after.
+  await page.evaluate(() => { window.queued = window.client.request({ op: 'ping' }).then((r) => r.op, (e) => `rejected ${e.code}`); });
   await sleep(1_000); // ~100 ticks published meanwhile, which the page must still get
   await statusShot(page, 'reconnecting');
   const reconnectsBefore = await page.evaluate(() => window.client.stats.reconnects);
@@ -288,6 +303,21 @@ async function clientRecovers(page) {
   assert(resumed.acks.slice(before.acks.length).every((a) => a.recovered === true),
     `every resume after the cut recovered: ${JSON.stringify(resumed.acks)}`);
   assert((await page.evaluate(() => window.client.stats.reconnects)) > reconnectsBefore, 'the reconnect was counted');
+  assert((await page.evaluate(() => window.queued)) === 'pong', 'the request queued while offline was answered');
+
+  // A dead path (no FIN, no RST): the client's heartbeat finds it (pongTimeoutMs 3 s) and
+  // resumes the same way.
+  const frozenAt = (await tally()).acks.length;
+  assert(proxy.pairs.size === 1, `one connection to freeze: ${proxy.pairs.size}`);
+  freezeAll();
+  const frozeAt = Date.now();
+  await until('the dead socket noticed', async () => (await stateOf(page)) !== 'connected', 15_000);
+  log(`client: a dead path noticed in ${Date.now() - frozeAt} ms (pongTimeoutMs 3000, pings every 500)`);
+  await until('both topics resumed after the dead path', async () => {
+    const t = await tally();
+    const recovered = t.acks.slice(frozenAt).filter((a) => a.recovered === true).map((a) => a.topic);
+    return recovered.includes('ticks.test') && recovered.includes('book.test');
+  });
 
   // No message lost: stop ticking, and the page's tally must end at the server's seq (as
   // /topics reports it: rows taken at each shard report, so polled until they agree).
@@ -334,8 +364,20 @@ async function clientRecovers(page) {
   const accepted = proxy.accepted;
   await sleep(1_500);
   assert((await stateOf(page, 'refused')) === 'error', 'it stays in error');
+  assert(proxy.accepted === accepted, `no retry loop: ${proxy.accepted - accepted} connections after the refusal`);
   await page.locator('#refused').screenshot({ path: path.join(SHOTS, 'status-error.png') });
   log(`client: refused token -> error (connections through the proxy meanwhile: ${proxy.accepted - accepted})`);
+
+  // The token-refresh hook: a token function answering every `refresh` on the same connection.
+  await page.evaluate((secret) => window.startRefreshing(secret), SECRET);
+  const refreshed = await until('two refreshes answered on one connection', async () => {
+    const t = await page.evaluate(() => window.refreshing.tally);
+    return t.auths >= 3 && t.refreshes >= 2 ? t : null;
+  }, 20_000);
+  assert(JSON.stringify(refreshed.states) === '["connecting","connected"]',
+    `one connection throughout the refreshes: ${JSON.stringify(refreshed)}`);
+  assert(refreshed.received > 100 && refreshed.holes === 0, `ticks flowed on: ${JSON.stringify(refreshed)}`);
+  log(`client: token refreshed ${refreshed.refreshes} times on one connection, ${refreshed.received} ticks`);
 
   // The manual reconnect button.
   const reconnects = await page.evaluate(() => window.client.stats.reconnects);
@@ -354,6 +396,9 @@ try {
   // The dashboard went on through the restart: it reconnected to the new server by itself.
   await until('the dashboard reconnected to the restarted server', () =>
     dash.$eval('body', () => document.querySelector('corecast-status')?.getAttribute('state') === 'connected'), 20_000);
+  const samples = await dash.$eval('#samples', (e) => Number(e.dataset.value));
+  await until('new samples from the restarted server', async () =>
+    (await dash.$eval('#samples', (e) => Number(e.dataset.value))) >= samples + 2, 10_000);
   assert(consoleErrors.filter((e) => !/WebSocket|ERR_CONNECTION|net::/.test(e)).length === 0,
     `no page errors: ${consoleErrors.join('\n')}`);
   log('all browser tests passed; screenshots in', SHOTS);
