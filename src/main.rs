@@ -192,7 +192,7 @@ struct ServeArgs {
     /// Core of the dispatcher (overrides server.dispatcher_core).
     #[arg(long)]
     dispatcher_core: Option<usize>,
-    /// Admin HTTP address: /metrics, /health, /stats (overrides server.admin; the demo's
+    /// Admin HTTP address: the live dashboard at /, /metrics, /health, /stats (overrides server.admin; the demo's
     /// default is 127.0.0.1:9464).
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -365,7 +365,8 @@ fn print_demo_help(server: &Server, path: &str, symbols: usize, user_token: Opti
         server.ingest_addr().ip(),
         server.ingest_addr().port(),
         server.admin_addr().map_or(String::new(), |a| format!(
-            "Live dashboard in a browser: http://{a}/ (the browser client: http://{a}/corecast.js)\n"
+            "Live dashboard in a browser: http://{a}/ (msgs/s out and latency move once a client\n\
+             such as watch subscribes; the browser client: http://{a}/corecast.js)\n"
         )),
     );
     if let Some(token) = user_token {

@@ -309,7 +309,8 @@ function makeChart(el, series, scales, yAxes) {
     cursor: { drag: { x: false, y: false, setScale: false } },
     legend: { live: true },
     scales: { x: { time: true, range: (self, min, max) => [max - Math.min(WINDOW_S, Math.max(60, max - min)), max] }, ...scales },
-    axes: [{ ...AXIS, space: 40, values: clockValues }, ...yAxes.map((a) => ({ ...AXIS, ...a }))],
+    // 70 px between time ticks: an HH:MM:SS label is about 55 px wide.
+    axes: [{ ...AXIS, space: 70, values: clockValues }, ...yAxes.map((a) => ({ ...AXIS, ...a }))],
     series: [{ label: 'time', value: (self, t) => (t == null ? '—' : fmtClock(t)) }, ...series],
     hooks: { setCursor: [legendAtLatest], setData: [legendAtLatest] },
   }, [[], ...series.map(() => [])], el);

@@ -35,6 +35,7 @@ button { font: inherit; padding: .1em .6em; border: 1px solid var(--corecast-bor
   border-radius: .3em; background: transparent; color: inherit; cursor: pointer; }
 button:disabled { cursor: default; opacity: .5; }
 :host(:not([variant="card"])[state="connected"]:not([stale])) button { display: none; }
+:host(:not([variant="card"])) button { order: 1; } /* last: its coming and going moves nothing */
 :host([variant="card"]) { display: block; }
 :host([variant="card"]) .root { display: grid; grid-template-columns: auto 1fr auto; gap: .5em .6em;
   align-content: start; box-sizing: border-box; height: 100%;
@@ -209,14 +210,17 @@ class StatusView {
     const now = Date.now();
     const limit = this.staleAfterMs();
     const last = Math.max(st && st.lastMessageAt !== null ? st.lastMessageAt : 0, this.liveSince);
-    const stale = state === 'connected' && limit > 0 && now - last > limit;
+    // Stale: data stopped flowing. A client that never received anything (no subscription
+    // yet, or quiet topics) has nothing to be stale about.
+    const stale = state === 'connected' && limit > 0 && st !== null && st.lastMessageAt !== null
+      && now - last > limit;
     let label = stale ? 'Stale' : LABELS[state] ?? state;
     if (state === 'reconnecting' && st && st.attempt > 0) label += ` (${st.attempt})`;
     const card = this.host.getAttribute('variant') === 'card';
     const age = st && st.lastMessageAt !== null ? fmtAge(now - st.lastMessageAt) : '–';
     const text = {
       label,
-      latency: st ? fmtMs(st.latencyMs) : '–',
+      latency: st && state === 'connected' ? fmtMs(st.latencyMs) : '–', // an old socket's means nothing
       rate: st ? fmtRate(st.msgsPerSec) : '–',
       age: card && age !== '–' ? `${age} ago` : age,
       reconnects: st ? fmt(st.reconnects, 0) : '–',

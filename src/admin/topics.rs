@@ -76,9 +76,10 @@ pub(crate) fn expire(ctx: &Context, asked: &Asked) {
     }
 }
 
-/// The `n` busiest topics by messages per second over the latest two row sets (kept wanted by
-/// whoever calls this: see [`super::sampler`]), as `{"topic","msgs_per_s","subscribers"}`;
-/// empty until two row sets newer than three report intervals are in.
+/// The `n` busiest topics over the latest two row sets (kept wanted by whoever calls this: see
+/// [`super::sampler`]): by frames delivered per second (messages per second times exact
+/// subscribers), then by messages per second; as `{"topic","msgs_per_s","subscribers",
+/// "msgs_out_per_s"}`. Empty until two row sets newer than three report intervals are in.
 pub(crate) fn busiest(ctx: &Context, n: usize) -> Vec<serde_json::Value> {
     let interval = ctx.report_interval.unwrap_or(Duration::from_secs(1));
     let since = Instant::now()
@@ -92,25 +93,31 @@ pub(crate) fn busiest(ctx: &Context, n: usize) -> Vec<serde_json::Value> {
         return Vec::new();
     }
     let before: HashMap<&str, u64> = f.before.1.iter().map(|r| (&*r.name, r.seq)).collect();
-    let mut rows: Vec<(f64, &crate::dispatcher::TopicRow)> = f
+    let mut rows: Vec<(f64, f64, u64, &crate::dispatcher::TopicRow)> = f
         .rows
         .iter()
-        .map(|r| {
+        .filter_map(|r| {
             let moved = r
                 .seq
                 .saturating_sub(before.get(&*r.name).copied().unwrap_or(0));
-            (moved as f64 / seconds, r)
+            let rate = moved as f64 / seconds;
+            let subscribers = f.subscribers.get(&r.name).copied().unwrap_or(0);
+            (rate > 0.0).then_some((rate * subscribers as f64, rate, subscribers, r))
         })
-        .filter(|(rate, _)| *rate > 0.0)
         .collect();
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    rows.sort_by(|a, b| {
+        (b.0.total_cmp(&a.0))
+            .then_with(|| b.1.total_cmp(&a.1))
+            .then_with(|| a.3.name.cmp(&b.3.name))
+    });
     rows.into_iter()
         .take(n)
-        .map(|(rate, r)| {
+        .map(|(out, rate, subscribers, r)| {
             serde_json::json!({
                 "topic": &*r.name,
                 "msgs_per_s": rate,
-                "subscribers": f.subscribers.get(&r.name).copied().unwrap_or(0),
+                "subscribers": subscribers,
+                "msgs_out_per_s": out,
             })
         })
         .collect()
