@@ -76,9 +76,11 @@ pub fn find(path: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.path == path)
 }
 
-/// The page's rules for the browser: scripts and styles from this origin only (the client's
-/// status element and the charts set styles inline), WebSocket connections anywhere (the
-/// client port is another origin), and no framing (the key form cannot be clickjacked).
+/// The page's rules for the browser: scripts and styles from this origin only (the status
+/// element's styles are a constructable stylesheet and uPlot sets styles through the CSSOM,
+/// neither of which `style-src` governs: no inline `<style>` or `style=` is needed), WebSocket
+/// connections anywhere (the client port is another origin), and no framing (the key form
+/// cannot be clickjacked). The browser tests fail on any violation it reports.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self' ws: wss:; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
