@@ -506,6 +506,13 @@ impl Auth {
             ));
         }
         let exp = exp.max(0.0) as u64;
+        // RFC 7519 §4.1.4: not accepted *on or after* `exp` (plus the leeway). The library
+        // refuses only after it (`exp < now - leeway`), which would let a connection closed
+        // with 4004 at `exp` come straight back with the same token for the rest of that
+        // second.
+        if exp.saturating_add(self.leeway) <= now {
+            return Err(refused(Reason::Expired, "the token has expired (exp)"));
+        }
         // An `iat` in the future does not shorten the lifetime: it counts from now at most.
         let from = claims.iat.map_or(now, |iat| (iat.max(0.0) as u64).min(now));
         let lifetime = exp.saturating_sub(from);

@@ -56,7 +56,7 @@ pub(crate) fn on_admin_auth(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, ke
             id,
             code::UNAUTHORIZED,
             BAD_ADMIN_KEY,
-            "wrong admin key: server.admin_key, or on a server without one, the admin_key of its admin endpoint's /dashboard.json",
+            "wrong admin key (docs/protocol.md, \"Reserved topics\")",
         );
         return conn.push_own(ctx, frame);
     }

@@ -386,6 +386,46 @@ async function clientRecovers(page) {
     (await page.evaluate(() => window.client.stats.reconnects)) > reconnects && (await stateOf(page)) === 'connected');
 }
 
+/** A second server with `server.admin_key`: the dashboard asks for it, refuses a wrong one,
+ *  streams with the right one, and keeps it across a reload (the tab's session storage). */
+async function keyedDashboard() {
+  log('dashboard with server.admin_key: the key form');
+  const key = 'browser-tests-admin-key-0123456789';
+  const p = { client: await freePort(), ingest: await freePort(), admin: await freePort() };
+  const file = path.join(dir, 'keyed.toml');
+  writeFileSync(file, `[server]\nlisten = "127.0.0.1:${p.client}"\ningest = "127.0.0.1:${p.ingest}"\n` +
+    `admin = "127.0.0.1:${p.admin}"\nadmin_key = "${key}"\nshards = 1\npin_cores = false\n` +
+    '[dispatcher]\nsummary_interval_ms = 0\n[shard]\nreport_interval_ms = 500\n');
+  let out = '';
+  const child = spawn(BIN, ['serve', '--config', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  child.stderr.on('data', (d) => { out += d; });
+  try {
+    await until('the keyed server to start', () => /admin on http/.test(out) || child.exitCode !== null, 20_000);
+    assert(child.exitCode === null, `the keyed server started:\n${out}`);
+    const page = await newPage(1366, 768);
+    await page.goto(`http://127.0.0.1:${p.admin}/`);
+    await page.waitForSelector('#key-overlay:not([hidden])', { timeout: 10_000 });
+    assert((await page.$('body[data-ready="1"]')) === null, 'no figures before the key');
+    await page.fill('#key-input', 'a-wrong-key-of-enough-length');
+    await page.press('#key-input', 'Enter');
+    await until('the wrong key refused and asked again', async () =>
+      (await page.$('#key-overlay:not([hidden])')) !== null
+      && (await page.$eval('#key-reason', (e) => e.dataset.level)) === 'error');
+    await page.screenshot({ path: path.join(SHOTS, 'dashboard-key-refused.png') });
+    await page.fill('#key-input', key);
+    await page.press('#key-input', 'Enter');
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 15_000 });
+    assert((await page.$eval('#fig-connections', (e) => Number(e.dataset.value))) >= 1, 'figures with the right key');
+    await page.reload();
+    await page.waitForSelector('body[data-ready="1"]', { timeout: 15_000 });
+    assert((await page.$('#key-overlay:not([hidden])')) === null, 'a reload keeps the key');
+    await page.close();
+  } finally {
+    child.kill('SIGTERM');
+    await until('the keyed server to stop', () => child.exitCode !== null || child.signalCode !== null, 15_000);
+  }
+}
+
 let failed = null;
 try {
   await startServer();
@@ -399,6 +439,7 @@ try {
   const samples = await dash.$eval('#samples', (e) => Number(e.dataset.value));
   await until('new samples from the restarted server', async () =>
     (await dash.$eval('#samples', (e) => Number(e.dataset.value))) >= samples + 2, 10_000);
+  await keyedDashboard();
   assert(consoleErrors.filter((e) => !/WebSocket|ERR_CONNECTION|net::/.test(e)).length === 0,
     `no page errors: ${consoleErrors.join('\n')}`);
   log('all browser tests passed; screenshots in', SHOTS);

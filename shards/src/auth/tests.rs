@@ -67,6 +67,9 @@ fn claims_are_checked_with_the_configured_rules() {
             .is_ok(),
         "leeway"
     );
+    // On `exp` plus the leeway, not only after it (RFC 7519 §4.1.4).
+    let at_the_second = auth.verify(&mint(json!({"sub":"a","exp": now - 5})), now);
+    assert_eq!(at_the_second.err().map(|r| r.reason), Some(Reason::Expired));
     assert_eq!(
         t(json!({"sub":"a","exp": now + 60, "nbf": now + 6})),
         Reason::NotYetValid
