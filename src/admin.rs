@@ -307,15 +307,31 @@ fn answer<B>(ctx: &Context, collector: &metrics::Collector, r: &hyper::Request<B
             }
         }
         "/stats" => json(200, &metrics::stats_json(ctx, collector)),
-        "/dashboard.json" => json(
-            200,
-            &serde_json::json!({
-                "ws_port": ctx.clients.port(),
-                "ws_path": ctx.client_path,
-                "admin_key_required": ctx.key.is_some(),
-                "admin_key": ctx.dashboard_key,
-            }),
-        ),
+        "/dashboard.json" => {
+            // The made key only to a page addressed by an IP address or `localhost`: a page
+            // of a host name could be another site's, rebound to this address by its DNS.
+            let local = addressed_directly(r);
+            let note = (ctx.dashboard_key.is_some() && !local).then_some(
+                "open the dashboard at an IP address or localhost (a page at a host name could be \
+                 another site's, rebound here by DNS), or set server.admin_key",
+            );
+            let mut answer = json(
+                200,
+                &serde_json::json!({
+                    "ws_port": ctx.clients.port(),
+                    "ws_path": ctx.client_path,
+                    "admin_key_required": ctx.key.is_some(),
+                    "admin_key": ctx.dashboard_key.as_ref().filter(|_| local),
+                    "admin_key_note": note,
+                }),
+            );
+            // It may carry a key: no cache keeps it.
+            answer.headers_mut().insert(
+                "Cache-Control",
+                hyper::header::HeaderValue::from_static("no-store"),
+            );
+            answer
+        }
         _ if assets::find(path).is_some() => asset(path),
         _ => json(
             404,
@@ -351,4 +367,23 @@ fn asset(path: &str) -> Response {
         h.insert("Access-Control-Allow-Origin", HeaderValue::from_static("*"));
     }
     r
+}
+
+/// True when the request's `Host` is an IP address or `localhost` (with or without a port):
+/// a browser page that reached this endpoint through a host name may be a DNS-rebinding
+/// page of another site, which a literal address cannot be.
+fn addressed_directly<B>(r: &hyper::Request<B>) -> bool {
+    let Some(host) = r.headers().get("Host").and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<IpAddr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
 }

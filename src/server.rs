@@ -196,11 +196,13 @@ impl Server {
             (Some(_), None) => Some(crate::token::random_hex(16).map_err(StartError::Random)?),
             _ => None,
         };
+        // No admin endpoint: nothing publishes the reserved topics, and no key reads them.
         let admin_key: Option<Arc<str>> = s
             .admin_key
             .as_ref()
             .map(|k| k.0.as_str())
             .or(made_key.as_deref())
+            .filter(|_| s.admin.is_some())
             .map(Arc::from);
         let admin = match s.admin {
             Some(addr) => Some(

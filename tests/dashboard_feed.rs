@@ -438,3 +438,47 @@ fn the_admin_port_serves_the_dashboard_and_the_client() {
     let (status, _, _) = http_get(admin, "/stats", &[]);
     assert_eq!(status, 401, "the figures themselves still need the key");
 }
+
+/// `/dashboard.json` asked with `Host: host`.
+fn dashboard_json_for_host(admin: std::net::SocketAddr, host: &str) -> serde_json::Value {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /dashboard.json HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (_, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+    serde_json::from_str(body).unwrap()
+}
+
+#[test]
+fn the_made_key_goes_only_to_pages_at_an_address_or_localhost() {
+    let (_server, admin) = admin_server(|_| {});
+    let port = admin.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "LOCALHOST".into(),
+    ] {
+        let v = dashboard_json_for_host(admin, &host);
+        assert!(v["admin_key"].is_string(), "{host}: {v}");
+        assert!(v["admin_key_note"].is_null(), "{host}: {v}");
+    }
+    // A DNS-rebinding page reaches this address under its own host name.
+    for host in [
+        format!("attacker.example:{port}"),
+        "127.0.0.1.nip.io".into(),
+    ] {
+        let v = dashboard_json_for_host(admin, &host);
+        assert!(v["admin_key"].is_null(), "{host}: {v}");
+        assert!(
+            v["admin_key_note"].as_str().unwrap().contains("DNS"),
+            "{host}: {v}"
+        );
+    }
+}

@@ -394,8 +394,8 @@ const attr = (v) => (isNum(v) ? v : null);
 
 function renderTables(s) {
   fillTable($('#busiest'), (s.busiest ?? []).map((b) => ({
-    attrs: { 'data-topic': b.topic, 'data-value': attr(b.msgs_per_s), 'data-subscribers': attr(b.subscribers) },
-    cells: [[b.topic, 'name'], [fmtRate(b.msgs_per_s), 'num'], [fmtCount(b.subscribers), 'num']],
+    attrs: { 'data-topic': b.topic, 'data-value': attr(b.msgs_per_s), 'data-subscribers': attr(b.subscribers), 'data-out': attr(b.msgs_out_per_s) },
+    cells: [[b.topic, 'name'], [fmtRate(b.msgs_out_per_s), 'num'], [fmtRate(b.msgs_per_s), 'num'], [fmtCount(b.subscribers), 'num']],
   })), 'no topic published in the last second');
   for (const td of $('#busiest').querySelectorAll('td.name')) td.title = td.textContent;
 
@@ -632,11 +632,16 @@ function wsUrlFor(cfg, params) {
   return `${scheme}//${location.hostname}:${cfg.ws_port}${path}`;
 }
 
-/** The key the running server made at start, from /dashboard.json (same origin only). */
+/** The key the running server made at start, from /dashboard.json (same origin only). A
+ *  server restarted with a configured key hands out none: the page starts over (and asks). */
 async function fetchMadeKey() {
   const r = await fetch('/dashboard.json', { cache: 'no-store' });
   if (!r.ok) throw new Error(`/dashboard.json: HTTP ${r.status}`);
   const cfg = await r.json();
+  if (cfg.admin_key_required) {
+    client?.close();
+    location.reload();
+  }
   if (typeof cfg.admin_key !== 'string') throw new Error('/dashboard.json has no admin_key');
   return cfg.admin_key;
 }
@@ -668,6 +673,12 @@ async function start() {
   $('#source').textContent = `${STATS_TOPIC} from ${url}`;
   keyRequired = Boolean(cfg?.admin_key_required);
   madeKey = typeof cfg?.admin_key === 'string' ? cfg.admin_key : '';
+  if (!keyRequired && !madeKey && typeof cfg?.admin_key_note === 'string') {
+    // The server keeps its made key from pages at a host name (DNS rebinding).
+    conn.fatal = `No key for ${STATS_TOPIC}: ${cfg.admin_key_note}.`;
+    renderNotice();
+    return;
+  }
   if (keyRequired && !storedKey()) {
     conn.state = 'disconnected';
     renderNotice();

@@ -231,7 +231,8 @@ export interface Subscription {
 }
 
 /** A refused or failed request; codes: the server's, or `disconnected`, `queue_full`,
- *  `rate_limited`, `token_failed`, `auth_required`, `bad_url`, `unsubscribed`. */
+ *  `rate_limited`, `token_failed`, `admin_key_failed`, `auth_required`, `bad_url`,
+ *  `unsubscribed`. */
 export class CorecastError extends Error {
   constructor(code: string, message: string, reason?: string, topic?: string);
   readonly name: 'CorecastError';

@@ -35,7 +35,7 @@ const RATE_BUCKETS = 20;
  * own: `disconnected` (the socket dropped or `close()` was called before the reply),
  * `queue_full` (pushed out of the offline queue), `rate_limited` (also: the server dropped the
  * request without a reply, as its inbound rate limit does), `token_failed` (the token function
- * threw or returned no string), `auth_required` (the server requires a token and none is set,
+ * threw or returned no string), `admin_key_failed` (the same of the admin key function), `auth_required` (the server requires a token and none is set,
  * or closed with 4003), `bad_url` (the WebSocket constructor refused the URL), `unsubscribed`
  * (a subscription's `ready` when it ended before its first ack).
  */
@@ -413,10 +413,10 @@ class Session {
     try {
       key = typeof this.adminKey === 'function' ? await this.adminKey() : this.adminKey;
     } catch (err) {
-      throw new CorecastError('token_failed', `the admin key function failed: ${err && err.message}`);
+      throw new CorecastError('admin_key_failed', `the admin key function failed: ${err && err.message}`);
     }
     if (typeof key !== 'string' || key === '') {
-      throw new CorecastError('token_failed', 'the admin key function returned no key');
+      throw new CorecastError('admin_key_failed', 'the admin key function returned no key');
     }
     if (this.ws !== ws) return null;
     return this.auth({ op: 'auth', admin_key: key }, ws);

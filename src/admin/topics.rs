@@ -61,7 +61,10 @@ fn page(query: Option<&str>) -> Result<Page, String> {
 /// When the figures were last asked for, for the flag's fall.
 pub(crate) type Asked = std::sync::Mutex<Option<Instant>>;
 
-/// Lowers the flag once nobody asked for [`WANTED_FOR`]; called from time to time.
+/// Lowers the flag once nobody asked for [`WANTED_FOR`]; called from time to time. Its two
+/// looks at `asked` are not one atomic step, which is sound because everything that writes
+/// `asked` (requests, the `_sys.stats` sampler) runs on the admin thread's one-thread runtime,
+/// between awaits.
 pub(crate) fn expire(ctx: &Context, asked: &Asked) {
     let stale = asked
         .lock()

@@ -146,6 +146,36 @@ const cases = {
     c.close();
   },
 
+  async 'an adminKey function is called at each connect; a refused key stops in error'() {
+    let asked = 0;
+    Fake.sockets = [];
+    const c = new Corecast('ws://test/ws', {
+      WebSocket: Fake, pingIntervalMs: 0, adminKey: () => `k${++asked}`, backoff: { initialMs: 1, maxMs: 1 },
+    });
+    await tick();
+    const ws = Fake.sockets.at(-1);
+    ws.serve(welcome);
+    await tick();
+    assert.equal(c.state, 'connecting', 'not ready before the key is acked');
+    const first = ws.last('auth');
+    assert.equal(first.admin_key, 'k1');
+    ws.serve({ op: 'ack', id: first.id, admin: true });
+    await tick();
+    assert.equal(c.state, 'connected');
+    ws.drop(1001);
+    await tick(20);
+    const next = Fake.sockets.at(-1);
+    next.serve(welcome);
+    await tick();
+    const second = next.last('auth');
+    assert.equal(second.admin_key, 'k2', 'asked again for the new socket');
+    next.serve({ op: 'error', id: second.id, code: 'unauthorized', reason: 'bad_admin_key', message: 'wrong admin key' });
+    await tick(20);
+    assert.equal(c.state, 'error');
+    assert.equal(Fake.sockets.length, 2, 'no retry with a refused key');
+    c.close();
+  },
+
   async 'the token function answers every refresh on the same socket'() {
     let minted = 0;
     Fake.sockets = [];
