@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn admin_server(tweak: impl FnOnce(&mut corecast::Config)) -> (TestServer, std::net::SocketAddr) {
-    let server = start(|c| {
-        c.server.admin = Some("127.0.0.1:0".parse().unwrap());
-        c.shard.report_interval_ms = 200;
-        tweak(c);
-    });
-    let admin = server
-        .server()
-        .admin_addr()
-        .expect("the admin endpoint runs");
-    (server, admin)
-}
-
 /// Polls `/metrics` until `series` reaches `at_least` (shards report every 200 ms here).
 fn metric_reaches(admin: std::net::SocketAddr, series: &str, at_least: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -15,19 +15,6 @@ use simd_json::prelude::*;
 
 const KEY: &str = "operator-key-0123456789";
 
-fn admin_server(tweak: impl FnOnce(&mut corecast::Config)) -> (TestServer, std::net::SocketAddr) {
-    let server = start(|c| {
-        c.server.admin = Some("127.0.0.1:0".parse().unwrap());
-        c.shard.report_interval_ms = 200;
-        tweak(c);
-    });
-    let admin = server
-        .server()
-        .admin_addr()
-        .expect("the admin endpoint runs");
-    (server, admin)
-}
-
 /// The key `/dashboard.json` hands out (made at start when `server.admin_key` is unset).
 fn made_key(admin: std::net::SocketAddr) -> String {
     let (status, _, body) = http_get(admin, "/dashboard.json", &[]);

@@ -9,7 +9,6 @@
 //! Data path: requests -> **operator** -> table.
 
 use std::rc::Rc;
-use std::time::Instant;
 
 use crate::connection::Conn;
 use crate::ctx::ShardCtx;
@@ -37,18 +36,11 @@ pub(crate) fn on_admin_auth(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, ke
         let msg = "this server has no admin endpoint (server.admin), so no admin key";
         return conn.push_own(ctx, protocol::error(id, code::BAD_REQUEST, msg));
     };
-    let now = Instant::now();
+    if !crate::session::auth_turn(ctx, conn, id, |s| &mut s.last_admin_auth) {
+        return;
+    }
     let mut by_conn = ctx.sessions.by_conn.borrow_mut();
     let session = by_conn.entry(conn.id()).or_default();
-    if session
-        .last_admin_auth
-        .is_some_and(|t| now.duration_since(t) < crate::session::AUTH_INTERVAL)
-    {
-        drop(by_conn);
-        let msg = "at most one admin-key auth per second per connection";
-        return conn.push_own(ctx, protocol::error(id, code::RATE_LIMITED, msg));
-    }
-    session.last_admin_auth = Some(now);
     if !crate::auth::same_secret(key.as_bytes(), expected.as_bytes()) {
         drop(by_conn);
         ctx.metrics.borrow_mut().counters.auth_refused += 1;

@@ -385,19 +385,24 @@ fn families(ctx: &Context, collector: &Collector) -> Vec<MetricFamily> {
 }
 
 /// `/stats`: the same figures as one JSON object.
+/// A histogram's count and its quantiles 0.5, 0.9, 0.99, 0.999 and max, each value times
+/// `scale` (1e-9 for ns as seconds, 1e-3 for ns as µs); `null`s when it is empty (`/metrics`
+/// says NaN). `/stats` and `_sys.stats` give their latencies so.
+pub(crate) fn quantiles(h: &hdrhistogram::Histogram<u64>, scale: f64) -> serde_json::Value {
+    let at = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 * scale);
+    serde_json::json!({
+        "count": h.len(),
+        "p50": at(0.5),
+        "p90": at(0.9),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": (!h.is_empty()).then(|| h.max() as f64 * scale),
+    })
+}
+
 pub fn stats_json(ctx: &Context, collector: &Collector) -> serde_json::Value {
     let f = figures(ctx, collector);
-    // `null` quantiles when the window holds nothing (`/metrics` says NaN).
-    let q = |h: &hdrhistogram::Histogram<u64>, scale: f64| {
-        let at = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 * scale);
-        serde_json::json!({
-            "count": h.len(),
-            "p50": at(0.5),
-            "p90": at(0.9),
-            "p99": at(0.99),
-            "p999": at(0.999),
-        })
-    };
+    let q = quantiles;
     let shards: Vec<serde_json::Value> = f
         .shards
         .iter()

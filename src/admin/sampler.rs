@@ -162,11 +162,14 @@ impl Sampler {
             {
                 let mut h = cumulative.ingest_to_write_ns.clone();
                 let _ = h.subtract(&before.ingest_to_write_ns);
-                self.latency = latency(&h);
+                self.latency = super::metrics::quantiles(&h, 1e-3);
             }
             // No frame written since: the figures stand.
             Some(_) => {}
-            None => self.latency = latency(&hdrhistogram::Histogram::<u64>::new(1).ok()?),
+            None => {
+                self.latency =
+                    super::metrics::quantiles(&hdrhistogram::Histogram::new(1).ok()?, 1e-3)
+            }
         }
         self.histograms = Some(cumulative);
         Some(
@@ -245,17 +248,4 @@ impl Sampler {
             "busiest": super::topics::busiest(ctx, BUSIEST),
         })
     }
-}
-
-/// Percentiles of ingest-to-write latency (ns recorded), in µs; `null`s when empty.
-fn latency(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
-    let at = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0);
-    serde_json::json!({
-        "count": h.len(),
-        "p50": at(0.5),
-        "p90": at(0.9),
-        "p99": at(0.99),
-        "p999": at(0.999),
-        "max": (!h.is_empty()).then(|| h.max() as f64 / 1000.0),
-    })
 }

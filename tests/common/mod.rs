@@ -47,6 +47,21 @@ pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
     }
 }
 
+/// A server with the admin endpoint on an ephemeral loopback port and shard reports every
+/// 200 ms, `tweak` applied; and the endpoint's address.
+pub fn admin_server(tweak: impl FnOnce(&mut Config)) -> (TestServer, SocketAddr) {
+    let server = start(|c| {
+        c.server.admin = Some("127.0.0.1:0".parse().unwrap());
+        c.shard.report_interval_ms = 200;
+        tweak(c);
+    });
+    let admin = server
+        .server()
+        .admin_addr()
+        .expect("the admin endpoint runs");
+    (server, admin)
+}
+
 impl TestServer {
     /// Graceful shutdown; true if every thread finished in time.
     pub fn shutdown(&mut self) -> bool {
