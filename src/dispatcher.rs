@@ -284,16 +284,17 @@ impl Dispatcher {
 
     /// True while some shard routes a reserved `_sys.` topic (someone reads the server's
     /// figures).
+    /// Two hash lookups and a look at the few reserved topics published: it runs at every
+    /// shard report.
     pub fn system_subscribed(&self) -> bool {
-        use corecast_shards::topic::is_system;
-        if self.system.is_empty() {
-            // Not published yet: the subscriptions wait among the unpublished names.
-            return self.unpublished.keys().any(|n| is_system(n))
-                || self.prefixes.keys().any(|p| is_system(p));
-        }
-        self.system
-            .iter()
-            .any(|n| self.topics.get(n).is_some_and(|t| t.routes != 0))
+        use corecast_shards::topic::{SYSTEM_PREFIX, SYSTEM_STATS};
+        // Before its first sample the topic's subscribers wait among the unpublished names.
+        self.unpublished.contains_key(SYSTEM_STATS)
+            || self.prefixes.contains_key(SYSTEM_PREFIX)
+            || self
+                .system
+                .iter()
+                .any(|n| self.topics.get(n).is_some_and(|t| t.routes != 0))
     }
 
     /// Bytes of history held now (see [`DispatcherStats::history_bytes`]).

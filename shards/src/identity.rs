@@ -12,6 +12,14 @@ use std::time::Instant;
 use crate::admission::IpKey;
 use crate::auth::Grant;
 
+/// At most one `auth` message of each kind (a token, the admin key) per connection per this
+/// long (a signature check runs on the shard's core).
+pub(crate) const AUTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The `rate_limited` message of an `auth` sent too soon after the last of its kind.
+pub(crate) const AUTH_TOO_SOON: &str =
+    "at most one auth of each kind (token, admin key) per second per connection";
+
 /// One connection's identity. Kept only while auth or a connection limit is on.
 #[derive(Default)]
 pub(crate) struct Session {
@@ -75,6 +83,24 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
+    /// Takes the connection's turn for an `auth` of one kind (`last` picks its kind's time: a
+    /// token's, or the admin key's): `true` with the time noted, `false` when the last one of
+    /// that kind was less than [`AUTH_INTERVAL`] ago.
+    pub(crate) fn take_turn(
+        &self,
+        conn_id: u64,
+        last: fn(&mut Session) -> &mut Option<Instant>,
+    ) -> bool {
+        let now = Instant::now();
+        let mut by_conn = self.by_conn.borrow_mut();
+        let slot = last(by_conn.entry(conn_id).or_default());
+        if slot.is_some_and(|t| now.duration_since(t) < AUTH_INTERVAL) {
+            return false;
+        }
+        *slot = Some(now);
+        true
+    }
+
     /// The connection ended: its session is dropped and its counts released.
     pub(crate) fn closed(&self, conn_id: u64) {
         let gone = self.by_conn.borrow_mut().remove(&conn_id);

@@ -36,8 +36,12 @@ pub(crate) fn on_admin_auth(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, ke
         let msg = "this server has no admin endpoint (server.admin), so no admin key";
         return conn.push_own(ctx, protocol::error(id, code::BAD_REQUEST, msg));
     };
-    if !crate::session::auth_turn(ctx, conn, id, |s| &mut s.last_admin_auth) {
-        return;
+    if !ctx
+        .sessions
+        .take_turn(conn.id(), |s| &mut s.last_admin_auth)
+    {
+        let msg = crate::identity::AUTH_TOO_SOON;
+        return conn.push_own(ctx, protocol::error(id, code::RATE_LIMITED, msg));
     }
     let mut by_conn = ctx.sessions.by_conn.borrow_mut();
     let session = by_conn.entry(conn.id()).or_default();

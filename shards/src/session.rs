@@ -20,10 +20,6 @@ use crate::protocol::{self, code};
 use crate::ring::Interest;
 use crate::topic::Selector;
 
-/// At most one `auth` message per connection per this long (a signature check runs on the
-/// shard's core).
-pub(crate) const AUTH_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Time since the Unix epoch, to the nanosecond.
 fn unix_time() -> Duration {
     SystemTime::now()
@@ -320,29 +316,7 @@ pub(crate) fn pending(ctx: &ShardCtx, conn: &Conn) -> bool {
     })
 }
 
-/// Takes the connection's turn for an `auth` of one kind (`last` picks its kind's time: a
-/// token's, or the admin key's): `true` with the time noted, or `false` with `rate_limited`
-/// answered, when the last one of that kind was less than [`AUTH_INTERVAL`] ago.
-pub(crate) fn auth_turn(
-    ctx: &ShardCtx,
-    conn: &Rc<Conn>,
-    id: Option<u64>,
-    last: fn(&mut Session) -> &mut Option<Instant>,
-) -> bool {
-    let now = Instant::now();
-    let mut by_conn = ctx.sessions.by_conn.borrow_mut();
-    let slot = last(by_conn.entry(conn.id()).or_default());
-    if slot.is_some_and(|t| now.duration_since(t) < AUTH_INTERVAL) {
-        drop(by_conn);
-        let msg = "at most one auth of each kind (token, admin key) per second per connection";
-        conn.push_own(ctx, protocol::error(id, code::RATE_LIMITED, msg));
-        return false;
-    }
-    *slot = Some(now);
-    true
-}
-
-/// The `auth` message: checks the token (at most once per [`AUTH_INTERVAL`]), keeps it in
+/// The `auth` message: checks the token (at most once per [`crate::identity::AUTH_INTERVAL`]), keeps it in
 /// force, answers with an `ack` or an error, and ends the subscriptions a refreshed token
 /// no longer allows. A token for another `sub` than the one in force is refused
 /// (`sub_mismatch`) and the old one stays.
@@ -351,8 +325,9 @@ pub(crate) fn on_auth(ctx: &ShardCtx, conn: &Rc<Conn>, id: Option<u64>, token: &
         let msg = "authentication is not configured on this server: every topic is open";
         return conn.push_own(ctx, protocol::error(id, code::BAD_REQUEST, msg));
     };
-    if !auth_turn(ctx, conn, id, |s| &mut s.last_auth) {
-        return;
+    if !ctx.sessions.take_turn(conn.id(), |s| &mut s.last_auth) {
+        let msg = crate::identity::AUTH_TOO_SOON;
+        return conn.push_own(ctx, protocol::error(id, code::RATE_LIMITED, msg));
     }
     let mut by_conn = ctx.sessions.by_conn.borrow_mut();
     let session = by_conn.entry(conn.id()).or_default();

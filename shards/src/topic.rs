@@ -14,6 +14,10 @@ pub const MAX_TOPIC_LEN: usize = 128;
 /// topics").
 pub const SYSTEM_PREFIX: &str = "_sys";
 
+/// The one reserved topic today: the server's figures, published once a second while someone
+/// subscribes to it.
+pub const SYSTEM_STATS: &str = "_sys.stats";
+
 /// True for `_sys` and every name under it (`_sys.stats`); for a pattern, pass its prefix
 /// (`_sys.*` is the prefix `_sys`). Linear in the length of [`SYSTEM_PREFIX`].
 #[inline]

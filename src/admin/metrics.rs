@@ -400,6 +400,24 @@ pub(crate) fn quantiles(h: &hdrhistogram::Histogram<u64>, scale: f64) -> serde_j
     })
 }
 
+/// Refusals by kind over `shards` and the dispatcher's ingest errors by code, as JSON objects
+/// of totals (`/stats` and `_sys.stats` give them so).
+pub(crate) fn totals_json(
+    shards: &[corecast_shards::metrics::Counters],
+    d: &crate::dispatcher::DispatcherStats,
+) -> (serde_json::Value, serde_json::Value) {
+    let refusals: serde_json::Map<String, serde_json::Value> = REFUSAL_KINDS
+        .iter()
+        .map(|k| (k.to_string(), refusals(shards, k).into()))
+        .collect();
+    let errors: serde_json::Map<String, serde_json::Value> = crate::publisher::ERROR_CODES
+        .iter()
+        .zip(d.ingest_errors.iter())
+        .map(|(c, n)| (c.to_string(), (*n).into()))
+        .collect();
+    (refusals.into(), errors.into())
+}
+
 pub fn stats_json(ctx: &Context, collector: &Collector) -> serde_json::Value {
     let f = figures(ctx, collector);
     let q = quantiles;
@@ -421,15 +439,7 @@ pub fn stats_json(ctx: &Context, collector: &Collector) -> serde_json::Value {
             })
         })
         .collect();
-    let refusals: serde_json::Map<String, serde_json::Value> = REFUSAL_KINDS
-        .iter()
-        .map(|k| (k.to_string(), refusals(&f.shards, k).into()))
-        .collect();
-    let errors: serde_json::Map<String, serde_json::Value> = crate::publisher::ERROR_CODES
-        .iter()
-        .zip(f.d.ingest_errors.iter())
-        .map(|(c, n)| (c.to_string(), (*n).into()))
-        .collect();
+    let (refusals, errors) = totals_json(&f.shards, &f.d);
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": ctx.started.elapsed().as_secs_f64(),

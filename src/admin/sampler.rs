@@ -22,7 +22,7 @@ use super::Context;
 use crate::report::Histograms;
 
 /// The topic the figures are published on.
-pub const TOPIC: &str = "_sys.stats";
+pub const TOPIC: &str = corecast_shards::topic::SYSTEM_STATS;
 
 /// Time between samples.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -201,15 +201,7 @@ impl Sampler {
             })
             .collect();
         let counters: Vec<Counters> = self.shards.iter().map(|s| s.counters.clone()).collect();
-        let refusals: serde_json::Map<String, serde_json::Value> = super::metrics::REFUSAL_KINDS
-            .iter()
-            .map(|k| (k.to_string(), super::metrics::refusals(&counters, k).into()))
-            .collect();
-        let errors: serde_json::Map<String, serde_json::Value> = crate::publisher::ERROR_CODES
-            .iter()
-            .zip(d.ingest_errors.iter())
-            .map(|(c, n)| (c.to_string(), (*n).into()))
-            .collect();
+        let (refusals, errors) = super::metrics::totals_json(&counters, d);
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |t| t.as_millis() as u64);
